@@ -1,0 +1,213 @@
+"""Typed, frozen run configuration: presets from ``experiments/*.py`` and ``section.field=value`` overrides.
+
+A config is a tree of frozen dataclasses. Presets are small Python files under ``experiments/`` whose
+``config()`` returns a :class:`Config`; ``--set model.width=512`` style overrides are parsed against the
+field's annotated type, so a typo or a wrong type fails loudly before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = ""  # dataset directory; empty = the embedded synthetic dataset (built once, cached)
+    window: int = 200  # training window length in TRs
+    stride: int = 0  # 0 = one random crop per scan per epoch; >0 = every window at this stride
+    batch_size: int = 8  # global batch (all processes, all devices)
+    eval_batches: int = 4  # validation batches per evaluation
+    workers: int = 0  # Grain worker processes per host (0 = in-process)
+    mix_weights: tuple[float, ...] = ()  # sampling weights when `path` lists several datasets (comma-separated)
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    strategy: str = "random"  # random | future | parcels | time_block | mixture
+    ratio: float = 0.75  # fraction of tokens masked (random, parcels, time_block)
+    future_patches: int = 1  # patches masked at the end of every parcel (future)
+    mixture: tuple[float, ...] = (0.7, 0.1, 0.1, 0.1)  # weights of random, future, parcels, time_block
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    patch: int = 20  # TRs per token
+    max_parcels: int = 424  # upper bound on parcels (padding for mixed atlases)
+    width: int = 256  # encoder width
+    depth: int = 4  # encoder layers
+    heads: int = 4  # encoder attention heads
+    mlp: int = 1024  # encoder MLP hidden size
+    dec_width: int = 256  # decoder width
+    dec_depth: int = 2  # decoder layers
+    dec_heads: int = 4  # decoder attention heads
+    dec_mlp: int = 1024  # decoder MLP hidden size
+    fourier_features: int = 16  # frequencies per coordinate axis in the spatial embedding
+    time_embedding: str = "index"  # index (patch number) | seconds (patch onset in s, shares scale across TRs)
+    norm_targets: bool = False  # MSE against per-patch normalised targets (MAE paper option)
+    dropout: float = 0.0  # dropout in attention output and MLP
+    attention: str = "auto"  # auto | xla | chunked | cudnn | splash
+    attention_chunk: int = 512  # query/key block for the chunked (memory-efficient) path
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    remat: bool = False  # rematerialise each transformer block in the backward pass
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    base_lr: float = 1e-3  # learning rate at batch 256 (BrainLM); scaled linearly by batch/256
+    scale_lr: bool = True  # apply the batch/256 scaling
+    weight_decay: float = 0.05
+    b1: float = 0.9
+    b2: float = 0.95
+    warmup_frac: float = 0.05  # fraction of steps of linear warmup
+    min_lr_frac: float = 0.0  # cosine floor as a fraction of the peak
+    clip_norm: float = 1.0  # global gradient-norm clip (0 = off)
+    accum_steps: int = 1  # gradient accumulation micro-steps per update
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000  # total optimizer updates
+    seed: int = 0  # seeds parameters, masking and data order
+    log_every: int = 10
+    eval_every: int = 200
+    checkpoint_every: int = 200
+    keep_last: int = 3  # checkpoints kept besides the permanent ones
+    keep_every: int = 0  # keep every K-th step forever (0 = off)
+    nonfinite: str = "stop"  # stop | skip: what a non-finite loss does
+    async_checkpoint: bool = True
+    figure: bool = True  # save true-vs-reconstructed figure at the end
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1  # devices on the data axis (-1 = whatever fsdp leaves)
+    fsdp: int = 1  # devices on the fsdp axis (parameters sharded here)
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+
+class ConfigError(ValueError):
+    """A preset, file or override that does not fit the config schema."""
+
+
+def experiments_dir() -> Path:
+    """The repository's ``experiments/`` folder (override with BRAINJAX_EXPERIMENTS)."""
+    env = os.environ.get("BRAINJAX_EXPERIMENTS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "experiments"
+
+
+def load_config(name_or_path: str) -> Config:
+    """Load a preset by name (``experiments/NAME.py``) or from a Python file defining ``config()``."""
+    path = Path(name_or_path)
+    if path.suffix != ".py":
+        path = experiments_dir() / f"{name_or_path}.py"
+        if not path.exists():
+            known = sorted(p.stem for p in experiments_dir().glob("*.py") if not p.stem.startswith("_"))
+            raise ConfigError(f"unknown preset {name_or_path!r}; known presets: {', '.join(known)}")
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"brainjax_experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "config"):
+        raise ConfigError(f"{path} defines no config() function")
+    cfg = module.config()
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"{path}: config() returned {type(cfg).__name__}, expected brainjax.config.Config")
+    return cfg
+
+
+def _parse_value(raw: str, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected a boolean, got {raw!r}")
+    if annotation in (int, float, str):
+        try:
+            return annotation(raw)
+        except ValueError:
+            raise ConfigError(f"{key}: expected {annotation.__name__}, got {raw!r}") from None
+    if origin is tuple:
+        inner = typing.get_args(annotation)[0]
+        text = raw.strip().strip("()[]")
+        parts = [p for p in (s.strip() for s in text.split(",")) if p]
+        return tuple(_parse_value(p, inner, key) for p in parts)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if raw.lower() in ("none", "null"):
+            return None
+        return _parse_value(raw, args[0], key)
+    raise ConfigError(f"{key}: cannot parse a value of type {annotation}")
+
+
+def override(cfg: Config, assignments: list[str] | tuple[str, ...]) -> Config:
+    """Return ``cfg`` with ``section.field=value`` assignments applied (type-checked)."""
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.field=value")
+        key, raw = item.split("=", 1)
+        cfg = _set(cfg, key.strip().split("."), raw.strip(), key.strip())
+    return cfg
+
+
+def _set(node: Any, path: list[str], raw: str, key: str) -> Any:
+    hints = typing.get_type_hints(type(node))
+    names = [f.name for f in dataclasses.fields(node)]
+    if path[0] not in names:
+        raise ConfigError(f"unknown config key {key!r}: {type(node).__name__} has no field {path[0]!r} "
+                          f"(fields: {', '.join(names)})")
+    current = getattr(node, path[0])
+    if len(path) == 1:
+        if dataclasses.is_dataclass(current):
+            raise ConfigError(f"{key} is a section; set one of its fields, e.g. {key}.{dataclasses.fields(current)[0].name}")
+        return dataclasses.replace(node, **{path[0]: _parse_value(raw, hints[path[0]], key)})
+    if not dataclasses.is_dataclass(current):
+        raise ConfigError(f"unknown config key {key!r}: {path[0]!r} is a value, not a section")
+    return dataclasses.replace(node, **{path[0]: _set(current, path[1:], raw, key)})
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict, cls: type = Config) -> Any:
+    """Rebuild a config from :func:`to_dict` output (JSON round trip); unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(value, hint)
+        elif typing.get_origin(hint) is tuple:
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_json(cfg: Config) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
