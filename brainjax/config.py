@@ -84,6 +84,7 @@ class TrainConfig:
     nonfinite: str = "stop"  # stop | skip: what a non-finite loss does
     async_checkpoint: bool = True
     figure: bool = True  # save true-vs-reconstructed figure at the end
+    peak_flops: float = 0.0  # peak FLOP/s per device for MFU (0 = measure a matmul once, cached in the workdir)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,8 @@ def _set(node: Any, path: list[str], raw: str, key: str) -> Any:
     current = getattr(node, path[0])
     if len(path) == 1:
         if dataclasses.is_dataclass(current):
-            raise ConfigError(f"{key} is a section; set one of its fields, e.g. {key}.{dataclasses.fields(current)[0].name}")
+            example = dataclasses.fields(current)[0].name
+            raise ConfigError(f"{key} is a section; set one of its fields, e.g. {key}.{example}")
         return dataclasses.replace(node, **{path[0]: _parse_value(raw, hints[path[0]], key)})
     if not dataclasses.is_dataclass(current):
         raise ConfigError(f"unknown config key {key!r}: {path[0]!r} is a value, not a section")
