@@ -159,12 +159,14 @@ def finalize(out: str | os.PathLike, atlas: Atlas, fractions: Sequence[float] = 
                                f"{atlas.name} has {atlas.n_parcels}")
     splits = assign_splits([r["subject"] for r in rows], fractions, seed)
     participants = participants or {}
-    pheno_keys = sorted({k for r in rows for k in r.get("phenotypes", {})}
-                        | {k for p in participants.values() for k in p})
+    # a participants "site" column fills the manifest's site; other base names cannot be phenotypes
+    pheno_keys = sorted(({k for r in rows for k in r.get("phenotypes", {})}
+                         | {k for p in participants.values() for k in p}) - set(BASE_COLUMNS))
     manifest = []
     for r in sorted(rows, key=lambda r: r["scan_id"]):
         phen = {**participants.get(r["subject"], {}), **r.get("phenotypes", {})}
         row = {k: r[k] for k in BASE_COLUMNS if k != "split"}
+        row["site"] = row["site"] or phen.get("site", "")
         row["split"] = splits[r["subject"]]
         row.update({k: phen.get(k, MISSING) for k in pheno_keys})
         manifest.append(row)

@@ -1,0 +1,113 @@
+"""``brainjax info DIR``: summarise a prepared dataset.
+
+Prints scans and subjects per split, the atlas (name, parcels, networks), TRs and scan lengths, phenotype
+columns (numeric: count, mean, range; categorical: the most common values), the preprocessing options
+from ``prepare.json`` and the failed scans with their reasons. A directory where ``prepare`` has not
+finished gets a short progress note instead of the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+HELP = "summarise a prepared dataset (splits, atlas, TRs, lengths, phenotypes, failed scans)"
+_MISSING = ("n/a", "", "nan")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", metavar="DIR", help="dataset directory")
+    parser.add_argument("--failures", type=int, default=20, help="failed scans to list (default: %(default)s)")
+
+
+def _numbers(values: list[str]) -> list[float] | None:
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        return None
+
+
+def phenotype_summary(column: str, values: list[str]) -> str:
+    """One line: ``age: 12 values (3 missing), mean 31.2, range 20-45`` or the most common categories."""
+    present = [v for v in values if v.strip().lower() not in _MISSING]
+    head = f"{column}: {len(present)} values" + (f" ({len(values) - len(present)} missing)" if
+                                                  len(present) < len(values) else "")
+    numbers = _numbers(present)
+    if numbers and len(set(numbers)) > 5:
+        return f"{head}, mean {sum(numbers) / len(numbers):.4g}, range {min(numbers):g} to {max(numbers):g}"
+    counts = Counter(present).most_common(6)
+    return f"{head}: " + ", ".join(f"{v} ({n})" for v, n in counts[:5]) + (" ..." if len(counts) > 5 else "")
+
+
+def _describe(lengths: list[int]) -> str:
+    ordered = sorted(lengths)
+    median = ordered[len(ordered) // 2] if len(ordered) % 2 else 0.5 * (ordered[len(ordered) // 2 - 1]
+                                                                        + ordered[len(ordered) // 2])
+    return f"min {ordered[0]}, median {median:g}, max {ordered[-1]}, total {sum(ordered)}"
+
+
+def _in_progress(path: Path) -> str | None:
+    """A note about an unfinished ``prepare`` in ``path``, or None when it holds none."""
+    staging, parts = path / "staging", path / "parts"
+    if not (path / "prepare.json").exists() or not staging.is_dir():
+        return None
+    statuses = [json.loads(p.read_text()) for p in staging.glob("*.json")]
+    failed = sum(1 for s in statuses if s.get("status") != "ok")
+    done = sorted(p.name for p in parts.glob("*.jsonl") if not p.name.endswith(".failures.jsonl")) \
+        if parts.is_dir() else []
+    return (f"{path}: prepare has not finished: {len(statuses)} scans staged ({failed} failed), parts written: "
+            f"{', '.join(done) or 'none'}; re-run the same `brainjax prepare` command(s) to finish")
+
+
+def summary(path: str | Path, max_failures: int = 20) -> str:
+    """The text ``brainjax info`` prints for the dataset at ``path`` (raises DatasetError if it is none)."""
+    from brainjax.data.dataset import SPLITS, Dataset
+
+    ds = Dataset(path)
+    rows = ds.manifest
+    lines = [f"dataset {ds.path}", f"scans {len(rows)}, subjects {len({r['subject'] for r in rows})}"]
+    for split in SPLITS:
+        picked = [r for r in rows if r["split"] == split]
+        lines.append(f"  {split:<5} {len(picked):>6} scans {len({r['subject'] for r in picked}):>6} subjects")
+    sites = Counter(r["site"] for r in rows if r["site"] not in _MISSING)
+    if sites:
+        lines.append("sites: " + ", ".join(f"{s} ({n})" for s, n in sorted(sites.items())))
+    atlas = ds.atlas
+    _, networks = atlas.network_ids()
+    lines.append(f"atlas {atlas.name} ({atlas.kind}): {atlas.n_parcels} parcels, {len(networks)} networks")
+    if networks:
+        counts = Counter(n for n in atlas.networks if n)
+        lines.append("  networks: " + ", ".join(f"{n} ({counts[n]})" for n in networks))
+    trs = Counter(round(r["tr"], 4) for r in rows)
+    lines.append("TR (s): " + ", ".join(f"{t:g} ({n} scans)" for t, n in sorted(trs.items())))
+    lines.append("length (TRs): " + _describe([r["length"] for r in rows]))
+    if ds.phenotypes:
+        lines.append("phenotypes:")
+        lines += [f"  {phenotype_summary(c, [str(r.get(c, 'n/a')) for r in rows])}" for c in ds.phenotypes]
+    options = ds.path / "prepare.json"
+    if options.exists():
+        record = json.loads(options.read_text())
+        cleaning = ", ".join(f"{k}={v}" for k, v in record.get("clean", {}).items())
+        lines.append(f"preprocessing: confounds={record.get('confounds')}, min_length={record.get('min_length')}, "
+                     f"tr={record.get('tr')}, {cleaning}")
+    lines.append(f"failed scans: {len(ds.failures)}")
+    for failure in ds.failures[:max_failures]:
+        lines.append(f"  {failure.get('file')}: {failure.get('reason')}")
+    if len(ds.failures) > max_failures:
+        lines.append(f"  ... {len(ds.failures) - max_failures} more in {ds.path / 'failures.tsv'}")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    from brainjax.data.dataset import DatasetError
+
+    try:
+        print(summary(args.dir, args.failures))
+    except DatasetError as err:
+        note = _in_progress(Path(args.dir)) if Path(args.dir).is_dir() else None
+        print(f"brainjax info: {note or err}", file=sys.stderr)
+        return 2
+    return 0
