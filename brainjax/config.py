@@ -50,7 +50,8 @@ class ModelConfig:
     dec_heads: int = 4  # decoder attention heads
     dec_mlp: int = 1024  # decoder MLP hidden size
     fourier_features: int = 16  # frequencies per coordinate axis in the spatial embedding
-    time_embedding: str = "index"  # index (patch number) | seconds (patch onset in s, shares scale across TRs)
+    time_embedding: str = "index"  # index (sinusoid) | learned (table) | seconds (onset in s)
+    max_patches: int = 64  # rows of the learned time table: longest window / patch
     norm_targets: bool = False  # MSE against per-patch normalised targets (MAE paper option)
     dropout: float = 0.0  # dropout in attention output and MLP
     attention: str = "auto"  # auto | xla | chunked | cudnn | splash

@@ -1,0 +1,126 @@
+"""Transformer building blocks (Flax NNX) whose parameters carry logical axis names.
+
+Logical names (mapped to mesh axes only in :data:`brainjax.train.sharding.LOGICAL_RULES`) are given per
+block through :class:`AxisNames`, so the encoder (``embed/mlp/qkv``) and the decoder
+(``dec_embed/dec_mlp/dec_qkv``) can be sharded differently. Parameters are float32; ``dtype`` is the
+compute dtype (bfloat16 for mixed precision). Dropout takes an explicit PRNG key instead of an ``nnx.Rngs``
+stream: the model then holds no RNG state, so ``jax.value_and_grad`` over a split/merged model (the trainer's
+pure step) needs no care about mutated stream counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from brainjax.nn.attention import attention
+
+_kernel_init = nnx.initializers.xavier_uniform()
+_zeros = nnx.initializers.zeros_init()
+
+
+class AxisNames(NamedTuple):
+    embed: str = "embed"
+    mlp: str = "mlp"
+    qkv: str = "qkv"
+
+
+ENCODER_AXES = AxisNames()
+DECODER_AXES = AxisNames("dec_embed", "dec_mlp", "dec_qkv")
+
+
+def logical(init: Callable, axes: tuple[str | None, ...]) -> Callable:
+    """``init`` annotated with logical axis names (``out_sharding`` metadata, read by train/sharding.py).
+
+    Eager sharding is off: logical names are not mesh axes, and the trainer places parameters itself
+    (``sharding.create_sharded``), so building a model needs no mesh context.
+    """
+    return nnx.with_partitioning(init, axes, eager_sharding=False)
+
+
+def linear(d_in: int, d_out: int, axes: tuple[str | None, str | None], *, dtype, rngs: nnx.Rngs,
+           init: Callable = _kernel_init, use_bias: bool = True) -> nnx.Linear:
+    """A Linear layer with float32 params annotated ``axes`` (kernel) / ``axes[1]`` (bias)."""
+    return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                      kernel_init=logical(init, axes),
+                      bias_init=logical(_zeros, (axes[1],)), rngs=rngs)
+
+
+def layer_norm(width: int, axis: str, *, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(width, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
+                         scale_init=logical(nnx.initializers.ones_init(), (axis,)),
+                         bias_init=logical(_zeros, (axis,)), rngs=rngs)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout; identity when ``rate == 0`` or ``key`` is None (deterministic)."""
+    if rate <= 0.0 or key is None:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+class SelfAttention(nnx.Module):
+    def __init__(self, width: int, heads: int, axes: AxisNames, *, attn_impl: str, chunk: int, dtype,
+                 rngs: nnx.Rngs):
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads, self.attn_impl, self.chunk = heads, attn_impl, chunk
+        # No qkv bias: a key bias has an exactly-zero gradient (softmax is shift invariant), and Adam turns
+        # that float noise into full-size random updates.
+        self.qkv = linear(width, 3 * width, (axes.embed, axes.qkv), dtype=dtype, rngs=rngs, use_bias=False)
+        self.out = linear(width, width, (axes.qkv, axes.embed), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+        """x: [B, L, W]; key_mask: bool [B, L] -> [B, L, W]."""
+        batch, length, width = x.shape
+        q, k, v = jnp.split(self.qkv(x).reshape(batch, length, 3, self.heads, width // self.heads), 3, axis=2)
+        out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], key_mask=key_mask, impl=self.attn_impl,
+                        chunk=self.chunk)
+        return self.out(out.reshape(batch, length, width))
+
+
+class Block(nnx.Module):
+    """Pre-LN transformer block: ``x + Attn(LN(x))`` then ``x + MLP(LN(x))`` (GELU MLP)."""
+
+    def __init__(self, width: int, heads: int, mlp: int, axes: AxisNames, *, dropout_rate: float,
+                 attn_impl: str, chunk: int, dtype, rngs: nnx.Rngs):
+        self.dropout_rate = dropout_rate
+        self.norm1 = layer_norm(width, axes.embed, dtype=dtype, rngs=rngs)
+        self.attn = SelfAttention(width, heads, axes, attn_impl=attn_impl, chunk=chunk, dtype=dtype, rngs=rngs)
+        self.norm2 = layer_norm(width, axes.embed, dtype=dtype, rngs=rngs)
+        self.fc1 = linear(width, mlp, (axes.embed, axes.mlp), dtype=dtype, rngs=rngs)
+        self.fc2 = linear(mlp, width, (axes.mlp, axes.embed), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None, dropout_key: jax.Array | None = None):
+        """x: [B, L, W]; key_mask: bool [B, L]; dropout_key: PRNG key or None (no dropout)."""
+        keys = (None,) * 3 if dropout_key is None else tuple(jax.random.split(dropout_key, 3))
+        x = x + dropout(self.attn(self.norm1(x), key_mask), self.dropout_rate, keys[0])
+        hidden = dropout(jax.nn.gelu(self.fc1(self.norm2(x))), self.dropout_rate, keys[1])
+        return x + dropout(self.fc2(hidden), self.dropout_rate, keys[2])
+
+
+class Transformer(nnx.Module):
+    """A stack of :class:`Block` s and a final LayerNorm; ``remat`` recomputes each block in backward."""
+
+    def __init__(self, depth: int, width: int, heads: int, mlp: int, axes: AxisNames, *, dropout_rate: float,
+                 attn_impl: str, chunk: int, remat: bool, dtype, rngs: nnx.Rngs):
+        self.remat = remat
+        self.blocks = nnx.List([Block(width, heads, mlp, axes, dropout_rate=dropout_rate, attn_impl=attn_impl,
+                                      chunk=chunk, dtype=dtype, rngs=rngs) for _ in range(depth)])
+        self.norm = layer_norm(width, axes.embed, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None, dropout_key: jax.Array | None = None):
+        def run(block, x, key_mask, key):
+            return block(x, key_mask, key)
+
+        if self.remat:
+            run = nnx.remat(run)
+        for i, block in enumerate(self.blocks):
+            key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+            x = run(block, x, key_mask, key)
+        return self.norm(x)

@@ -1,0 +1,20 @@
+"""Reference-size BrainLM (about 5.0 M parameters): 424 parcels x 200 TRs, patch 20 -> 4,240 tokens.
+
+Encoder 256 wide x 4 layers, decoder 256 wide x 2 layers, 75 % random masking (BrainLM's recipe).
+"""
+
+import dataclasses
+
+from brainjax.config import Config, DataConfig, MaskConfig, ModelConfig
+
+
+def config() -> Config:
+    base = Config()
+    return dataclasses.replace(
+        base,
+        name="ref_small",
+        data=DataConfig(window=200, batch_size=32),
+        mask=MaskConfig(strategy="random", ratio=0.75),
+        model=ModelConfig(patch=20, max_parcels=424, width=256, depth=4, heads=4, mlp=1024,
+                          dec_width=256, dec_depth=2, dec_heads=4, dec_mlp=1024),
+    )
