@@ -1,0 +1,90 @@
+"""``brainjax pretrain``: train the BrainLM masked autoencoder; rerunning resumes from the latest checkpoint.
+
+Defaults: ``--preset default``, ``--workdir runs/pretrain``, and without ``--data`` the embedded synthetic
+dataset (built once and cached). The work dir receives ``checkpoints/``, ``metrics.jsonl``, ``tb/``
+(TensorBoard), ``config.json`` and ``reconstruction.png``.
+
+Exit codes: 0 finished, or stopped by SIGTERM after saving a checkpoint (rerun to resume); 2 the work dir's
+checkpoint was trained with another model configuration; 3 non-finite loss with ``train.nonfinite=stop``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+HELP = "pretrain a BrainLM masked autoencoder (rerun to resume from the work dir's latest checkpoint)"
+DEFAULT_WORKDIR = "runs/pretrain"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="dataset dir(s), comma-separated (default: the embedded synthetic dataset)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", default="default", help="experiments/NAME.py preset (default: %(default)s)")
+    source.add_argument("--config", help="a Python file defining config()")
+    parser.add_argument("--workdir", default=DEFAULT_WORKDIR,
+                        help="checkpoints, logs and figures go here; an existing run here is resumed "
+                             "(default: %(default)s)")
+    parser.add_argument("--steps", type=int, help="total optimizer steps (overrides train.steps)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set model.width=512 (repeatable)")
+    multi = parser.add_argument_group("multi-process (GPU clusters / CPU); TPU pods and Slurm auto-detect")
+    multi.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() (auto-detected coordinator on TPU/Slurm)")
+    multi.add_argument("--coordinator", help="coordinator address host:port (implies --distributed)")
+    multi.add_argument("--num-processes", type=int)
+    multi.add_argument("--process-id", type=int)
+
+
+def resolve_config(args: argparse.Namespace):
+    """Preset/file + overrides + --steps/--data, with ``data.path`` resolved to absolute directories."""
+    from brainjax.config import load_config, override
+
+    cfg = override(load_config(args.config or args.preset), args.overrides)
+    if args.steps is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=args.steps))
+    path = args.data if args.data else cfg.data.path
+    if not path:
+        from brainjax.data.synthetic import default_dataset
+        path = str(default_dataset())
+    path = ",".join(str(Path(p).expanduser().resolve()) for p in path.split(",") if p)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=path))
+
+
+def main(args: argparse.Namespace) -> int:
+    import jax
+
+    if args.distributed or args.coordinator:
+        jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                                   process_id=args.process_id)
+
+    from brainjax.data.pipeline import LoaderSpec, eval_batches, make_loader, to_global
+    from brainjax.train.checkpoint import CheckpointMismatchError
+    from brainjax.train.tasks import BrainLMTask
+    from brainjax.train.trainer import NonFiniteLossError, Trainer
+
+    cfg = resolve_config(args)
+    paths = tuple(cfg.data.path.split(","))
+    loader = make_loader(LoaderSpec(
+        paths=paths, split="train", window=cfg.data.window, batch_size=cfg.data.batch_size,
+        stride=cfg.data.stride, seed=cfg.train.seed, weights=cfg.data.mix_weights, workers=cfg.data.workers,
+        max_parcels=cfg.model.max_parcels if len(paths) > 1 else None,  # mixed atlases pad to one size
+        process_index=jax.process_index(), process_count=jax.process_count()))
+    n_parcels = loader.n_parcels
+
+    def validation():
+        return eval_batches(paths, "val", cfg.data.window, cfg.data.batch_size, max_parcels=n_parcels)
+
+    task = BrainLMTask(cfg.model, cfg.mask, n_parcels=n_parcels, window=cfg.data.window)
+    trainer = Trainer(cfg, task, args.workdir, loader, validation, to_global)
+    try:
+        trainer.run()
+    except CheckpointMismatchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    return 0

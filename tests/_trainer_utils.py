@@ -1,0 +1,95 @@
+"""Shared helpers for the trainer / checkpoint / sharding tests: a tiny dataset and a tiny config."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from brainjax.config import Config, DataConfig, MaskConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
+from brainjax.data.atlas_core import Atlas
+from brainjax.data.dataset import ScanMeta, finalize, write_part
+
+REPO = Path(__file__).resolve().parent.parent
+PARCELS, LENGTH, WINDOW, PATCH = 8, 48, 16, 4
+
+
+def tiny_dataset(out: Path, subjects: int = 8, scans: int = 2, seed: int = 0) -> Path:
+    """Scans of PARCELS sinusoids (per-parcel frequency shared by everyone, random phase) plus noise.
+
+    The shared frequencies make masked patches predictable from visible ones, so a model can learn.
+    """
+    rng = np.random.default_rng(seed)
+    freqs = np.linspace(0.15, 0.6, PARCELS)[:, None]
+    t = np.arange(LENGTH)[None, :]
+    items = []
+    for s in range(subjects):
+        for k in range(scans):
+            phase = rng.uniform(0, 2 * np.pi, (PARCELS, 1))
+            data = np.sin(freqs * t + phase) + 0.1 * rng.normal(size=(PARCELS, LENGTH))
+            items.append((ScanMeta(f"sub{s:02d}_run{k}", f"sub{s:02d}", tr=2.0), data.astype(np.float32)))
+    write_part(out, "part", items)
+    xyz = np.random.default_rng(1).uniform(-60, 60, (PARCELS, 3))
+    atlas = Atlas("toy", "coordinates", tuple(f"p{i}" for i in range(PARCELS)), xyz)
+    finalize(out, atlas, fractions=(0.75, 0.25, 0.0), seed=0)
+    return out
+
+
+def tiny_config(steps: int = 6, **sections) -> Config:
+    """A model of a few thousand parameters; ``sections`` replace fields, e.g. ``train={"seed": 1}``."""
+    cfg = Config(
+        name="tiny",
+        data=DataConfig(path="", window=WINDOW, batch_size=8, eval_batches=2),
+        mask=MaskConfig(strategy="random", ratio=0.5),
+        model=ModelConfig(patch=PATCH, max_parcels=PARCELS, width=16, depth=1, heads=2, mlp=32, dec_width=16,
+                          dec_depth=1, dec_heads=2, dec_mlp=32, fourier_features=4, attention="xla"),
+        optim=OptimConfig(base_lr=3e-3, scale_lr=False, warmup_frac=0.0),
+        train=TrainConfig(steps=steps, log_every=1, eval_every=3, checkpoint_every=2, keep_last=10,
+                          async_checkpoint=True, figure=False, peak_flops=1e9),
+        mesh=MeshConfig(data=-1, fsdp=2),
+    )
+    for name, fields in sections.items():
+        cfg = dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), **fields)})
+    return cfg
+
+
+def make_trainer(cfg: Config, data: Path, workdir: Path, mesh=None):
+    """A Trainer over the real pipeline and the BrainLM task (as `brainjax pretrain` builds it)."""
+    from brainjax.data.pipeline import LoaderSpec, eval_batches, make_loader, to_global
+    from brainjax.train.tasks import BrainLMTask
+    from brainjax.train.trainer import Trainer
+
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(data)))
+    loader = make_loader(LoaderSpec(paths=(str(data),), split="train", window=cfg.data.window,
+                                    batch_size=cfg.data.batch_size, seed=cfg.train.seed, read_threads=1))
+    task = BrainLMTask(cfg.model, cfg.mask, n_parcels=loader.n_parcels, window=cfg.data.window)
+
+    def validation():
+        return eval_batches((str(data),), "val", cfg.data.window, cfg.data.batch_size, read_threads=1)
+
+    return Trainer(cfg, task, workdir, loader, validation, to_global, mesh=mesh)
+
+
+def write_config_file(path: Path, cfg: Config) -> Path:
+    """A config file for `brainjax pretrain --config` that rebuilds ``cfg``."""
+    from brainjax.config import to_json
+
+    path.write_text("import json\nfrom brainjax.config import from_dict\n\n\ndef config():\n"
+                    f"    return from_dict(json.loads({to_json(cfg)!r}))\n")
+    return path
+
+
+def cli_env(devices: int = 1) -> dict:
+    env = dict(os.environ)
+    env["JAX_PLATFORMS"] = "cpu"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["MPLBACKEND"] = "Agg"
+    return env
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "brainjax.cli", "pretrain", *args]
