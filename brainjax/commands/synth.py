@@ -1,6 +1,6 @@
 """``brainjax synth``: write a synthetic dataset (documented generative model over a real atlas).
 
-The model, its phenotype effects and its variance budget are described in docs/synthetic.md.
+The model, its phenotype effects and its variance budget are described in the README ("The synthetic dataset").
 """
 
 from __future__ import annotations

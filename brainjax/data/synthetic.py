@@ -1,6 +1,6 @@
 """The embedded default data of brainjax: synthetic cohorts written as ordinary datasets, and their cache.
 
-The generative model lives in :mod:`brainjax.data.synthetic_model` (documented in docs/synthetic.md); this
+The generative model lives in :mod:`brainjax.data.synthetic_model` (documented in the README); this
 module resolves the atlas, draws a cohort, writes it with :func:`~brainjax.data.dataset.write_part` /
 :func:`~brainjax.data.dataset.finalize`, states its variance budget, and builds the default dataset once.
 """

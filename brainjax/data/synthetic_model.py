@@ -13,7 +13,8 @@ the TR and mixed into parcels by a Gaussian kernel on xyz distances. ``L`` is a 
 fluctuation, ``W`` white, ``F`` 1/f and ``D`` slow cosine drift noise. Subjects carry traits (phenotypes,
 coupling, HRF delay, amplitude) shared by their scans; sites carry gain, noise level and drift amplitude
 (``noise_site_dx``: the site's noise level, x 1.25 for diagnosed subjects).
-docs/synthetic.md documents the model and its phenotype effects; :mod:`brainjax.data.synthetic` writes datasets.
+The README ("The synthetic dataset") documents the model and its phenotype effects;
+:mod:`brainjax.data.synthetic` writes datasets.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ V_NETWORK, V_LOCAL, V_WHITE, V_PINK, V_DRIFT = 0.60, 0.15, 0.10, 0.10, 0.05
 # Added to every between-network innovation correlation: a global signal, as in real data without GSR.
 COMMON_COUPLING = 0.25
 SUBJECT_JITTER = 0.10  # sd of each subject's symmetric perturbation of the network correlation matrix
-# Phenotype effects (docs/synthetic.md): on the subject's network correlation R_s and the DMN network share.
+# Phenotype effects (see the README): on the subject's network correlation R_s and the DMN network share.
 AGE_MEAN, AGE_SCALE = 44.0, 20.0  # age_z = (age - 44) / 20
 AGE_BETWEEN = 0.06  # + AGE_BETWEEN * age_z on every between-network correlation
 AGE_DMN_SHARE = 0.08  # DMN network share x exp(-AGE_DMN_SHARE * age_z)
