@@ -49,7 +49,8 @@ class ModelConfig:
     dec_depth: int = 2  # decoder layers
     dec_heads: int = 4  # decoder attention heads
     dec_mlp: int = 1024  # decoder MLP hidden size
-    fourier_features: int = 16  # frequencies per coordinate axis in the spatial embedding
+    fourier_features: int = 4  # octaves per coordinate axis (wavelengths 200, 100, 50, 25 mm); finer ones
+    # only hash the parcel identity and slowed learning (see experiments/default.py)
     time_embedding: str = "index"  # index (sinusoid) | learned (table) | seconds (onset in s)
     max_patches: int = 64  # rows of the learned time table: longest window / patch
     norm_targets: bool = False  # MSE against per-patch normalised targets (MAE paper option)
