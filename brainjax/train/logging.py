@@ -140,7 +140,8 @@ class Throughput:
 
 def measure_peak_flops(dtype: str = "float32", cache_dir: str | os.PathLike | None = None,
                        size: int | None = None, repeats: int = 5) -> float:
-    """Achievable dense matmul FLOP/s of one device (cached per device kind and dtype in ``cache_dir``)."""
+    """Achievable FLOP/s of a jitted [size, size] matmul of random data on one device (cached per device kind
+    and dtype in ``cache_dir``; no cache when it is None)."""
     import jax
     import jax.numpy as jnp
 
@@ -151,13 +152,14 @@ def measure_peak_flops(dtype: str = "float32", cache_dir: str | os.PathLike | No
     if key in known:
         return float(known[key])
     n = size or (512 if device.platform == "cpu" else 8192)
-    x = jax.device_put(jnp.ones((n, n), dtype), device)
-    matmul = jax.jit(lambda a: a @ a)
-    matmul(x).block_until_ready()  # compile
+    ka, kb = jax.random.split(jax.random.key(0))
+    a, b = (jax.device_put(jax.random.normal(k, (n, n), jnp.float32).astype(dtype), device) for k in (ka, kb))
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()  # compile
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        matmul(x).block_until_ready()
+        matmul(a, b).block_until_ready()
         times.append(time.perf_counter() - t0)
     peak = 2.0 * n**3 / float(np.median(times))
     if cache is not None:
