@@ -9,7 +9,8 @@ from brainjax.train.logging import read_metrics
 from brainjax.train.sharding import make_mesh
 from brainjax.train.trainer import NonFiniteLossError
 
-pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 simulated devices (tests/conftest.py)")
+# tests/conftest.py simulates 8 CPU devices; fail loudly (not skip) if that did not take effect
+assert jax.device_count() >= 8, f"needs 8 simulated devices (tests/conftest.py), found {jax.device_count()}"
 
 
 @pytest.fixture(scope="module")
