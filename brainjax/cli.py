@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("synth", "prepare", "info", "pretrain")
+COMMANDS = ("synth", "prepare", "info", "pretrain", "embed")
 
 
 def build_parser() -> argparse.ArgumentParser:

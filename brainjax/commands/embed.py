@@ -1,0 +1,99 @@
+"""``brainjax embed``: per-scan embeddings from a pretrained checkpoint, as an npz for use outside brainjax.
+
+Every scan is cut into non-overlapping windows of the checkpoint's ``data.window`` TRs (the tail shorter
+than a window is left out), each window goes through the encoder with no masking, and the window
+embeddings are averaged per scan. The npz (no pickled objects) holds::
+
+    scan_id, subject, split   str [N]
+    cls                       float32 [N, width]  CLS token
+    mean                      float32 [N, width]  mean over the scan's tokens
+    windows                   int32 [N]           windows averaged
+    step                      int                 checkpoint step
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+HELP = "per-scan embeddings (CLS and mean-pooled) from a pretrained checkpoint, written as an npz"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", required=True, help="the pretraining work dir (its checkpoints/)")
+    parser.add_argument("--data", required=True, help="dataset directory")
+    parser.add_argument("--out", required=True, help="output .npz file")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    parser.add_argument("--splits", default="train,val,test", help="comma-separated splits (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=16, help="windows per forward pass (default: %(default)s)")
+
+
+def embed_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int) -> dict:
+    """Average the unmasked encoder embeddings of every window of each scan in ``splits``.
+
+    Returns the npz arrays described in the module docstring (scans in manifest order).
+    """
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from brainjax.data.dataset import Dataset
+    from brainjax.data.pipeline import eval_batches, to_global
+
+    dataset = Dataset(data)
+    keys = ("signal", "parcel_mask", "coords", "tr")
+    embed = nnx.jit(lambda model, batch: model.embed(batch))
+    width = loaded.cfg.model.width
+    sums = {"cls": np.zeros((len(dataset), width)), "mean": np.zeros((len(dataset), width))}
+    counts = np.zeros(len(dataset), np.int64)
+    window = loaded.cfg.data.window
+    devices = loaded.mesh.size
+    batch_size = -(-batch_size // devices) * devices  # whole rows per device
+    for split in splits:
+        for batch in eval_batches([data], split, window, batch_size, process_index=0, process_count=1):
+            inputs = to_global({k: batch[k] for k in keys}, loaded.mesh)
+            out = jax.device_get(embed(loaded.model, inputs))
+            for row in np.flatnonzero(batch["valid"]):
+                scan = int(batch["scan"][row])
+                sums["cls"][scan] += out["cls"][row]
+                sums["mean"][scan] += out["mean"][row]
+                counts[scan] += 1
+    rows = np.flatnonzero(counts)
+    if rows.size == 0:
+        raise ValueError(f"{data}: no scan of splits {','.join(splits)} has a whole window of {window} TRs")
+    manifest = dataset.manifest
+    return {"scan_id": np.array([manifest[i]["scan_id"] for i in rows]),
+            "subject": np.array([manifest[i]["subject"] for i in rows]),
+            "split": np.array([manifest[i]["split"] for i in rows]),
+            "cls": (sums["cls"][rows] / counts[rows, None]).astype(np.float32),
+            "mean": (sums["mean"][rows] / counts[rows, None]).astype(np.float32),
+            "windows": counts[rows].astype(np.int32), "step": np.int64(loaded.step)}
+
+
+def main(args: argparse.Namespace) -> int:
+    import sys
+
+    import numpy as np
+
+    from brainjax.data.dataset import SPLITS
+    from brainjax.eval.restore import NoCheckpointError, load_for_eval
+
+    splits = tuple(s for s in args.splits.split(",") if s)
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        print(f"error: --splits {args.splits!r}: expected names from {SPLITS}", file=sys.stderr)
+        return 2
+    try:
+        loaded = load_for_eval(args.workdir, args.step)
+        arrays = embed_dataset(loaded, str(Path(args.data).resolve()), splits, args.batch)
+    except (NoCheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, out)
+    print(f"{len(arrays['scan_id'])} scans (step {loaded.step}, width {arrays['cls'].shape[1]}) -> {out}")
+    return 0

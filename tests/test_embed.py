@@ -1,0 +1,67 @@
+"""``brainjax embed`` and eval-only checkpoint loading: a checkpoint trained on a 2 x 4 mesh loads onto 8
+devices on the data axis, and per-scan embeddings equal the encoder run window by window by hand."""
+
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from _trainer_utils import WINDOW, cli_env, make_trainer, tiny_config, tiny_dataset
+from jax.sharding import NamedSharding, PartitionSpec
+
+from brainjax.commands.embed import embed_dataset
+from brainjax.data.dataset import Dataset
+from brainjax.eval.restore import NoCheckpointError, load_for_eval
+
+assert jax.device_count() >= 8, f"needs 8 simulated devices (tests/conftest.py), found {jax.device_count()}"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("embed")
+    data = tiny_dataset(root / "data")
+    make_trainer(tiny_config(steps=2), data, root / "run").run()
+    return data, root / "run"
+
+
+def test_embeddings_equal_windowwise_encoder_means(trained):
+    data, workdir = trained
+    loaded = load_for_eval(workdir)
+    assert loaded.step == 2 and dict(loaded.mesh.shape) == {"data": 8, "fsdp": 1}
+    arrays = embed_dataset(loaded, str(data), ("train", "val"), batch_size=3)
+    ds = Dataset(data)
+    assert list(arrays["scan_id"]) == [r["scan_id"] for r in ds.manifest if r["split"] in ("train", "val")]
+    assert list(arrays["split"]) == [r["split"] for r in ds.manifest if r["split"] in ("train", "val")]
+    for i in (0, len(ds) - 1):
+        row = ds.manifest[i]
+        signal = ds.normalize(ds.read(i))
+        n = signal.shape[1] // WINDOW
+        windows = np.stack([signal[:, j * WINDOW:(j + 1) * WINDOW] for j in range(n)])
+        batch = {"signal": windows, "parcel_mask": np.ones(windows.shape[:2], bool),
+                 "coords": np.broadcast_to(ds.atlas.xyz, (n, *ds.atlas.xyz.shape)).astype(np.float32),
+                 "tr": np.full(n, row["tr"], np.float32)}
+        replicated = NamedSharding(loaded.mesh, PartitionSpec())  # the parameters' devices; no jit
+        params = jax.device_get(loaded.model.embed(jax.device_put(batch, replicated)))
+        k = list(arrays["scan_id"]).index(row["scan_id"])
+        assert arrays["windows"][k] == n
+        np.testing.assert_allclose(arrays["cls"][k], params["cls"].mean(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(arrays["mean"][k], params["mean"].mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_cli_writes_npz_and_reports_missing_checkpoints(trained, tmp_path):
+    data, workdir = trained
+    out = tmp_path / "emb" / "e.npz"
+    cmd = [sys.executable, "-m", "brainjax.cli", "embed", "--workdir", str(workdir), "--data", str(data),
+           "--out", str(out), "--splits", "val"]
+    proc = subprocess.run(cmd, env=cli_env(1), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with np.load(out, allow_pickle=False) as npz:
+        assert set(npz["split"]) == {"val"} and npz["cls"].shape[0] == npz["scan_id"].shape[0] > 0
+        assert int(npz["step"]) == 2 and npz["cls"].dtype == np.float32
+    with pytest.raises(NoCheckpointError, match="no checkpoints"):
+        load_for_eval(tmp_path)
+    with pytest.raises(NoCheckpointError, match="no step 7"):
+        load_for_eval(workdir, step=7)
+    bad = subprocess.run(cmd[:-2] + ["--splits", "dev"], env=cli_env(1), capture_output=True, text=True)
+    assert bad.returncode == 2 and "--splits" in bad.stderr
