@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     task = BrainLMTask(cfg.model, cfg.mask, n_parcels=parcels, window=cfg.data.window)
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps, args.batch)
     state = jax.jit(init_train_state(task, tx, cfg.train.seed))()
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: task.init_model(nnx.Rngs(0))))
+    abstract = nnx.eval_shape(lambda: task.init_model(nnx.Rngs(0)))  # shapes only: graphdef and size
+    graphdef = nnx.graphdef(abstract)
     batch = jax.device_put(random_batch(args.batch, parcels, cfg.data.window))
     rng = jax.random.key(0)
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "parcels": parcels,
         "window": cfg.data.window,
         "tokens_per_sample": int(task.tokens_per_sample()),
-        "params": count_params(nnx.eval_shape(lambda: task.init_model(nnx.Rngs(0)))),
+        "params": count_params(abstract),
         "dtype": cfg.model.dtype,
         "attention": cfg.model.attention,
         "remat": cfg.model.remat,

@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from brainjax.commands.args import split_fractions
+
 HELP = "prepare a dataset from NIfTI / surface / parcel-series scans (resumable, shardable over jobs)"
 
 
@@ -42,16 +44,6 @@ def _shard(text: str) -> tuple[int, int]:
     if not (count >= 1 and 0 <= index < count):
         raise argparse.ArgumentTypeError(f"need 0 <= I < N in I/N, got {text!r}")
     return index, count
-
-
-def _fractions(text: str) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}") from None
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected train,val,test fractions, got {text!r}")
-    return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     clean.add_argument("--min-length", type=int, default=100, help="minimum TRs after resampling (default: 100)")
     data = parser.add_argument_group("dataset")
     data.add_argument("--participants", help="BIDS participants.tsv (default: one at the top of an INPUT dir)")
-    data.add_argument("--split-fractions", type=_fractions, default=(0.8, 0.1, 0.1),
+    data.add_argument("--split-fractions", type=split_fractions, default=(0.8, 0.1, 0.1),
                       help="train,val,test fractions of subjects (default: 0.8,0.1,0.1)")
     data.add_argument("--seed", type=int, default=0, help="seed of the subject split (default: 0)")
     run = parser.add_argument_group("execution")

@@ -8,19 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from brainjax.commands.args import split_fractions
+
 HELP = "generate a synthetic fMRI dataset (network dynamics + HRF + noise, with age/sex/diagnosis effects)"
-
-
-def _fractions(text: str) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"split fractions must be numbers like 0.8,0.1,0.1, got {text!r}") from None
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"split fractions need three values (train,val,test), got {text!r}")
-    if min(values) < 0 or abs(sum(values) - 1) > 1e-6:
-        raise argparse.ArgumentTypeError(f"split fractions must be non-negative and sum to 1, got {text!r}")
-    return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--atlas", default=d.atlas, help="atlas name for load_atlas (default: %(default)s)")
     parser.add_argument("--sites", type=int, default=d.sites, help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
-    parser.add_argument("--split-fractions", type=_fractions, default=(0.8, 0.1, 0.1),
+    parser.add_argument("--split-fractions", type=split_fractions, default=(0.8, 0.1, 0.1),
                         help="train,val,test fractions of subjects (default: 0.8,0.1,0.1)")
 
 
