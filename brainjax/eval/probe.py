@@ -1,0 +1,374 @@
+"""Phenotype probes: how well do per-scan features predict each phenotype of a dataset manifest?
+
+Features are per-scan vectors (embeddings of a pretrained model, or functional connectivity from
+``fc_features``). Each phenotype is probed with simple models under subject-level cross-validation so the
+numbers are honest:
+
+- Outer folds are ``GroupKFold`` over subject ids: a subject's scans are never split between train and test,
+  so a model cannot score by recognising the subject.
+- Scaling and hyper-parameter choice (ridge alpha, logistic C) are fitted on the outer training fold only;
+  the inner folds that choose them are grouped by subject as well.
+- Metrics are computed once over all out-of-fold predictions (every labelled scan is predicted exactly once);
+  the per-fold mean and std of the main metric are reported beside them.
+- AUROC is computed from predicted probabilities, never from hard labels.
+
+``probe`` returns a reason instead of raising when a phenotype cannot be probed (too few scans, subjects or
+subjects per class), so a sweep over many phenotypes survives the unusable ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy.stats import pearsonr
+from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, r2_score, recall_score, roc_auc_score
+from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold
+from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+ALPHAS = np.logspace(-2, 5, 15)  # ridge penalties tried by the inner CV
+CS = np.logspace(-3, 3, 7)  # logistic inverse penalties tried by the inner CV
+INNER_FOLDS = 3  # inner folds (grouped by subject) that choose alpha / C
+MAX_CATEGORIES = 10  # integer-valued numeric phenotypes with more distinct values are continuous
+_MISSING = {"", "n/a"}
+_R_CLIP = 0.999999
+
+
+def fc_features(series: Sequence[np.ndarray]) -> np.ndarray:
+    """Functional connectivity per scan: Fisher-z Pearson correlations between parcels, upper triangle.
+
+    series: N arrays, each float [P, T] (same P for every scan, T >= 2 may differ).
+    Returns float32 [N, P*(P-1)/2], row-major upper triangle without the diagonal; r is clipped to +-0.999999
+    so identical parcels give a large finite z rather than inf.
+    """
+    if len(series) == 0:
+        raise ValueError("fc_features: no scans given")
+    n_parcels = None
+    rows = []
+    for i, scan in enumerate(series):
+        x = np.asarray(scan, dtype=np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"fc_features: scan {i} has shape {x.shape}, expected [P, T]")
+        if n_parcels is None:
+            n_parcels = x.shape[0]
+            if n_parcels < 2:
+                raise ValueError(f"fc_features: need at least 2 parcels, scan 0 has {n_parcels}")
+        elif x.shape[0] != n_parcels:
+            raise ValueError(f"fc_features: scan {i} has {x.shape[0]} parcels, scan 0 has {n_parcels}")
+        if x.shape[1] < 2:
+            raise ValueError(f"fc_features: scan {i} has {x.shape[1]} time points, need at least 2")
+        if not np.isfinite(x).all():
+            raise ValueError(f"fc_features: scan {i} contains NaN or Inf")
+        flat = np.flatnonzero(np.ptp(x, axis=1) == 0)
+        if flat.size:
+            raise ValueError(f"fc_features: scan {i} has constant parcel(s) {flat.tolist()}; correlation undefined")
+        centred = x - x.mean(axis=1, keepdims=True)
+        unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+        r = (unit @ unit.T)[np.triu_indices(n_parcels, k=1)]
+        rows.append(np.arctanh(np.clip(r, -_R_CLIP, _R_CLIP)))
+    return np.stack(rows).astype(np.float32)
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or str(value).strip().lower() in _MISSING
+
+
+def _as_numbers(values: Sequence[str]) -> np.ndarray | None:
+    """float64 [M] if every value parses as a finite number, else None."""
+    try:
+        numbers = np.array([float(str(v).strip()) for v in values], dtype=np.float64)
+    except ValueError:
+        return None
+    return numbers if np.isfinite(numbers).all() else None
+
+
+def phenotype_kind(values: Sequence[str]) -> str:
+    """Kind of a manifest phenotype column; "n/a", "" (any case, surrounding spaces ignored) are missing.
+
+    values: [N] strings. Rules, on the distinct non-missing values (numbers compared as numbers, so "1" and
+    "1.0" are one value):
+    - "constant": at most 1 distinct value (including an all-missing column);
+    - "binary": exactly 2 distinct values, numeric or not;
+    - "categorical": all values integer-valued numbers with 3..10 distinct values (e.g. site codes, Likert
+      items), or any non-numeric labels with 3 or more distinct values (many-class text columns usually get
+      skipped later by ``probe`` for having classes with fewer than 2 subjects);
+    - "continuous": every other numeric column, i.e. more than 10 distinct values, or any non-integer value.
+    """
+    kept = [str(v).strip() for v in values if not _is_missing(v)]
+    numbers = _as_numbers(kept)
+    distinct = np.unique(numbers) if numbers is not None else np.unique(np.array(kept, dtype=str))
+    if distinct.size <= 1:
+        return "constant"
+    if distinct.size == 2:
+        return "binary"
+    if numbers is None:
+        return "categorical"
+    if distinct.size <= MAX_CATEGORIES and np.all(distinct == np.round(distinct)):
+        return "categorical"
+    return "continuous"
+
+
+def _encode(kept: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Class indices int [M] by sorted order (numeric order for numbers) and the class names [K]."""
+    numbers = _as_numbers(kept)
+    if numbers is None:
+        names, y = np.unique(np.array(kept, dtype=str), return_inverse=True)
+        return y.astype(np.int64), [str(n) for n in names]
+    levels, y = np.unique(numbers, return_inverse=True)
+    return y.astype(np.int64), [f"{v:g}" for v in levels]
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    """{"r2", "mae", "pearson_r"} of predictions; y_true, y_pred: float [N], N >= 2.
+
+    pearson_r is NaN when either side is constant (e.g. a mean-only baseline within one fold).
+    """
+    t = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(y_pred, dtype=np.float64)
+    if t.ndim != 1 or t.shape != p.shape:
+        raise ValueError(f"regression_metrics: y_true {t.shape} and y_pred {p.shape} must be equal 1-D shapes")
+    if t.size < 2:
+        raise ValueError(f"regression_metrics: need at least 2 samples, got {t.size}")
+    if not (np.isfinite(t).all() and np.isfinite(p).all()):
+        raise ValueError("regression_metrics: y_true or y_pred contains NaN or Inf")
+    constant = np.ptp(t) == 0 or np.ptp(p) == 0
+    return {
+        "r2": float(r2_score(t, p)),
+        "mae": float(mean_absolute_error(t, p)),
+        "pearson_r": float("nan") if constant else float(pearsonr(t, p).statistic),
+    }
+
+
+def classification_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict:
+    """{"accuracy", "balanced_accuracy", "auroc"} from class probabilities.
+
+    y_true: int [N] in 0..K-1; prob: float [N, K] (K >= 2). The prediction is argmax prob. AUROC uses
+    prob[:, 1] when K == 2, else the macro mean of one-vs-rest AUROCs over the classes present in y_true;
+    it is NaN when y_true holds a single class. Balanced accuracy is the mean recall over classes in y_true.
+    """
+    y = np.asarray(y_true)
+    p = np.asarray(prob, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 2 or y.shape != (p.shape[0],):
+        raise ValueError(f"classification_metrics: need y_true [N] and prob [N, K>=2], got {y.shape}, {p.shape}")
+    if y.size == 0 or not np.isfinite(p).all():
+        raise ValueError("classification_metrics: empty input or NaN/Inf probabilities")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= p.shape[1]:
+        raise ValueError(f"classification_metrics: y_true must be integers in 0..{p.shape[1] - 1}")
+    pred = p.argmax(axis=1)
+    present = np.unique(y)
+    if present.size < 2:
+        auroc = float("nan")
+    elif p.shape[1] == 2:
+        auroc = float(roc_auc_score(y, p[:, 1]))
+    else:
+        auroc = float(np.mean([roc_auc_score(y == k, p[:, k]) for k in present]))
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(recall_score(y, pred, labels=present, average="macro")),
+        "auroc": auroc,
+    }
+
+
+def _neg_log_loss(estimator, x: np.ndarray, y: np.ndarray) -> float:
+    # sklearn's "neg_log_loss" fails when a validation fold lacks a class; naming the labels avoids that
+    return -log_loss(y, estimator.predict_proba(x), labels=estimator.classes_)
+
+
+def _inner_regression_splits(groups: np.ndarray, seed: int) -> list | None:
+    """Subject-grouped inner splits, or None (RidgeCV's leave-one-scan-out) when the fold holds one subject."""
+    n_inner = min(INNER_FOLDS, np.unique(groups).size)
+    if n_inner < 2:
+        return None
+    return list(GroupKFold(n_splits=n_inner, shuffle=True, random_state=seed).split(groups, groups=groups))
+
+
+def _inner_class_splits(y: np.ndarray, groups: np.ndarray, seed: int) -> list:
+    """Subject-grouped stratified splits whose training part holds every class of y (else log loss is undefined)."""
+    classes = np.unique(y)
+    n_inner = min(INNER_FOLDS, min(np.unique(groups[y == c]).size for c in classes))
+    if n_inner < 2:
+        return []
+    cv = StratifiedGroupKFold(n_splits=n_inner, shuffle=True, random_state=seed)
+    return [(a, b) for a, b in cv.split(y, y, groups) if np.array_equal(np.unique(y[a]), classes)]
+
+
+def _n_neighbors(n_train: int) -> int:
+    return max(1, min(10, n_train - 1))
+
+
+def _spread(scores: list[float]) -> tuple[float, float]:
+    finite = np.asarray([s for s in scores if np.isfinite(s)])
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    return float(finite.mean()), float(finite.std())
+
+
+def _check_once(counts: np.ndarray) -> None:
+    if not (counts == 1).all():
+        raise RuntimeError("probe: outer folds did not predict every labelled scan exactly once")
+
+
+def _regress(x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits: list, seed: int,
+             notes: list[str]) -> tuple[dict, dict]:
+    """Out-of-fold ridge / kNN / training-mean predictions -> (models, chance)."""
+    names = ("ridge", "knn")
+    preds = {name: np.zeros(len(y)) for name in names}
+    baseline, counts = np.zeros(len(y)), np.zeros(len(y), dtype=int)
+    fold_r2 = {name: [] for name in names}
+    alphas = []
+    for fold, (train, test) in enumerate(splits):
+        counts[test] += 1
+        baseline[test] = y[train].mean()
+        inner = _inner_regression_splits(groups[train], seed)
+        if inner is None:
+            notes.append(f"fold {fold}: training set holds one subject; ridge alpha chosen by leave-one-scan-out")
+        models = {
+            "ridge": make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS, cv=inner)),
+            "knn": make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=_n_neighbors(len(train)))),
+        }
+        for name, model in models.items():
+            preds[name][test] = model.fit(x[train], y[train]).predict(x[test])
+            fold_r2[name].append(float(r2_score(y[test], preds[name][test])) if len(test) > 1 else float("nan"))
+        alphas.append(float(models["ridge"][-1].alpha_))
+    _check_once(counts)
+    out = {}
+    for name in names:
+        mean, std = _spread(fold_r2[name])
+        out[name] = {**regression_metrics(y, preds[name]), "fold_mean": mean, "fold_std": std}
+    out["ridge"]["alpha"] = alphas
+    return out, regression_metrics(y, baseline)
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int):
+    """Fitted scaler + logistic pipeline with C from subject-grouped inner CV, or C=1 when that is impossible."""
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    inner = _inner_class_splits(y, groups, seed)
+    if not inner:
+        return pipe.fit(x, y), 1.0
+    search = GridSearchCV(pipe, {"logisticregression__C": CS}, cv=inner, scoring=_neg_log_loss).fit(x, y)
+    return search.best_estimator_, float(search.best_params_["logisticregression__C"])
+
+
+def _classify(x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits: list, n_classes: int, seed: int,
+              notes: list[str]) -> tuple[dict, dict]:
+    """Out-of-fold logistic / kNN class probabilities -> (models, chance)."""
+    names = ("logistic", "knn")
+    probs = {name: np.zeros((len(y), n_classes)) for name in names}
+    counts = np.zeros(len(y), dtype=int)
+    fold_auc = {name: [] for name in names}
+    cs: list[float | None] = []
+    for fold, (train, test) in enumerate(splits):
+        counts[test] += 1
+        present = np.unique(y[train])
+        if present.size < 2:
+            # nothing to discriminate: predict the training prior rather than fail the whole phenotype
+            prior = np.bincount(y[train], minlength=n_classes) / len(train)
+            for name in names:
+                probs[name][test] = prior
+            cs.append(None)
+            notes.append(f"fold {fold}: training set holds class {int(present[0])} only; predicted the prior")
+        else:
+            logistic, c = _logistic(x[train], y[train], groups[train], seed)
+            knn = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=_n_neighbors(len(train))))
+            cs.append(c)
+            for name, model in (("logistic", logistic), ("knn", knn.fit(x[train], y[train]))):
+                # a training fold may miss a class: its column stays at probability 0
+                probs[name][np.ix_(test, model[-1].classes_)] = model.predict_proba(x[test])
+        for name in names:
+            fold_auc[name].append(classification_metrics(y[test], probs[name][test])["auroc"])
+    _check_once(counts)
+    out = {}
+    for name in names:
+        mean, std = _spread(fold_auc[name])
+        out[name] = {**classification_metrics(y, probs[name]), "fold_mean": mean, "fold_std": std}
+    out["logistic"]["C"] = cs
+    majority = float(np.bincount(y, minlength=n_classes).max() / len(y))
+    return out, {"accuracy": majority, "balanced_accuracy": 1.0 / n_classes, "auroc": 0.5}
+
+
+def _checked_features(features: np.ndarray, n_rows: int, name: str) -> np.ndarray:
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] != n_rows:
+        raise ValueError(f"{name}: expected features [N={n_rows}, D], got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name}: features contain NaN or Inf")
+    return x
+
+
+def probe(features: np.ndarray, values: Sequence[str], groups: Sequence[str], *, folds: int = 5,
+          seed: int = 0) -> dict:
+    """Probe one phenotype with subject-level cross-validation.
+
+    features: float [N, D]; values: [N] manifest strings ("n/a"/"" = missing, those scans are dropped);
+    groups: [N] subject ids. Continuous kinds get "ridge" and "knn" regressors, binary/categorical kinds
+    "logistic" and "knn" classifiers (labels mapped to 0..K-1 in sorted order, names in "classes").
+    Returns a JSON-able dict {"kind", "n_scans", "n_subjects", "folds", ["classes"], "models": {name:
+    {metrics..., "fold_mean", "fold_std", "alpha"|"C" per fold}}, "chance": {...}, "notes": [...]}, or
+    {"kind", "skipped": reason} when the phenotype is constant or has too few scans/subjects.
+    """
+    n = len(values)
+    x = _checked_features(features, n, "probe")
+    subjects = np.array([str(g) for g in groups])
+    if subjects.shape != (n,):
+        raise ValueError(f"probe: {len(subjects)} groups for {n} values")
+    if folds < 2:
+        raise ValueError(f"probe: folds must be >= 2, got {folds}")
+    kind = phenotype_kind(values)
+    if kind == "constant":
+        return {"kind": kind, "skipped": "at most one distinct non-missing value"}
+    labelled = np.array([not _is_missing(v) for v in values])
+    kept = [str(v).strip() for v, keep in zip(values, labelled) if keep]
+    x, subjects = x[labelled], subjects[labelled]
+    n_subjects = int(np.unique(subjects).size)
+    if len(kept) < 2 * folds:
+        return {"kind": kind, "skipped": f"{len(kept)} labelled scans, need at least {2 * folds}"}
+    if n_subjects < 3:
+        return {"kind": kind, "skipped": f"{n_subjects} labelled subjects, need at least 3"}
+    classes = None
+    if kind == "continuous":
+        y = _as_numbers(kept)
+    else:
+        y, classes = _encode(kept)
+        for k, name in enumerate(classes):
+            count = np.unique(subjects[y == k]).size
+            if count < 2:
+                return {"kind": kind, "skipped": f"class {name!r} has {count} subject(s), need at least 2"}
+    n_splits = min(folds, n_subjects)
+    splits = list(GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(x, y, subjects))
+    notes: list[str] = []
+    if kind == "continuous":
+        models, chance = _regress(x, y, subjects, splits, seed, notes)
+    else:
+        models, chance = _classify(x, y, subjects, splits, len(classes), seed, notes)
+    result = {"kind": kind, "n_scans": len(kept), "n_subjects": n_subjects, "folds": n_splits}
+    if classes is not None:
+        result["classes"] = classes
+    return {**result, "models": models, "chance": chance, "notes": notes}
+
+
+def probe_all(feature_sets: Mapping[str, np.ndarray], manifest: Sequence[Mapping[str, str]],
+              phenotypes: Sequence[str], *, folds: int = 5, seed: int = 0) -> dict:
+    """``probe`` for every phenotype on every feature set.
+
+    feature_sets: name -> float [N, D] whose rows align with the N manifest rows; manifest: [N] rows with a
+    "subject" key (the CV groups) and phenotype columns (a missing key counts as a missing value).
+    Returns {phenotype: {feature_set_name: probe result}}.
+    """
+    rows = list(manifest)
+    checked = {name: _checked_features(feats, len(rows), f"feature set {name!r}") for name, feats in
+               feature_sets.items()}
+    subjects = []
+    for i, row in enumerate(rows):
+        if _is_missing(row.get("subject")):
+            raise ValueError(f"probe_all: manifest row {i} has no subject")
+        subjects.append(str(row["subject"]))
+    results = {}
+    for pheno in phenotypes:
+        if not any(pheno in row for row in rows):
+            raise ValueError(f"probe_all: phenotype {pheno!r} is not a manifest column")
+        values = [row.get(pheno, "") for row in rows]
+        results[pheno] = {name: probe(x, values, subjects, folds=folds, seed=seed) for name, x in checked.items()}
+    return results
