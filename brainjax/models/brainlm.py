@@ -78,6 +78,11 @@ class BrainLM(nnx.Module):
 
     def _encode(self, batch: dict, masking: Masking, dropout_key: jax.Array | None):
         """Encoder over CLS + visible tokens: ([B, 1 + V, width], key_mask [B, 1 + V], patches [B,P,N,patch])."""
+        tokens, key_mask, patches = self._encoder_inputs(batch, masking)
+        return self.encoder(tokens, key_mask, dropout_key), key_mask, patches
+
+    def _encoder_inputs(self, batch: dict, masking: Masking):
+        """Embedded CLS + visible tokens [B, 1 + V, width], their key mask [B, 1 + V], patches [B,P,N,patch]."""
         signal, _, coords, tr = _sanitize(batch)
         patches = patchify(signal, self.cfg.patch)
         batch_size, n_parcels, n_patches, _ = patches.shape
@@ -88,8 +93,7 @@ class BrainLM(nnx.Module):
         visible = jnp.where(masking.visible_valid[:, :, None], visible, 0).astype(self.dtype)
         cls = jnp.broadcast_to(self.cls_token[...].astype(self.dtype), (batch_size, 1, self.cfg.width))
         key_mask = jnp.concatenate([jnp.ones((batch_size, 1), bool), masking.visible_valid], axis=1)
-        hidden = self.encoder(jnp.concatenate([cls, visible], axis=1), key_mask, dropout_key)
-        return hidden, key_mask, patches
+        return jnp.concatenate([cls, visible], axis=1), key_mask, patches
 
     def __call__(self, batch: dict, masking: Masking | jax.Array | None = None, mask_cfg: MaskConfig | None = None,
                  *, deterministic: bool = True, dropout_rng: jax.Array | None = None) -> dict:
@@ -146,6 +150,29 @@ class BrainLM(nnx.Module):
         batch_size, n_parcels = parcel_mask.shape
         return {"cls": hidden[:, 0], "mean": mean,
                 "tokens": tokens.reshape(batch_size, n_parcels, n_patches, -1)}
+
+
+    def attention_maps(self, batch: dict) -> dict:
+        """Encoder attention without masking, summarised per parcel (for functional-network maps).
+
+        Returns ``parcel`` float32 [B, depth, P, P]: attention from parcel i's tokens to parcel j's tokens,
+        averaged over heads and query patches and summed over key patches (a row sums to 1 minus its
+        attention to CLS); ``cls`` float32 [B, depth, P]: CLS attention to each parcel summed over patches.
+        Padded parcels get zero rows and columns. Dense [L, L] maths: use small batches.
+        """
+        parcel_mask = jnp.asarray(batch["parcel_mask"]).astype(bool)
+        n_patches = batch["signal"].shape[-1] // self.cfg.patch
+        tokens, key_mask, _ = self._encoder_inputs(batch, no_masking(parcel_mask, n_patches))
+        batch_size, n_parcels = parcel_mask.shape
+        parcel, cls = [], []
+        for weights in self.encoder.attention_weights(tokens, key_mask):
+            weights = weights.mean(1)  # over heads: [B, L, L]
+            grid = weights[:, 1:, 1:].reshape(batch_size, n_parcels, n_patches, n_parcels, n_patches)
+            parcel.append(grid.sum(-1).mean(2))
+            cls.append(weights[:, 0, 1:].reshape(batch_size, n_parcels, n_patches).sum(-1))
+        real = parcel_mask[:, None, :, None] & parcel_mask[:, None, None, :]
+        return {"parcel": jnp.where(real, jnp.stack(parcel, 1), 0.0),
+                "cls": jnp.where(parcel_mask[:, None], jnp.stack(cls, 1), 0.0)}
 
 
 def mae_loss(model: BrainLM, batch: dict, rng: jax.Array, mask_cfg: MaskConfig, *,

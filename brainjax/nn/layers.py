@@ -83,6 +83,19 @@ class SelfAttention(nnx.Module):
                         chunk=self.chunk)
         return self.out(out.reshape(batch, length, width))
 
+    def weights(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+        """Attention probabilities float32 [B, H, L, L] (query rows) for inspection, e.g. network maps.
+
+        Always the dense maths (the probabilities are the output here), so use it on modest batches.
+        """
+        batch, length, width = x.shape
+        q, k, _ = jnp.split(self.qkv(x).reshape(batch, length, 3, self.heads, width // self.heads), 3, axis=2)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q[:, :, 0], k[:, :, 0], preferred_element_type=jnp.float32)
+        scores = scores * (width // self.heads) ** -0.5
+        if key_mask is not None:
+            scores = jnp.where(key_mask[:, None, None, :], scores, -1e30)
+        return jax.nn.softmax(scores, axis=-1)
+
 
 class Block(nnx.Module):
     """Pre-LN transformer block: ``x + Attn(LN(x))`` then ``x + MLP(LN(x))`` (GELU MLP)."""
@@ -102,6 +115,10 @@ class Block(nnx.Module):
         x = x + dropout(self.attn(self.norm1(x), key_mask), self.dropout_rate, keys[0])
         hidden = dropout(jax.nn.gelu(self.fc1(self.norm2(x))), self.dropout_rate, keys[1])
         return x + dropout(self.fc2(hidden), self.dropout_rate, keys[2])
+
+    def attention_weights(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+        """This block's attention probabilities [B, H, L, L] for the block input ``x`` [B, L, W]."""
+        return self.attn.weights(self.norm1(x), key_mask)
 
 
 class Transformer(nnx.Module):
@@ -124,3 +141,11 @@ class Transformer(nnx.Module):
             key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
             x = run(block, x, key_mask, key)
         return self.norm(x)
+
+    def attention_weights(self, x: jax.Array, key_mask: jax.Array | None) -> list[jax.Array]:
+        """Attention probabilities of every block, ``depth`` arrays [B, H, L, L] (no dropout)."""
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attention_weights(x, key_mask))
+            x = block(x, key_mask)
+        return maps
