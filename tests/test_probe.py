@@ -283,3 +283,29 @@ def test_probe_all_structure_and_errors():
         probe_all(broken, manifest, ["age"])
     with pytest.raises(ValueError, match="'iq' is not a manifest column"):
         probe_all(feature_sets, manifest, ["iq"])
+
+
+def test_row_space_projection_leaves_the_probes_unchanged():
+    """Wide features (D >> N): the projected pipelines predict what the plain ones do."""
+    from sklearn.base import clone
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from brainjax.eval.probe import RowSpace
+
+    rng = np.random.default_rng(3)
+    x_train, x_test = rng.normal(size=(40, 600)), rng.normal(size=(15, 600))
+    y_reg = x_train[:, :5].sum(1) + rng.normal(size=40)
+    y_cls = (y_reg > 0).astype(int)
+    assert RowSpace().fit(x_train).transform(x_test).shape == (15, 39)  # rank of 40 centred rows
+    pairs = [(Ridge(alpha=3.0), y_reg, "predict", 1e-8),
+             (LogisticRegression(C=0.05, tol=1e-10, max_iter=5000), y_cls, "predict_proba", 1e-5),
+             (KNeighborsClassifier(n_neighbors=5), y_cls, "predict_proba", 0.0)]
+    with threadpool_limits(1):
+        for model, y, method, atol in pairs:
+            plain = make_pipeline(StandardScaler(), clone(model)).fit(x_train, y)
+            projected = make_pipeline(StandardScaler(), RowSpace(), clone(model)).fit(x_train, y)
+            np.testing.assert_allclose(getattr(projected, method)(x_test), getattr(plain, method)(x_test),
+                                       atol=atol)

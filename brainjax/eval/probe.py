@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.stats import pearsonr
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, r2_score, recall_score, roc_auc_score
 from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold
@@ -199,6 +200,37 @@ def _n_neighbors(n_train: int) -> int:
     return max(1, min(10, n_train - 1))
 
 
+class RowSpace(TransformerMixin, BaseEstimator):
+    """Coordinates of the rows in the span of the centred training rows (only when features outnumber rows).
+
+    Exact, not an approximation, for what the probes fit: an L2-penalised linear model's weights lie in the
+    span of its centred training rows (any other component only adds penalty), and a test point's distance to
+    every training point changes by the same amount when its out-of-span part is dropped, so k-NN rankings are
+    unchanged. FC features (P(P-1)/2 columns for a few hundred scans) then cost n x n instead of n x D per
+    solver iteration.
+    """
+
+    def fit(self, x: np.ndarray, y=None) -> RowSpace:
+        x = np.asarray(x, np.float64)
+        self.mean_ = x.mean(0)
+        self.components_ = None
+        if x.shape[1] > x.shape[0]:
+            # the span from the n x n Gram matrix: two n x n x D products instead of an SVD of the n x D rows
+            centred = x - self.mean_
+            values, vectors = np.linalg.eigh(centred @ centred.T)
+            keep = values > max(float(values.max(initial=0.0)), 1e-300) * 1e-12
+            self.components_ = (vectors[:, keep].T @ centred) / np.sqrt(values[keep])[:, None]
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        return x if self.components_ is None else (x - self.mean_) @ self.components_.T
+
+
+def _scaled(model) -> object:
+    return make_pipeline(StandardScaler(), RowSpace(), model)
+
+
 def _spread(scores: list[float]) -> tuple[float, float]:
     finite = np.asarray([s for s in scores if np.isfinite(s)])
     if finite.size == 0:
@@ -226,8 +258,8 @@ def _regress(x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits: list, see
         if inner is None:
             notes.append(f"fold {fold}: training set holds one subject; ridge alpha chosen by leave-one-scan-out")
         models = {
-            "ridge": make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS, cv=inner)),
-            "knn": make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=_n_neighbors(len(train)))),
+            "ridge": _scaled(RidgeCV(alphas=ALPHAS, cv=inner)),
+            "knn": _scaled(KNeighborsRegressor(n_neighbors=_n_neighbors(len(train)))),
         }
         for name, model in models.items():
             preds[name][test] = model.fit(x[train], y[train]).predict(x[test])
@@ -244,7 +276,7 @@ def _regress(x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits: list, see
 
 def _logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int):
     """Fitted scaler + logistic pipeline with C from subject-grouped inner CV, or C=1 when that is impossible."""
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    pipe = _scaled(LogisticRegression(max_iter=1000))
     inner = _inner_class_splits(y, groups, seed)
     if not inner:
         return pipe.fit(x, y), 1.0
@@ -272,7 +304,7 @@ def _classify(x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits: list, n_
             notes.append(f"fold {fold}: training set holds class {int(present[0])} only; predicted the prior")
         else:
             logistic, c = _logistic(x[train], y[train], groups[train], seed)
-            knn = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=_n_neighbors(len(train))))
+            knn = _scaled(KNeighborsClassifier(n_neighbors=_n_neighbors(len(train))))
             cs.append(c)
             for name, model in (("logistic", logistic), ("knn", knn.fit(x[train], y[train]))):
                 # a training fold may miss a class: its column stays at probability 0
