@@ -96,6 +96,22 @@ class MeshConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """Set by ``brainjax finetune`` (empty ``task`` = a pretraining run); saved with every checkpoint."""
+
+    task: str = ""  # "" (pretraining) | regress | classify | forecast
+    target: str = ""  # manifest phenotype column (regress / classify)
+    classes: tuple[str, ...] = ()  # class labels in output order (classify)
+    target_mean: float = 0.0  # regression target standardisation over the training split
+    target_std: float = 1.0
+    pool: str = "cls"  # embedding the head reads: cls | mean
+    freeze_backbone: bool = False  # train the head only (linear probe through the trainer)
+    head_dropout: float = 0.0
+    init_from: str = ""  # the pretraining work dir the backbone came from (provenance)
+    init_step: int = -1  # its checkpoint step
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "default"
     data: DataConfig = field(default_factory=DataConfig)
@@ -104,6 +120,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 class ConfigError(ValueError):

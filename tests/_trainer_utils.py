@@ -93,3 +93,17 @@ def cli_env(devices: int = 1) -> dict:
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "brainjax.cli", "pretrain", *args]
+
+
+def pretrained_synthetic(root: Path, steps: int = 4) -> tuple[Path, Path]:
+    """A small synthetic cohort with phenotypes and network labels (Dosenbach-160, 30 subjects x 96 TRs)
+    and a tiny BrainLM pretrained on it for ``steps`` steps: (dataset dir, work dir)."""
+    from brainjax.data.synthetic import SynthConfig, synthesize
+
+    data = root / "synth"
+    synthesize(data, SynthConfig(subjects=30, scans_per_subject=1, timepoints=96, atlas="dosenbach160", sites=2,
+                                 seed=1), (0.6, 0.2, 0.2))
+    cfg = tiny_config(steps=steps, data={"window": 32}, model={"patch": 16, "max_parcels": 160},
+                      train={"checkpoint_every": steps, "eval_every": steps})
+    make_trainer(cfg, data, root / "pretrain").run()
+    return data, root / "pretrain"

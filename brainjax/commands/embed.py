@@ -40,8 +40,10 @@ def embed_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int) -
 
     from brainjax.data.dataset import Dataset
     from brainjax.data.pipeline import eval_batches, to_global
+    from brainjax.eval.restore import encoder
 
     dataset = Dataset(data)
+    model = encoder(loaded)  # a fine-tuned head model embeds with its backbone
     keys = ("signal", "parcel_mask", "coords", "tr")
     embed = nnx.jit(lambda model, batch: model.embed(batch))
     width = loaded.cfg.model.width
@@ -53,7 +55,7 @@ def embed_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int) -
     for split in splits:
         for batch in eval_batches([data], split, window, batch_size, process_index=0, process_count=1):
             inputs = to_global({k: batch[k] for k in keys}, loaded.mesh)
-            out = jax.device_get(embed(loaded.model, inputs))
+            out = jax.device_get(embed(model, inputs))
             for row in np.flatnonzero(batch["valid"]):
                 scan = int(batch["scan"][row])
                 sums["cls"][scan] += out["cls"][row]

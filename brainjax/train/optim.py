@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -55,12 +56,21 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int, batch_size: int
+def make_optimizer(cfg: OptimConfig, total_steps: int, batch_size: int,
+                   frozen: Callable[[Any], Any] | None = None
                    ) -> tuple[optax.GradientTransformation, Callable[[jax.Array], jax.Array]]:
-    """``(transformation, schedule)``: clip by global norm (if ``clip_norm > 0``) then AdamW on the schedule."""
+    """``(transformation, schedule)``: clip by global norm (if ``clip_norm > 0``) then AdamW on the schedule.
+
+    frozen: params -> pytree of bools; True leaves get zero updates and keep no optimizer state (a frozen
+    backbone is neither trained nor weight-decayed).
+    """
     schedule = learning_rate_schedule(cfg, total_steps, batch_size)
     parts = []
     if cfg.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
     parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask))
-    return optax.chain(*parts), schedule
+    tx = optax.chain(*parts)
+    if frozen is not None:
+        labels = lambda params: jax.tree.map(lambda f: "frozen" if f else "train", frozen(params))  # noqa: E731
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return tx, schedule

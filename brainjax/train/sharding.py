@@ -93,6 +93,8 @@ def tree_shardings(abstract: Any, mesh: Mesh, rules: Mapping[str, str | None] = 
     def for_leaf(x):
         if _is_variable(x):
             value = x.get_value()
+            if not hasattr(value, "shape"):  # e.g. optax's MaskedNode: a frozen parameter keeps no moments
+                return x
             names = x.get_metadata().get("out_sharding")
             return x.replace(NamedSharding(mesh, logical_to_spec(names, value.shape, mesh, rules)))
         return NamedSharding(mesh, P())

@@ -54,12 +54,14 @@ class Trainer:
     ``train_data`` is an iterator of host-local numpy batches with ``get_state()``/``set_state()`` (the
     data pipeline's Loader). ``eval_data()`` returns one fresh pass over validation batches (or None to skip
     evaluation). ``to_global(batch, mesh)`` turns a host batch into global ``jax.Array``s sharded over the
-    batch axes (the pipeline's ``to_global``).
+    batch axes (the pipeline's ``to_global``). ``warm_start(state) -> state`` replaces parameters of a fresh
+    state (fine-tuning from a pretrained checkpoint); it is not applied when resuming this run's checkpoint.
+    A task with a ``frozen_mask(params)`` method gets zero updates on the parameters it marks True.
     """
 
     def __init__(self, cfg: Config, task: Task, workdir: str | os.PathLike, train_data: Iterator[dict],
                  eval_data: Callable[[], Iterable[dict]] | None, to_global: Callable[[dict, Mesh], dict],
-                 mesh: Mesh | None = None):
+                 mesh: Mesh | None = None, warm_start: Callable[[dict], dict] | None = None):
         if cfg.train.nonfinite not in NONFINITE_MODES:
             raise ValueError(f"train.nonfinite must be one of {NONFINITE_MODES}, got {cfg.train.nonfinite!r}")
         self.cfg, self.task, self.workdir = cfg, task, Path(workdir)
@@ -71,7 +73,9 @@ class Trainer:
             raise ValueError(f"data.batch_size={batch} must be divisible by optim.accum_steps={accum} x "
                              f"{per_batch} devices on the batch axes")
         self.is_main = jax.process_index() == 0
-        self.tx, self.schedule = make_optimizer(cfg.optim, cfg.train.steps, batch)
+        self.tx, self.schedule = make_optimizer(cfg.optim, cfg.train.steps, batch,
+                                                frozen=getattr(task, "frozen_mask", None))
+        self.warm_start = warm_start
         self.base_rng = jax.random.key(cfg.train.seed)
         self.eval_rng = jax.random.fold_in(self.base_rng, EVAL_RNG_SALT)
         self._init_fn = init_train_state(task, self.tx, cfg.train.seed)
@@ -125,7 +129,8 @@ class Trainer:
     def restore_or_init(self, checkpointer: ckpt_lib.Checkpointer) -> tuple[dict, int]:
         restored = checkpointer.restore_latest(self.abstract_state, self._check_config)
         if restored is None:
-            return self.initial_state(), 0
+            state = self.initial_state()
+            return (self.warm_start(state) if self.warm_start else state), 0
         try:  # the loader itself warns when its setup (batch, window, seed...) differs from the saved one
             self.train_data.set_state(restored.data)
         except ValueError as err:
