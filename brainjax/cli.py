@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("synth", "prepare", "info", "pretrain", "embed")
+COMMANDS = ("synth", "prepare", "info", "pretrain", "embed", "finetune", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

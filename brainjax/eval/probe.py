@@ -25,7 +25,7 @@ from scipy.stats import pearsonr
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, r2_score, recall_score, roc_auc_score
-from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -280,8 +280,18 @@ def _logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int):
     inner = _inner_class_splits(y, groups, seed)
     if not inner:
         return pipe.fit(x, y), 1.0
-    search = GridSearchCV(pipe, {"logisticregression__C": CS}, cv=inner, scoring=_neg_log_loss).fit(x, y)
-    return search.best_estimator_, float(search.best_params_["logisticregression__C"])
+    # A grid search over the whole pipeline would refit the scaler and projection for every C; they do not
+    # depend on C, so each inner split is transformed once and only the classifier is refitted per C.
+    losses = np.zeros(len(CS))
+    for train, val in inner:
+        prep = pipe[:-1].fit(x[train])
+        fit_x, val_x = prep.transform(x[train]), prep.transform(x[val])
+        for k, c in enumerate(CS):
+            model = LogisticRegression(C=c, max_iter=1000).fit(fit_x, y[train])
+            losses[k] -= _neg_log_loss(model, val_x, y[val])
+    best = float(CS[int(np.argmin(losses))])  # ties: the smallest C (strongest penalty) wins
+    pipe.set_params(logisticregression__C=best)
+    return pipe.fit(x, y), best
 
 
 def _classify(x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits: list, n_classes: int, seed: int,

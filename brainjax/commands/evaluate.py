@@ -1,0 +1,116 @@
+"""``brainjax evaluate``: reconstruction, probes, forecasting and network identification of a checkpoint,
+each beside its baselines, as one JSON report with figures next to it and a printed table.
+
+Tasks (``--tasks``, comma-separated; default all that apply):
+
+* ``reconstruct``  masked MSE / R² per masking strategy vs per-parcel mean, interpolation, regression
+* ``probe``        embeddings -> ridge/logistic and k-NN per phenotype, subject-level CV, vs FC features
+* ``forecast``     the last ``--forecast-patches`` patches of each window vs persistence, AR, VAR, LSTM
+* ``networks``     parcel embeddings / attention -> networks vs the atlas labels, vs FC-row clustering
+* ``finetuned``    (fine-tuned regress/classify checkpoints) held-out predictions of the trained head
+
+The checkpoint is loaded for evaluation only (onto however many devices this process has); nothing in the
+work dir changes. The report goes to ``--out`` (default ``WORKDIR/eval/report.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HELP = "evaluate a checkpoint (reconstruct, probe, forecast, networks) beside baselines; JSON report + figures"
+TASKS = ("reconstruct", "probe", "forecast", "networks", "finetuned")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", required=True, help="a pretraining or fine-tuning work dir")
+    parser.add_argument("--data", help="dataset directory (default: the embedded synthetic dataset)")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"),
+                        help="held-out split for reconstruct/forecast/networks/finetuned (default: %(default)s)")
+    parser.add_argument("--tasks", help=f"comma-separated subset of {','.join(TASKS)} (default: all that apply)")
+    parser.add_argument("--out", help="report path (default: WORKDIR/eval/report.json; figures beside it)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    parser.add_argument("--batch", type=int, default=16, help="windows per forward pass (default: %(default)s)")
+    parser.add_argument("--max-windows", type=int, default=0, help="cap windows per task (0 = all)")
+    parser.add_argument("--probe-splits", default="train,val,test",
+                        help="scans the probes cross-validate over (default: %(default)s)")
+    parser.add_argument("--folds", type=int, default=5, help="probe cross-validation folds (default: %(default)s)")
+    parser.add_argument("--forecast-patches", type=int, default=1, help="patches forecast (default: %(default)s)")
+    parser.add_argument("--lstm-steps", type=int, default=300,
+                        help="training steps of the LSTM forecasting baseline (0 = leave it out)")
+    parser.add_argument("--seed", type=int, default=0, help="masking draws, clustering and CV folds")
+    parser.add_argument("--no-figures", action="store_true", help="write the JSON report only")
+
+
+def choose_tasks(text: str | None, finetune_task: str) -> list[str]:
+    """The tasks to run: all that apply to this checkpoint kind, or the requested subset (validated)."""
+    head = finetune_task in ("regress", "classify")
+    default = ["finetuned", "probe"] if head else ["reconstruct", "probe", "forecast", "networks"]
+    if not text:
+        return default
+    tasks = [t for t in text.split(",") if t]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"--tasks {text!r}: unknown {unknown}; expected a subset of {','.join(TASKS)}")
+    if "finetuned" in tasks and not head:
+        raise ValueError("--tasks finetuned needs a regress/classify fine-tuning work dir (brainjax finetune)")
+    return tasks
+
+
+def run_task(task: str, loaded, data: str, args: argparse.Namespace, figures: Path | None) -> dict:
+    common = dict(batch_size=args.batch, max_windows=args.max_windows)
+    if task == "reconstruct":
+        from brainjax.eval.reconstruct import evaluate_reconstruction
+        return evaluate_reconstruction(loaded, data, args.split, seed=args.seed, figure_dir=figures, **common)
+    if task == "probe":
+        from brainjax.eval.phenotypes import evaluate_probes
+        splits = tuple(s for s in args.probe_splits.split(",") if s)
+        result = evaluate_probes(loaded, data, splits, batch_size=args.batch, folds=args.folds, seed=args.seed)
+        return {**result, "folds": args.folds}
+    if task == "forecast":
+        from brainjax.eval.forecast import evaluate_forecast
+        return evaluate_forecast(loaded, data, args.split, future_patches=args.forecast_patches, seed=args.seed,
+                                 lstm_steps=args.lstm_steps, figure_dir=figures, **common)
+    if task == "networks":
+        from brainjax.eval.network_maps import evaluate_networks
+        return evaluate_networks(loaded, data, args.split, seed=args.seed, figure_dir=figures, **common)
+    from brainjax.eval.phenotypes import evaluate_head
+    return evaluate_head(loaded, data, args.split, **common)
+
+
+def main(args: argparse.Namespace) -> int:
+    import jax
+
+    from brainjax.data.dataset import Dataset, DatasetError
+    from brainjax.data.synthetic import default_dataset
+    from brainjax.eval.report import format_report, write_report
+    from brainjax.eval.restore import NoCheckpointError, load_for_eval
+
+    data = str(Path(args.data).expanduser().resolve()) if args.data else str(default_dataset())
+    out = Path(args.out) if args.out else Path(args.workdir) / "eval" / "report.json"
+    try:
+        Dataset(data)  # fail on a bad dataset before loading the model
+        loaded = load_for_eval(args.workdir, args.step)
+        tasks = choose_tasks(args.tasks, loaded.cfg.finetune.task)
+    except (ValueError, NoCheckpointError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    figures = None if args.no_figures else out.parent
+    report = {"workdir": str(Path(args.workdir).resolve()), "step": loaded.step, "data": data,
+              "split": args.split, "config": loaded.cfg.name, "finetune": loaded.cfg.finetune.task or None,
+              "devices": jax.device_count(), "platform": jax.default_backend(), "tasks": {}, "seconds": {}}
+    for task in tasks:
+        start = time.perf_counter()
+        try:
+            report["tasks"][task] = run_task(task, loaded, data, args, figures)
+        except (ValueError, DatasetError) as err:
+            print(f"error: {task}: {err}", file=sys.stderr)
+            return 2
+        report["seconds"][task] = round(time.perf_counter() - start, 2)
+        print(f"{task}: done in {report['seconds'][task]:.1f} s", file=sys.stderr)
+    write_report(out, report)
+    print(format_report(report))
+    print(f"\nreport -> {out}")
+    return 0

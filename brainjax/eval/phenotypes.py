@@ -1,0 +1,81 @@
+"""What a checkpoint's embeddings predict about each phenotype, beside functional connectivity, and how a
+fine-tuned head does on held-out scans.
+
+Probes: per-scan CLS and mean embeddings (encoder unmasked, averaged over a scan's windows) and FC features
+(Fisher-z correlations of the same scans) go through the same subject-level cross-validated linear and
+k-NN probes (:mod:`brainjax.eval.probe`). The pretraining objective never sees a phenotype, so probing
+across every split is not leakage; the folds keep each subject's scans together.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+
+from brainjax.data.dataset import MISSING, Dataset
+from brainjax.eval.inputs import split_windows
+from brainjax.eval.probe import classification_metrics, fc_features, probe_all, regression_metrics
+
+
+def evaluate_probes(loaded, data: str, splits: tuple[str, ...], *, batch_size: int = 16, folds: int = 5,
+                    seed: int = 0) -> dict:
+    """{phenotype: {"cls" | "mean" | "fc": probe result}} plus "n_scans"; "skipped" without phenotypes."""
+    from brainjax.commands.embed import embed_dataset
+
+    dataset = Dataset(data)
+    if not dataset.phenotypes:
+        return {"skipped": f"{data}: the manifest has no phenotype columns"}
+    arrays = embed_dataset(loaded, data, splits, batch_size)
+    index = {row["scan_id"]: i for i, row in enumerate(dataset.manifest)}
+    rows = [index[s] for s in arrays["scan_id"]]
+    fc = fc_features([dataset.normalize(dataset.read(i)) for i in rows])
+    manifest = [dataset.manifest[i] for i in rows]
+    results = probe_all({"cls": arrays["cls"], "mean": arrays["mean"], "fc": fc}, manifest, dataset.phenotypes,
+                        folds=folds, seed=seed)
+    return {"n_scans": len(rows), "splits": list(splits), "phenotypes": results}
+
+
+def evaluate_head(loaded, data: str, split: str, *, batch_size: int = 16, max_windows: int = 0) -> dict:
+    """Held-out scan-level predictions of a regress/classify fine-tuned checkpoint.
+
+    Window outputs are averaged per scan (class probabilities for classification; the de-standardised value
+    for regression) and scored against the manifest; a chance reference sits beside the metrics.
+    """
+    cfg = loaded.cfg.finetune
+    dataset = Dataset(data)
+    run = nnx.jit(lambda m, b: m(b))
+    sums, counts = {}, {}
+    for host, batch in split_windows(loaded, data, split, batch_size, max_windows):
+        out = np.asarray(jax.device_get(run(loaded.model, batch)), np.float64)
+        if cfg.task == "classify":
+            out = np.exp(out - out.max(-1, keepdims=True))
+            out /= out.sum(-1, keepdims=True)
+        else:
+            out = out * cfg.target_std + cfg.target_mean
+        for row in np.flatnonzero(host["valid"]):
+            scan = int(host["scan"][row])
+            sums[scan] = sums.get(scan, 0.0) + out[row]
+            counts[scan] = counts.get(scan, 0) + 1
+    scans = [s for s in sorted(sums) if dataset.manifest[s].get(cfg.target, MISSING) not in (MISSING, "")]
+    if len(scans) < 2:
+        raise ValueError(f"{data}: fewer than 2 {split} scans with a {cfg.target!r} value and a whole window")
+    values = [dataset.manifest[s][cfg.target] for s in scans]
+    pred = np.stack([sums[s] / counts[s] for s in scans])
+    report = {"task": cfg.task, "target": cfg.target, "split": split, "n_scans": len(scans),
+              "freeze_backbone": cfg.freeze_backbone, "pool": cfg.pool}
+    if cfg.task == "regress":
+        truth = np.array([float(v) for v in values])
+        report["metrics"] = regression_metrics(truth, pred[:, 0])
+        report["chance"] = regression_metrics(truth, np.full(len(truth), cfg.target_mean))
+    else:
+        classes = list(cfg.classes)
+        unknown = sorted(set(values) - set(classes))
+        if unknown:
+            raise ValueError(f"{data}: {cfg.target} values {unknown} are not classes of this head {classes}")
+        truth = np.array([classes.index(v) for v in values])
+        report["classes"] = classes
+        report["metrics"] = classification_metrics(truth, pred)
+        majority = np.bincount(truth, minlength=len(classes)).max() / len(truth)
+        report["chance"] = {"accuracy": float(majority), "balanced_accuracy": 1.0 / len(classes), "auroc": 0.5}
+    return report

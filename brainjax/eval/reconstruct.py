@@ -1,0 +1,88 @@
+"""Masked reconstruction of held-out windows, per masking strategy, beside baselines given the same tokens.
+
+For every window of the split and every strategy the model and each baseline of
+:mod:`brainjax.eval.recon_baselines` receive the same visible tokens (one masking drawn per window from a
+fixed seed) and are scored on the same masked values: MSE and R² pooled over all masked values (BrainLM's
+number) and R² per parcel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from brainjax.config import MaskConfig
+from brainjax.data.dataset import Dataset
+from brainjax.eval.inputs import normalized_scans, split_windows
+from brainjax.eval.recon_baselines import BASELINES, ReconMetrics, accumulate_moments
+from brainjax.eval.restore import encoder
+
+STRATEGIES = ("random", "parcels", "time_block", "future")
+
+
+def strategy_config(base: MaskConfig, strategy: str, future_patches: int = 1) -> MaskConfig:
+    """The checkpoint's masking settings with ``strategy`` (future: ``future_patches`` patches at the end)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown masking strategy {strategy!r}; expected a subset of {STRATEGIES}")
+    return dataclasses.replace(base, strategy=strategy, future_patches=future_patches)
+
+
+def evaluate_reconstruction(loaded, data: str, split: str, *, strategies=STRATEGIES, batch_size: int = 16,
+                            max_windows: int = 0, seed: int = 0, max_train_scans: int = 200,
+                            figure_dir: Path | None = None) -> dict:
+    """Model and baseline reconstruction metrics per strategy (JSON-able).
+
+    Returns {strategy: {"model": metrics, "parcel_mean": ..., "interpolation": ..., "regression": ...}} with
+    metrics from :class:`~brainjax.eval.recon_baselines.ReconMetrics` (``r2_per_parcel`` included), plus
+    "windows" (windows scored) and, with ``figure_dir``, "figures".
+    """
+    model = encoder(loaded)
+    dataset = Dataset(data)
+    train, _ = normalized_scans(dataset, "train", max_train_scans)
+    moments = accumulate_moments(train)  # the regression baseline's covariance: training split only
+    patch = model.cfg.patch
+    configs = {s: strategy_config(loaded.cfg.mask, s) for s in strategies}
+    runs = {s: nnx.jit(lambda m, b, rng, c=c: m(b, rng, c)) for s, c in configs.items()}
+    scores = {s: {name: ReconMetrics() for name in ("model", *BASELINES)} for s in strategies}
+    example, windows = None, 0
+    for index, (host, batch) in enumerate(split_windows(loaded, data, split, batch_size, max_windows)):
+        windows += int(host["valid"].sum())
+        parcel_mask = host["parcel_mask"]
+        patches = host["signal"].reshape(*host["signal"].shape[:2], -1, patch)
+        for s_index, strategy in enumerate(strategies):
+            rng = jax.random.fold_in(jax.random.key(seed), index * len(STRATEGIES) + s_index)
+            out = jax.device_get(runs[strategy](model, batch, rng))
+            masked = np.asarray(out["masked"]) & parcel_mask[:, :, None]
+            scores[strategy]["model"].update(np.asarray(out["pred"]), np.asarray(out["target"]), masked)
+            for name, baseline in BASELINES.items():
+                pred = baseline(patches, masked, parcel_mask, moments)
+                scores[strategy][name].update(pred, patches, masked)
+            if example is None and strategy == strategies[0]:
+                row = int(np.flatnonzero(host["valid"])[0])
+                example = (np.asarray(out["pred"])[row], np.asarray(out["target"])[row], masked[row],
+                           parcel_mask[row])
+    if windows == 0:
+        raise ValueError(f"{data}: split {split!r} has no whole window of {loaded.cfg.data.window} TRs")
+    report = {s: {name: acc.result() for name, acc in accs.items()} for s, accs in scores.items()}
+    report["windows"] = windows
+    if figure_dir is not None:
+        report["figures"] = _figures(figure_dir, example, report[strategies[0]]["model"]["r2_per_parcel"],
+                                     dataset, strategies[0])
+    return report
+
+
+def _figures(figure_dir: Path, example, r2_per_parcel, dataset: Dataset, strategy: str) -> dict:
+    from brainjax.eval.figures import save_parcel_values
+    from brainjax.train.tasks import save_reconstruction_figure
+
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    traces = figure_dir / f"reconstruction_{strategy}.png"
+    save_reconstruction_figure(traces, *example)
+    brain = figure_dir / f"reconstruction_r2_{strategy}.png"
+    values = np.asarray(r2_per_parcel, np.float64)[:dataset.atlas.n_parcels]
+    save_parcel_values(brain, dataset.atlas.xyz, values, f"per-parcel R² ({strategy} masking)")
+    return {"traces": str(traces), "r2_glass_brain": str(brain)}
