@@ -102,11 +102,11 @@ class FinetuneConfig:
     task: str = ""  # "" (pretraining) | regress | classify | forecast
     target: str = ""  # manifest phenotype column (regress / classify)
     classes: tuple[str, ...] = ()  # class labels in output order (classify)
-    target_mean: float = 0.0  # regression target standardisation over the training split
-    target_std: float = 1.0
+    target_mean: float = 0.0  # regression target mean over the training split (heads predict standardised values)
+    target_std: float = 1.0  # and its standard deviation
     pool: str = "cls"  # embedding the head reads: cls | mean
     freeze_backbone: bool = False  # train the head only (linear probe through the trainer)
-    head_dropout: float = 0.0
+    head_dropout: float = 0.0  # dropout on the pooled embedding before the head
     init_from: str = ""  # the pretraining work dir the backbone came from (provenance)
     init_step: int = -1  # its checkpoint step
 

@@ -109,8 +109,9 @@ def test_head_loss_sums_against_numpy():
     model = task.init_model(nnx.Rngs(0))
     model.head.kernel[...] = rng.normal(size=model.head.kernel.shape)  # non-trivial logits
     batch["label"] = np.array([0, 2, 1, 1], np.float32)
-    loss, sums = task.loss(model, batch, jax.random.key(0), deterministic=True)
-    logits = np.asarray(model(batch))
+    # jitted: op-by-op execution of even a tiny model is slow on 8 simulated devices
+    loss, sums = nnx.jit(lambda m, b: task.loss(m, b, jax.random.key(0), deterministic=True))(model, batch)
+    logits = np.asarray(nnx.jit(lambda m, b: m(b))(model, batch))
     nll = -(logits - np.log(np.exp(logits).sum(-1, keepdims=True)))[np.arange(4), [0, 2, 1, 1]]
     keep = batch["label_valid"]
     assert float(sums["nll"]) == pytest.approx(nll[keep].sum(), rel=1e-5)
