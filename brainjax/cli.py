@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("synth", "prepare", "info", "pretrain", "embed", "finetune", "evaluate")
+COMMANDS = ("synth", "prepare", "info", "pretrain", "embed", "finetune", "evaluate", "tokenizer", "describe")
 
 
 def build_parser() -> argparse.ArgumentParser:

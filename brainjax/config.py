@@ -96,6 +96,21 @@ class MeshConfig:
 
 
 @dataclass(frozen=True)
+class QuantizerConfig:
+    """The neural tokenizer's quantizer (``objective = "tokenizer"``); its ViT shape comes from ``model``."""
+
+    kind: str = "vq"  # vq (L2-normalised codebook, EMA updates) | fsq (finite scalar quantisation)
+    codebook_size: int = 512  # VQ codes (fMRI-LM: 8192)
+    code_dim: int = 32  # VQ code dimension (fMRI-LM: 128)
+    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ levels per channel (codebook = their product)
+    commitment: float = 0.25  # weight of the commitment loss (VQ)
+    decay: float = 0.99  # EMA decay of the codebook statistics (VQ)
+    kmeans_iters: int = 10  # Lloyd iterations of the k-means initialisation on the first batch (VQ)
+    dead_threshold: float = 0.03  # codes used below this fraction of uniform usage are restarted (VQ)
+    spectrum_weight: float = 0.0  # weight of an amplitude-spectrum reconstruction loss (NeuroLM option)
+
+
+@dataclass(frozen=True)
 class FinetuneConfig:
     """Set by ``brainjax finetune`` (empty ``task`` = a pretraining run); saved with every checkpoint."""
 
@@ -114,6 +129,7 @@ class FinetuneConfig:
 @dataclass(frozen=True)
 class Config:
     name: str = "default"
+    objective: str = "mae"  # mae (BrainLM masked autoencoder) | tokenizer (fMRI-LM stage-1 neural tokenizer)
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -121,6 +137,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
 
 class ConfigError(ValueError):

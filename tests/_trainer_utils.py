@@ -57,15 +57,15 @@ def tiny_config(steps: int = 6, **sections) -> Config:
 
 
 def make_trainer(cfg: Config, data: Path, workdir: Path, mesh=None):
-    """A Trainer over the real pipeline and the BrainLM task (as `brainjax pretrain` builds it)."""
+    """A Trainer over the real pipeline and the config's task (as `brainjax pretrain` builds it)."""
     from brainjax.data.pipeline import LoaderSpec, eval_batches, make_loader, to_global
-    from brainjax.train.tasks import BrainLMTask
+    from brainjax.train.finetune import task_for_config
     from brainjax.train.trainer import Trainer
 
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(data)))
     loader = make_loader(LoaderSpec(paths=(str(data),), split="train", window=cfg.data.window,
                                     batch_size=cfg.data.batch_size, seed=cfg.train.seed, read_threads=1))
-    task = BrainLMTask(cfg.model, cfg.mask, n_parcels=loader.n_parcels, window=cfg.data.window)
+    task = task_for_config(cfg, loader.n_parcels)  # the MAE, or the tokenizer for objective="tokenizer"
 
     def validation():
         return eval_batches((str(data),), "val", cfg.data.window, cfg.data.batch_size, read_threads=1)

@@ -52,7 +52,7 @@ def embed_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int) -
     window = loaded.cfg.data.window
     devices = loaded.mesh.size
     batch_size = -(-batch_size // devices) * devices  # whole rows per device
-    for split in splits:
+    for split in [s for s in splits if dataset.indices(s)]:  # a dataset may lack a split (e.g. no test)
         for batch in eval_batches([data], split, window, batch_size, process_index=0, process_count=1):
             inputs = to_global({k: batch[k] for k in keys}, loaded.mesh)
             out = jax.device_get(embed(model, inputs))

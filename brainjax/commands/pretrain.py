@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
 
     from brainjax.data.pipeline import LoaderSpec, eval_batches, make_loader, to_global
     from brainjax.train.checkpoint import CheckpointMismatchError
-    from brainjax.train.tasks import BrainLMTask
+    from brainjax.train.finetune import task_for_config
     from brainjax.train.trainer import NonFiniteLossError, Trainer
 
     cfg = resolve_config(args)
@@ -77,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
     def validation():
         return eval_batches(paths, "val", cfg.data.window, cfg.data.batch_size, max_parcels=n_parcels)
 
-    task = BrainLMTask(cfg.model, cfg.mask, n_parcels=n_parcels, window=cfg.data.window)
+    task = task_for_config(cfg, n_parcels)  # the preset's objective: BrainLM MAE or the neural tokenizer
     trainer = Trainer(cfg, task, args.workdir, loader, validation, to_global)
     try:
         trainer.run()

@@ -28,9 +28,14 @@ FINETUNE_TASKS = HEAD_TASKS + ("forecast",)
 
 
 def task_for_config(cfg: Config, n_parcels: int):
-    """The Task a run configuration trains: BrainLM MAE (pretraining, forecast) or a :class:`HeadTask`."""
-    from brainjax.train.tasks import BrainLMTask
+    """The Task a run configuration trains: BrainLM MAE (pretraining, forecast), a :class:`HeadTask`, or the
+    neural tokenizer (``objective = "tokenizer"``)."""
+    from brainjax.train.tasks import BrainLMTask, TokenizerTask
 
+    if cfg.objective == "tokenizer":
+        return TokenizerTask(cfg.model, cfg.quantizer, n_parcels=n_parcels, window=cfg.data.window)
+    if cfg.objective != "mae":
+        raise ValueError(f"objective must be mae or tokenizer, got {cfg.objective!r}")
     if cfg.finetune.task in HEAD_TASKS:
         return HeadTask(cfg.model, cfg.finetune, n_parcels=n_parcels, window=cfg.data.window)
     if cfg.finetune.task not in ("", "forecast"):

@@ -109,3 +109,58 @@ def save_reconstruction_figure(path: Path, pred: np.ndarray, target: np.ndarray,
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+class TokenizerTask:
+    """fMRI-LM stage 1: train the neural tokenizer to reconstruct every real token through its codes.
+
+    Metrics: reconstruction MSE and pooled R², and per batch (averaged over the batches summed) the
+    codebook's perplexity, the fraction of codes used and the number of dead codes.
+    """
+
+    input_keys = ("signal", "parcel_mask", "coords", "tr")
+
+    def __init__(self, model: ModelConfig, quantizer, n_parcels: int, window: int):
+        if window % model.patch:
+            raise ValueError(f"data.window={window} is not a multiple of model.patch={model.patch}")
+        self.model_cfg, self.quantizer_cfg, self.n_parcels, self.window = model, quantizer, n_parcels, window
+
+    def init_model(self, rngs: nnx.Rngs) -> nnx.Module:
+        from brainjax.models.tokenizer import NeuralTokenizer
+        return NeuralTokenizer(self.model_cfg, self.quantizer_cfg, rngs=rngs)
+
+    def loss(self, model, batch, rng, deterministic):
+        from brainjax.models.tokenizer import tokenizer_loss
+        return tokenizer_loss(model, batch, rng, train=not deterministic)
+
+    def summarize(self, sums: Mapping[str, float]) -> dict[str, float]:
+        from brainjax.models.brainlm import pooled_r2
+        n, batches = max(float(sums["n"]), 1.0), max(float(sums["batches"]), 1.0)
+        return {"mse": float(sums["sse"]) / n, "r2": float(pooled_r2(dict(sums))),
+                "perplexity": float(sums["perplexity"]) / batches, "usage": float(sums["usage"]) / batches,
+                "dead": float(sums["dead"]) / batches}
+
+    def prepare_eval(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "valid" in batch:
+            batch = dict(batch, parcel_mask=batch["parcel_mask"] & batch["valid"][:, None])
+        return batch
+
+    def tokens_per_sample(self) -> float:
+        return float(self.n_parcels * (self.window // self.model_cfg.patch))
+
+    def flops_per_sample(self) -> float:
+        from brainjax.models.brainlm import _transformer_flops
+        cfg, tokens = self.model_cfg, int(self.tokens_per_sample())
+        forward = (4 * tokens * cfg.patch * cfg.width
+                   + _transformer_flops(tokens, cfg.width, cfg.mlp, cfg.depth)
+                   + _transformer_flops(tokens, cfg.dec_width, cfg.dec_mlp, cfg.dec_depth))
+        return 3.0 * forward
+
+    def finish(self, model, batch, rng, workdir: str, write: bool = True) -> dict[str, Any]:
+        """True vs reconstructed series of a few parcels of the first validation window (every token coded)."""
+        out = nnx.jit(lambda m, b: m(b))(model, batch)
+        pred, target, real = (_host(x) for x in (out["pred"], out["target"], out["real"]))
+        path = Path(workdir) / FIGURE_NAME
+        if write:
+            save_reconstruction_figure(path, pred[0], target[0], real[0], real[0].any(-1))
+        return {"figure": str(path)}

@@ -118,9 +118,14 @@ class Trainer:
 
     def _check_config(self, saved: dict, step: int) -> None:
         current = to_dict(self.cfg)
-        saved_model = saved.get("model", {})
-        diff = [f"model.{k}: checkpoint {saved_model.get(k)!r} vs now {v!r}"
-                for k, v in current["model"].items() if _jsonify(v) != saved_model.get(k)]
+        diff = [f"objective: checkpoint {saved.get('objective', 'mae')!r} vs now {current['objective']!r}"
+                ] if saved.get("objective", "mae") != current["objective"] else []
+        for section in ("model", "quantizer"):  # what the parameters' shapes and meaning depend on
+            if section not in saved and section == "quantizer":
+                continue  # written before the tokenizer existed: an MAE run
+            stored = saved.get(section, {})
+            diff += [f"{section}.{k}: checkpoint {stored.get(k)!r} vs now {v!r}"
+                     for k, v in current[section].items() if _jsonify(v) != stored.get(k)]
         if diff:
             raise ckpt_lib.CheckpointMismatchError(
                 f"{self.workdir}: the checkpoint at step {step} was trained with a different model "

@@ -1,0 +1,110 @@
+"""``brainjax tokenizer``: train the fMRI-LM stage-1 neural tokenizer, and encode scans into its codes.
+
+``brainjax tokenizer train`` is ``brainjax pretrain`` with the tokenizer's objective (default preset
+``tokenizer``, work dir ``runs/tokenizer``): same trainer, sharding, checkpoints and resume.
+``brainjax tokenizer encode`` writes every scan's codes (non-overlapping windows, tail left out) as an npz
+(no pickled objects)::
+
+    scan_id, subject, split   str [S]
+    codes                     int32 [sum_s P_s x N_s]  all scans' codes, flattened one after another
+    offsets                   int64 [S + 1]            scan s is codes[offsets[s]:offsets[s+1]]
+    shape                     int64 [S, 2]             (parcels, tokens over time) of scan s
+    codebook_size, step       int
+    usage, perplexity         float                    over every code written
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HELP = "train the neural tokenizer (fMRI-LM stage 1) or encode scans into its discrete codes"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from brainjax.commands import pretrain
+
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    train = sub.add_parser("train", help="train a tokenizer (rerun to resume)")
+    pretrain.add_arguments(train)
+    train.set_defaults(preset="tokenizer", workdir="runs/tokenizer")
+    encode = sub.add_parser("encode", help="write the codes of every scan as an npz")
+    encode.add_argument("--workdir", required=True, help="the tokenizer work dir")
+    encode.add_argument("--data", help="dataset directory (default: the embedded synthetic dataset)")
+    encode.add_argument("--out", required=True, help="output .npz")
+    encode.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    encode.add_argument("--splits", default="train,val,test", help="comma-separated splits (default: %(default)s)")
+    encode.add_argument("--batch", type=int, default=16, help="windows per forward pass (default: %(default)s)")
+
+
+def encode_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int) -> dict:
+    """Codes of every whole window of every scan in ``splits``, concatenated over time per scan."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from brainjax.data.dataset import Dataset
+    from brainjax.eval.inputs import split_windows
+
+    dataset = Dataset(data)
+    encode = nnx.jit(lambda m, b: m.encode(b)[0].codes)
+    per_scan: dict[int, list] = {}
+    for split in [s for s in splits if dataset.indices(s)]:  # a dataset may lack a split (e.g. no test)
+        for host, batch in split_windows(loaded, data, split, batch_size):
+            codes = np.asarray(jax.device_get(encode(loaded.model, batch)))
+            for row in np.flatnonzero(host["valid"]):
+                scan, parcels = int(host["scan"][row]), dataset.manifest[int(host["scan"][row])]["n_parcels"]
+                per_scan.setdefault(scan, []).append((int(host["start"][row]), codes[row, :parcels]))
+    if not per_scan:
+        raise ValueError(f"{data}: no scan of splits {','.join(splits)} has a whole window")
+    rows = sorted(per_scan)
+    blocks = [np.concatenate([c for _, c in sorted(per_scan[s], key=lambda x: x[0])], axis=1) for s in rows]
+    flat = np.concatenate([b.reshape(-1) for b in blocks]).astype(np.int32)
+    size = loaded.model.codebook_size
+    counts = np.bincount(flat, minlength=size) / flat.size
+    nonzero = counts[counts > 0]
+    manifest = dataset.manifest
+    return {"scan_id": np.array([manifest[i]["scan_id"] for i in rows]),
+            "subject": np.array([manifest[i]["subject"] for i in rows]),
+            "split": np.array([manifest[i]["split"] for i in rows]),
+            "codes": flat, "offsets": np.concatenate([[0], np.cumsum([b.size for b in blocks])]).astype(np.int64),
+            "shape": np.array([b.shape for b in blocks], np.int64), "codebook_size": np.int64(size),
+            "step": np.int64(loaded.step), "usage": np.float64((counts > 0).mean()),
+            "perplexity": np.float64(np.exp(-(nonzero * np.log(nonzero)).sum()))}
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.action == "train":
+        from brainjax.commands import pretrain
+        return pretrain.main(args)
+
+    import numpy as np
+
+    from brainjax.data.dataset import SPLITS, DatasetError
+    from brainjax.data.synthetic import default_dataset
+    from brainjax.eval.restore import NoCheckpointError, load_for_eval
+
+    splits = tuple(s for s in args.splits.split(",") if s)
+    if not splits or any(s not in SPLITS for s in splits):
+        print(f"error: --splits {args.splits!r}: expected names from {SPLITS}", file=sys.stderr)
+        return 2
+    data = str(Path(args.data).expanduser().resolve()) if args.data else str(default_dataset())
+    try:
+        loaded = load_for_eval(args.workdir, args.step)
+        if loaded.cfg.objective != "tokenizer":
+            raise ValueError(f"{args.workdir} holds a {loaded.cfg.objective} checkpoint, not a tokenizer")
+        arrays = encode_dataset(loaded, data, splits, args.batch)
+    except (NoCheckpointError, ValueError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, out)
+    print(f"{len(arrays['scan_id'])} scans, {arrays['codes'].size:,} codes (step {loaded.step}); codebook usage "
+          f"{float(arrays['usage']):.1%} of {int(arrays['codebook_size'])}, perplexity "
+          f"{float(arrays['perplexity']):.1f} -> {out}")
+    return 0
