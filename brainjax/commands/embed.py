@@ -14,7 +14,6 @@ embeddings are averaged per scan. The npz (no pickled objects) holds::
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 HELP = "per-scan embeddings (CLS and mean-pooled) from a pretrained checkpoint, written as an npz"
@@ -76,8 +75,7 @@ def embed_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int) -
 def main(args: argparse.Namespace) -> int:
     import sys
 
-    import numpy as np
-
+    from brainjax.commands.args import write_npz
     from brainjax.data.dataset import SPLITS
     from brainjax.eval.restore import NoCheckpointError, load_for_eval
 
@@ -92,10 +90,6 @@ def main(args: argparse.Namespace) -> int:
     except (NoCheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, out)
+    out = write_npz(args.out, arrays)
     print(f"{len(arrays['scan_id'])} scans (step {loaded.step}, width {arrays['cls'].shape[1]}) -> {out}")
     return 0

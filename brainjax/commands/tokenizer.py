@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -80,8 +79,7 @@ def main(args: argparse.Namespace) -> int:
         from brainjax.commands import pretrain
         return pretrain.main(args)
 
-    import numpy as np
-
+    from brainjax.commands.args import write_npz
     from brainjax.data.dataset import SPLITS, DatasetError
     from brainjax.data.synthetic import default_dataset
     from brainjax.eval.restore import NoCheckpointError, load_for_eval
@@ -99,11 +97,7 @@ def main(args: argparse.Namespace) -> int:
     except (NoCheckpointError, ValueError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, out)
+    out = write_npz(args.out, arrays)
     print(f"{len(arrays['scan_id'])} scans, {arrays['codes'].size:,} codes (step {loaded.step}); codebook usage "
           f"{float(arrays['usage']):.1%} of {int(arrays['codebook_size'])}, perplexity "
           f"{float(arrays['perplexity']):.1f} -> {out}")

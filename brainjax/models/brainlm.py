@@ -42,6 +42,18 @@ def patchify(signal: jax.Array, patch: int) -> jax.Array:
     return signal.reshape(batch, parcels, length // patch, patch)
 
 
+def patch_decoder(cfg: ModelConfig, common: dict) -> tuple[nnx.Module, ...]:
+    """The decoder side shared by the MAE and the tokenizer: spatial and temporal position embeddings, the
+    transformer and the linear head to ``cfg.patch`` values. ``common`` holds the Transformer keywords
+    (dropout_rate, attn_impl, chunk, remat, dtype, rngs)."""
+    dtype, rngs = common["dtype"], common["rngs"]
+    return (SpatialEmbedding(cfg.fourier_features, cfg.dec_width, "dec_embed", dtype=dtype, rngs=rngs),
+            TemporalEmbedding(cfg.time_embedding, cfg.dec_width, cfg.patch, cfg.max_patches, "dec_embed",
+                              rngs=rngs),
+            Transformer(cfg.dec_depth, cfg.dec_width, cfg.dec_heads, cfg.dec_mlp, DECODER_AXES, **common),
+            linear(cfg.dec_width, cfg.patch, ("dec_embed", "patch"), dtype=dtype, rngs=rngs))
+
+
 class BrainLM(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         if cfg.dtype not in DTYPES:
@@ -62,13 +74,7 @@ class BrainLM(nnx.Module):
         self.dec_proj = linear(cfg.width, cfg.dec_width, ("embed", "dec_embed"), dtype=dtype, rngs=rngs)
         self.mask_token = nnx.Param(
             logical(token_init, ("dec_embed",))(rngs.params(), (cfg.dec_width,)))
-        self.dec_spatial = SpatialEmbedding(cfg.fourier_features, cfg.dec_width, "dec_embed", dtype=dtype,
-                                            rngs=rngs)
-        self.dec_temporal = TemporalEmbedding(cfg.time_embedding, cfg.dec_width, cfg.patch, cfg.max_patches,
-                                              "dec_embed", rngs=rngs)
-        self.decoder = Transformer(cfg.dec_depth, cfg.dec_width, cfg.dec_heads, cfg.dec_mlp, DECODER_AXES,
-                                   **common)
-        self.head = linear(cfg.dec_width, cfg.patch, ("dec_embed", "patch"), dtype=dtype, rngs=rngs)
+        self.dec_spatial, self.dec_temporal, self.decoder, self.head = patch_decoder(cfg, common)
 
     def _positions(self, spatial: SpatialEmbedding, temporal: TemporalEmbedding, coords, tr, n_patches):
         """[B, P, N, width] spatial + temporal embedding in the compute dtype."""

@@ -20,9 +20,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from brainjax.config import ModelConfig, QuantizerConfig
-from brainjax.models.brainlm import DTYPES, _sanitize, patchify
+from brainjax.models.brainlm import DTYPES, _sanitize, patch_decoder, patchify
 from brainjax.nn.embeddings import SpatialEmbedding, TemporalEmbedding
-from brainjax.nn.layers import DECODER_AXES, ENCODER_AXES, Transformer, linear
+from brainjax.nn.layers import ENCODER_AXES, Transformer, linear
 from brainjax.nn.quantizers import FSQ, VectorQuantizer
 
 QUANTIZERS = ("vq", "fsq")
@@ -53,13 +53,7 @@ class NeuralTokenizer(nnx.Module):
             self.quantizer = FSQ(tuple(qcfg.fsq_levels))
         self.to_code = linear(cfg.width, code_dim, ("embed", None), dtype=jnp.float32, rngs=rngs)
         self.from_code = linear(code_dim, cfg.dec_width, (None, "dec_embed"), dtype=dtype, rngs=rngs)
-        self.dec_spatial = SpatialEmbedding(cfg.fourier_features, cfg.dec_width, "dec_embed", dtype=dtype,
-                                            rngs=rngs)
-        self.dec_temporal = TemporalEmbedding(cfg.time_embedding, cfg.dec_width, cfg.patch, cfg.max_patches,
-                                              "dec_embed", rngs=rngs)
-        self.decoder = Transformer(cfg.dec_depth, cfg.dec_width, cfg.dec_heads, cfg.dec_mlp, DECODER_AXES,
-                                   **common)
-        self.head = linear(cfg.dec_width, cfg.patch, ("dec_embed", "patch"), dtype=dtype, rngs=rngs)
+        self.dec_spatial, self.dec_temporal, self.decoder, self.head = patch_decoder(cfg, common)
 
     @property
     def codebook_size(self) -> int:

@@ -20,15 +20,33 @@ from brainjax.config import MaskConfig, ModelConfig
 FIGURE_NAME = "reconstruction.png"
 
 
-class BrainLMTask:
-    """BrainLM MAE pretraining on batches of signal [B,P,T], parcel_mask [B,P], coords [B,P,3], tr [B]."""
+class PatchTask:
+    """What every objective over windows of parcel x time-patch tokens shares (signal [B,P,T],
+    parcel_mask [B,P], coords [B,P,3], tr [B])."""
 
     input_keys = ("signal", "parcel_mask", "coords", "tr")
 
-    def __init__(self, model: ModelConfig, mask: MaskConfig, n_parcels: int, window: int):
+    def __init__(self, model: ModelConfig, n_parcels: int, window: int):
         if window % model.patch:
             raise ValueError(f"data.window={window} is not a multiple of model.patch={model.patch}")
-        self.model_cfg, self.mask_cfg, self.n_parcels, self.window = model, mask, n_parcels, window
+        self.model_cfg, self.n_parcels, self.window = model, n_parcels, window
+
+    def prepare_eval(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Evaluation passes repeat windows to fill the last batch (``valid`` False): mask those rows out."""
+        if "valid" in batch:
+            batch = dict(batch, parcel_mask=batch["parcel_mask"] & batch["valid"][:, None])
+        return batch
+
+    def tokens_per_sample(self) -> float:
+        return float(self.n_parcels * (self.window // self.model_cfg.patch))
+
+
+class BrainLMTask(PatchTask):
+    """BrainLM MAE pretraining."""
+
+    def __init__(self, model: ModelConfig, mask: MaskConfig, n_parcels: int, window: int):
+        super().__init__(model, n_parcels, window)
+        self.mask_cfg = mask
 
     def init_model(self, rngs: nnx.Rngs) -> nnx.Module:
         from brainjax.models.brainlm import BrainLM
@@ -42,15 +60,6 @@ class BrainLMTask:
         from brainjax.models.brainlm import pooled_r2
         n = max(float(sums["n"]), 1.0)
         return {"mse": float(sums["sse"]) / n, "r2": float(pooled_r2(dict(sums)))}
-
-    def prepare_eval(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Evaluation passes repeat windows to fill the last batch (``valid`` False): mask those rows out."""
-        if "valid" in batch:
-            batch = dict(batch, parcel_mask=batch["parcel_mask"] & batch["valid"][:, None])
-        return batch
-
-    def tokens_per_sample(self) -> float:
-        return float(self.n_parcels * (self.window // self.model_cfg.patch))
 
     def flops_per_sample(self) -> float:
         from brainjax.models.brainlm import model_flops_per_sample
@@ -111,19 +120,16 @@ def save_reconstruction_figure(path: Path, pred: np.ndarray, target: np.ndarray,
     tmp.replace(path)
 
 
-class TokenizerTask:
+class TokenizerTask(PatchTask):
     """fMRI-LM stage 1: train the neural tokenizer to reconstruct every real token through its codes.
 
     Metrics: reconstruction MSE and pooled R², and per batch (averaged over the batches summed) the
     codebook's perplexity, the fraction of codes used and the number of dead codes.
     """
 
-    input_keys = ("signal", "parcel_mask", "coords", "tr")
-
     def __init__(self, model: ModelConfig, quantizer, n_parcels: int, window: int):
-        if window % model.patch:
-            raise ValueError(f"data.window={window} is not a multiple of model.patch={model.patch}")
-        self.model_cfg, self.quantizer_cfg, self.n_parcels, self.window = model, quantizer, n_parcels, window
+        super().__init__(model, n_parcels, window)
+        self.quantizer_cfg = quantizer
 
     def init_model(self, rngs: nnx.Rngs) -> nnx.Module:
         from brainjax.models.tokenizer import NeuralTokenizer
@@ -139,14 +145,6 @@ class TokenizerTask:
         return {"mse": float(sums["sse"]) / n, "r2": float(pooled_r2(dict(sums))),
                 "perplexity": float(sums["perplexity"]) / batches, "usage": float(sums["usage"]) / batches,
                 "dead": float(sums["dead"]) / batches}
-
-    def prepare_eval(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if "valid" in batch:
-            batch = dict(batch, parcel_mask=batch["parcel_mask"] & batch["valid"][:, None])
-        return batch
-
-    def tokens_per_sample(self) -> float:
-        return float(self.n_parcels * (self.window // self.model_cfg.patch))
 
     def flops_per_sample(self) -> float:
         from brainjax.models.brainlm import _transformer_flops
