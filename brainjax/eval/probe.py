@@ -18,11 +18,13 @@ subjects per class), so a sweep over many phenotypes survives the unusable ones.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.stats import pearsonr
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, r2_score, recall_score, roc_auc_score
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
@@ -282,6 +284,15 @@ def _logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int):
         return pipe.fit(x, y), 1.0
     # A grid search over the whole pipeline would refit the scaler and projection for every C; they do not
     # depend on C, so each inner split is transformed once and only the classifier is refitted per C.
+    with warnings.catch_warnings():
+        # weakly penalised fits on separable folds stop at max_iter: such a fit is still a classifier, judged
+        # like the others by its held-out log loss, so the warning says nothing about the probe's honesty
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return _choose_c(pipe, x, y, inner)
+
+
+def _choose_c(pipe, x: np.ndarray, y: np.ndarray, inner: list) -> tuple[object, float]:
+    """The pipeline refitted on all of x with the C of lowest summed log loss over the inner splits."""
     losses = np.zeros(len(CS))
     for train, val in inner:
         prep = pipe[:-1].fit(x[train])
