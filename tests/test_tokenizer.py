@@ -76,7 +76,7 @@ def test_encode_writes_every_window_in_time_order(trained, tmp_path):
 
 def test_fsq_tokenizer_trains_through_the_same_path(tmp_path):
     data = tiny_dataset(tmp_path / "data")
-    result = make_trainer(_tokenizer_config(6, kind="fsq"), data, tmp_path / "fsq").run()
+    result = make_trainer(_tokenizer_config(3, kind="fsq"), data, tmp_path / "fsq").run()
     assert np.isfinite(result.eval["val_mse"]) and result.eval["val_usage"] > 0
 
 
