@@ -85,3 +85,25 @@ def test_objective_change_in_a_work_dir_is_refused(trained, tmp_path, capsys):
     assert cli(["pretrain", "--workdir", str(workdir), "--data", str(data), "--preset", "tiny"]) == 2
     assert "objective" in capsys.readouterr().err
     assert cli(["tokenizer", "encode", "--workdir", str(tmp_path), "--out", str(tmp_path / "x.npz")]) == 2
+
+
+def test_spectrum_term_is_the_amplitude_spectrum_mse():
+    from brainjax.config import ModelConfig
+    from brainjax.models.tokenizer import NeuralTokenizer, tokenizer_loss
+
+    model_cfg = ModelConfig(patch=8, max_parcels=5, width=8, depth=1, heads=2, mlp=16, dec_width=8, dec_depth=1,
+                            dec_heads=2, dec_mlp=16, attention="xla")
+    rng = np.random.default_rng(0)
+    batch = {"signal": rng.normal(size=(2, 5, 16)).astype(np.float32),
+             "parcel_mask": np.array([[True] * 5, [True, True, True, False, False]]),
+             "coords": rng.uniform(-50, 50, (2, 5, 3)).astype(np.float32), "tr": np.full(2, 2.0, np.float32)}
+    losses = {}
+    for weight in (0.0, 0.5):
+        model = NeuralTokenizer(model_cfg, QuantizerConfig(kind="fsq", fsq_levels=(3, 3), spectrum_weight=weight),
+                                rngs=nnx.Rngs(0))
+        losses[weight] = float(nnx.jit(lambda m, b: tokenizer_loss(m, b, jax.random.key(0), train=False)[0])(
+            model, batch))
+    out = nnx.jit(lambda m, b: m(b))(model, batch)
+    real = np.asarray(out["real"])
+    amp = [np.abs(np.fft.rfft(np.asarray(out[k]), axis=-1))[real] for k in ("pred", "target")]
+    assert losses[0.5] - losses[0.0] == pytest.approx(0.5 * ((amp[0] - amp[1]) ** 2).mean(), rel=1e-4)

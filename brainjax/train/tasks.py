@@ -88,8 +88,9 @@ def _host(x: jax.Array) -> np.ndarray:
 
 
 def save_reconstruction_figure(path: Path, pred: np.ndarray, target: np.ndarray, masked: np.ndarray,
-                               parcel_mask: np.ndarray, n_show: int = 4) -> None:
-    """True vs reconstructed series of ``n_show`` parcels; masked patches shaded.
+                               parcel_mask: np.ndarray, n_show: int = 4, what: str = "masked") -> None:
+    """True vs reconstructed series of ``n_show`` parcels; the patches in ``masked`` are shaded and plotted
+    (``what`` names them: "masked" for the MAE, "coded" for the tokenizer, which reconstructs every patch).
 
     pred/target: [P, N, patch] (one sample), masked: [P, N] bool, parcel_mask: [P] bool.
     """
@@ -109,10 +110,10 @@ def save_reconstruction_figure(path: Path, pred: np.ndarray, target: np.ndarray,
             ax.axvspan(k * patch, (k + 1) * patch, color="0.9", lw=0)
         ax.plot(t, target[p].reshape(-1), color="k", lw=1, label="true")
         recon = np.where(np.repeat(masked[p], patch), pred[p].reshape(-1), np.nan)
-        ax.plot(t, recon, color="tab:red", lw=1, label="reconstructed (masked)")
+        ax.plot(t, recon, color="tab:red", lw=1, label=f"reconstructed ({what})")
         ax.set_ylabel(f"parcel {p}")
     axes[0, 0].legend(loc="upper right", fontsize=7)
-    axes[-1, 0].set_xlabel("time (TR) — shaded: masked patches")
+    axes[-1, 0].set_xlabel(f"time (TR) — shaded: {what} patches")
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -160,5 +161,5 @@ class TokenizerTask(PatchTask):
         pred, target, real = (_host(x) for x in (out["pred"], out["target"], out["real"]))
         path = Path(workdir) / FIGURE_NAME
         if write:
-            save_reconstruction_figure(path, pred[0], target[0], real[0], real[0].any(-1))
+            save_reconstruction_figure(path, pred[0], target[0], real[0], real[0].any(-1), what="coded")
         return {"figure": str(path)}
