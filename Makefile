@@ -3,15 +3,21 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
+# The demo installs the runtime dependencies only; the tests add pytest, ruff, and PyTorch + transformers
+# (the reference for the language model's logits; pinned to a CPU build in requirements-test.txt).
 $(BIN)/brainjax: pyproject.toml requirements-test.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[test]" -c requirements-test.txt
+	$(BIN)/pip install -q -e . -c requirements-test.txt
 	touch $(BIN)/brainjax
+
+$(VENV)/.test-deps: $(BIN)/brainjax
+	$(BIN)/pip install -q -e ".[test]" -c requirements-test.txt
+	touch $(VENV)/.test-deps
 
 .PHONY: demo test
 demo: $(BIN)/brainjax
 	$(BIN)/brainjax pretrain
 
-test: $(BIN)/brainjax
+test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
