@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from brainjax.models.lm import DecoderLM, rope
+from brainjax.models.lm import DecoderLM
 
 _MASKED = -1e30  # finite, like lm.py: a fully masked (padding) query row softmaxes to uniform, not NaN
 
@@ -55,13 +55,7 @@ def _attend(attn, x: jax.Array, keys: jax.Array, values: jax.Array, key_mask: ja
             start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     cfg = attn.cfg
     batch, length, _ = x.shape
-    q = attn.q(x).reshape(batch, length, cfg.heads, cfg.head_dim)
-    k = attn.k(x).reshape(batch, length, cfg.kv_heads, cfg.head_dim)
-    v = attn.v(x).reshape(batch, length, cfg.kv_heads, cfg.head_dim)
-    if attn.q_norm is not None:
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    if cfg.family == "qwen3":
-        q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+    q, k, v = attn.project(x, positions)
     keys = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, start, 0, 0))
     values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, start, 0, 0))
     # Query t sits in slot start + t: it sees filled slots up to and including its own.

@@ -145,8 +145,9 @@ class Attention(nnx.Module):
         self.q_norm = _norm(cfg.head_dim, cfg, None, dtype) if qk_norm else None
         self.k_norm = _norm(cfg.head_dim, cfg, None, dtype) if qk_norm else None
 
-    def __call__(self, x: jax.Array, key_mask: jax.Array, positions: jax.Array) -> jax.Array:
-        """x: [B, L, W]; key_mask: bool [B, L]; positions: int [B, L] -> [B, L, W]."""
+    def project(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q [B, L, H, D], k and v [B, L, KV, D] for x [B, L, W] (q/k norms and RoPE applied where the family
+        has them); shared with the KV-cache decoder in :mod:`brainjax.models.generate`."""
         batch, length, _ = x.shape
         cfg = self.cfg
         q = self.q(x).reshape(batch, length, cfg.heads, cfg.head_dim)
@@ -156,8 +157,14 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if cfg.family == "qwen3":
             q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+        return q, k, v
+
+    def __call__(self, x: jax.Array, key_mask: jax.Array, positions: jax.Array) -> jax.Array:
+        """x: [B, L, W]; key_mask: bool [B, L]; positions: int [B, L] -> [B, L, W]."""
+        batch, length, _ = x.shape
+        q, k, v = self.project(x, positions)
         out = causal_attention(q, k, v, key_mask)
-        return self.o(out.reshape(batch, length, cfg.heads * cfg.head_dim))
+        return self.o(out.reshape(batch, length, self.cfg.heads * self.cfg.head_dim))
 
 
 class MLP(nnx.Module):
