@@ -97,10 +97,10 @@ def main(args: argparse.Namespace) -> int:
     def validation():
         return eval_batches((data,), "val", window, cfg.data.batch_size)
 
+    task = task_for_config(cfg, loader.n_parcels)
     if kind in HEAD_TASKS:
         labels, valid = label_table(dataset, cfg.finetune)
         loader, validation = LabeledLoader(loader, labels, valid), labeled_batches(validation, labels, valid)
-    task = task_for_config(cfg, loader.loader.n_parcels if kind in HEAD_TASKS else loader.n_parcels)
     # load_for_eval put the backbone on every local device (cfg.mesh = data -1): the run uses that mesh
     trainer = Trainer(cfg, task, out, loader, validation, to_global, mesh=pretrained.mesh,
                       warm_start=warm_start_from(pretrained))

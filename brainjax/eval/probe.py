@@ -240,6 +240,15 @@ def _spread(scores: list[float]) -> tuple[float, float]:
     return float(finite.mean()), float(finite.std())
 
 
+def _summaries(metrics, y: np.ndarray, preds: dict, fold_scores: dict) -> dict:
+    """Per model: ``metrics`` over all out-of-fold predictions plus the mean/std of its per-fold score."""
+    out = {}
+    for name, pred in preds.items():
+        mean, std = _spread(fold_scores[name])
+        out[name] = {**metrics(y, pred), "fold_mean": mean, "fold_std": std}
+    return out
+
+
 def _check_once(counts: np.ndarray) -> None:
     if not (counts == 1).all():
         raise RuntimeError("probe: outer folds did not predict every labelled scan exactly once")
@@ -268,10 +277,7 @@ def _regress(x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits: list, see
             fold_r2[name].append(float(r2_score(y[test], preds[name][test])) if len(test) > 1 else float("nan"))
         alphas.append(float(models["ridge"][-1].alpha_))
     _check_once(counts)
-    out = {}
-    for name in names:
-        mean, std = _spread(fold_r2[name])
-        out[name] = {**regression_metrics(y, preds[name]), "fold_mean": mean, "fold_std": std}
+    out = _summaries(regression_metrics, y, preds, fold_r2)
     out["ridge"]["alpha"] = alphas
     return out, regression_metrics(y, baseline)
 
@@ -333,10 +339,7 @@ def _classify(x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits: list, n_
         for name in names:
             fold_auc[name].append(classification_metrics(y[test], probs[name][test])["auroc"])
     _check_once(counts)
-    out = {}
-    for name in names:
-        mean, std = _spread(fold_auc[name])
-        out[name] = {**classification_metrics(y, probs[name]), "fold_mean": mean, "fold_std": std}
+    out = _summaries(classification_metrics, y, probs, fold_auc)
     out["logistic"]["C"] = cs
     majority = float(np.bincount(y, minlength=n_classes).max() / len(y))
     return out, {"accuracy": majority, "balanced_accuracy": 1.0 / n_classes, "auroc": 0.5}
