@@ -127,6 +127,33 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class LanguageConfig:
+    """fMRI-LM stages 2 (``objective = "adapt"``) and 3 (``"instruct"``): a language model reading tokenizer
+    features of scans next to text. Set by ``brainjax adapt`` / ``brainjax instruct``; saved with every checkpoint."""
+
+    lm_path: str = ""  # local Hugging Face LM directory the run started from ("" = the embedded default LM)
+    architecture: str = ""  # that LM's architecture (LMConfig fields as JSON): the checkpoint rebuilds from it
+    tokenizer_workdir: str = ""  # the stage-1 tokenizer run whose encoder features and codes are used
+    tokenizer_step: int = -1
+    init_from: str = ""  # stage 3: the stage-2 work dir it continues
+    init_step: int = -1
+    train_lm: str = "lora"  # lora | full | frozen: what of the language model trains (projector, parcel
+    # embedding and fMRI head always train; the tokenizer never does)
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+    text_len: int = 160  # text tokens per sample (prompt + answer; longer answers are cut)
+    lm_len: int = 128  # tokens of the text-only sequence per sample (stage 2)
+    text_weight: float = 1.0  # fMRI -> text loss (answer tokens only)
+    code_weight: float = 1.0  # next-time-patch fMRI code prediction
+    lm_weight: float = 0.5  # text-only language modelling (keeps the LM's language)
+    targets: tuple[str, ...] = ()  # stage 3: questions tuned on (the others stay zero-shot)
+    descriptors: str = ""  # descriptors.jsonl of the data ("" = DATA/descriptors/descriptors.jsonl)
+    source_line: bool = False  # stage 3: prefix questions with "Source: <site>."
+    seed: int = 0  # phrasing and question draws
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "default"
     objective: str = "mae"  # mae (BrainLM masked autoencoder) | tokenizer (fMRI-LM stage-1 neural tokenizer)
@@ -138,6 +165,7 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
 
 
 class ConfigError(ValueError):

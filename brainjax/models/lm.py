@@ -116,20 +116,30 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array) -> jax.Array:
-    """Causal grouped-query attention. q: [B, L, H, D]; k, v: [B, L, KV, D]; key_mask: bool [B, L].
+def causal_mask(key_mask: jax.Array) -> jax.Array:
+    """bool [B, L] (False = padding) -> bool [B, L, L]: query i may read key j when j <= i and j is real."""
+    length = key_mask.shape[1]
+    return jnp.tril(jnp.ones((length, length), dtype=bool))[None] & key_mask[:, None, :]
 
-    Query head ``h`` reads key/value head ``h // (H // KV)`` (HF ``repeat_kv`` order). Returns [B, L, H, D].
+
+def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> jax.Array:
+    """Grouped-query attention under an arbitrary mask. q: [B, Lq, H, D]; k, v: [B, Lk, KV, D];
+    allowed: bool [B, Lq, Lk] (True = query may read key).
+
+    Query head ``h`` reads key/value head ``h // (H // KV)`` (HF ``repeat_kv`` order). Returns [B, Lq, H, D].
     """
     batch, length, heads, dim = q.shape
     groups = heads // k.shape[2]
     q = q.reshape(batch, length, k.shape[2], groups, dim)
     scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) * dim ** -0.5
-    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
-    allowed = causal[None] & key_mask[:, None, :]  # [B, Lq, Lk]
     scores = jnp.where(allowed[:, None, None], scores, _MASKED)
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bkgqs,bskd->bqkgd", weights, v).reshape(batch, length, heads, dim)
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array) -> jax.Array:
+    """Causal grouped-query attention. q: [B, L, H, D]; k, v: [B, L, KV, D]; key_mask: bool [B, L]."""
+    return masked_attention(q, k, v, causal_mask(key_mask))
 
 
 class Attention(nnx.Module):
@@ -159,11 +169,11 @@ class Attention(nnx.Module):
             q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
         return q, k, v
 
-    def __call__(self, x: jax.Array, key_mask: jax.Array, positions: jax.Array) -> jax.Array:
-        """x: [B, L, W]; key_mask: bool [B, L]; positions: int [B, L] -> [B, L, W]."""
+    def __call__(self, x: jax.Array, allowed: jax.Array, positions: jax.Array) -> jax.Array:
+        """x: [B, L, W]; allowed: bool [B, L, L] (query, key); positions: int [B, L] -> [B, L, W]."""
         batch, length, _ = x.shape
         q, k, v = self.project(x, positions)
-        out = causal_attention(q, k, v, key_mask)
+        out = masked_attention(q, k, v, allowed)
         return self.o(out.reshape(batch, length, self.cfg.heads * self.cfg.head_dim))
 
 
@@ -197,8 +207,8 @@ class DecoderBlock(nnx.Module):
         self.mlp_norm = _norm(cfg.hidden, cfg, "embed", dtype)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, key_mask: jax.Array, positions: jax.Array) -> jax.Array:
-        x = x + self.attn(self.attn_norm(x), key_mask, positions)
+    def __call__(self, x: jax.Array, allowed: jax.Array, positions: jax.Array) -> jax.Array:
+        x = x + self.attn(self.attn_norm(x), allowed, positions)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -244,11 +254,21 @@ class DecoderLM(nnx.Module):
                 raise ValueError(f"positions shape {positions.shape} != input_ids shape {input_ids.shape}")
         if self.pos_embed is not None and input_ids.shape[1] > self.cfg.max_positions:
             raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_positions {self.cfg.max_positions}")
-        x = self.embed(input_ids)
+        return self.logits(self.hidden(self.embed(input_ids), causal_mask(key_mask), positions))
+
+    def hidden(self, x: jax.Array, allowed: jax.Array, positions: jax.Array) -> jax.Array:
+        """Final-norm hidden states of input embeddings under any attention mask (fMRI + text sequences).
+
+        x: [B, L, W] (e.g. ``self.embed(ids)`` mixed with projected fMRI features); allowed: bool [B, L, L];
+        positions: int [B, L] -> [B, L, W].
+        """
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)
         for block in self.blocks:
-            x = block(x, key_mask, positions)
-        x = self.norm(x)
-        logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
-        return logits.astype(jnp.float32)
+            x = block(x, allowed, positions)
+        return self.norm(x)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """hidden [..., W] -> next-token logits float32 [..., vocab] (tied or separate output matrix)."""
+        out = self.embed.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
+        return out.astype(jnp.float32)

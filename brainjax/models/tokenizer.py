@@ -66,6 +66,13 @@ class NeuralTokenizer(nnx.Module):
     def encode(self, batch: dict, *, train: bool = False, rng: jax.Array | None = None):
         """Quantizer output for every token: codes int32 [B, P, N], quantized [B, P, N, code_dim], loss, stats;
         plus ``patches`` [B, P, N, patch] and ``real`` bool [B, P, N] (tokens of real parcels)."""
+        features, patches, real = self.features(batch)
+        out = self.quantizer(features, real, train=train, rng=rng)
+        return out, patches, real
+
+    def features(self, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Continuous encoder features before quantisation float32 [B, P, N, code_dim] (what fMRI-LM feeds the
+        language model), the patches [B, P, N, patch] and ``real`` bool [B, P, N]."""
         signal, parcel_mask, coords, tr = _sanitize(batch)
         patches = patchify(signal, self.cfg.patch)
         batch_size, n_parcels, n_patches, _ = patches.shape
@@ -74,8 +81,7 @@ class NeuralTokenizer(nnx.Module):
         real = jnp.broadcast_to(parcel_mask[:, :, None], (batch_size, n_parcels, n_patches))
         hidden = self.encoder(tokens.reshape(batch_size, n_parcels * n_patches, -1), real.reshape(batch_size, -1))
         features = self.to_code(hidden.astype(jnp.float32)).reshape(batch_size, n_parcels, n_patches, -1)
-        out = self.quantizer(features, real, train=train, rng=rng)
-        return out, patches, real
+        return features, patches, real
 
     def decode(self, quantized: jax.Array, batch: dict) -> jax.Array:
         """quantized [B, P, N, code_dim] -> reconstructed patches float32 [B, P, N, patch]."""

@@ -29,13 +29,17 @@ FINETUNE_TASKS = HEAD_TASKS + ("forecast",)
 
 def task_for_config(cfg: Config, n_parcels: int):
     """The Task a run configuration trains: BrainLM MAE (pretraining, forecast), a :class:`HeadTask`, or the
-    neural tokenizer (``objective = "tokenizer"``)."""
+    neural tokenizer (``objective = "tokenizer"``), or fMRI-LM stage 2 / 3 (``"adapt"`` / ``"instruct"``)."""
     from brainjax.train.tasks import BrainLMTask, TokenizerTask
 
     if cfg.objective == "tokenizer":
         return TokenizerTask(cfg.model, cfg.quantizer, n_parcels=n_parcels, window=cfg.data.window)
+    if cfg.objective in ("adapt", "instruct"):
+        from brainjax.lm.objective import FMRILMTask
+        from brainjax.lm.runs import sequence_spec
+        return FMRILMTask(cfg, sequence_spec(cfg, n_parcels))
     if cfg.objective != "mae":
-        raise ValueError(f"objective must be mae or tokenizer, got {cfg.objective!r}")
+        raise ValueError(f"objective must be mae, tokenizer, adapt or instruct, got {cfg.objective!r}")
     if cfg.finetune.task in HEAD_TASKS:
         return HeadTask(cfg.model, cfg.finetune, n_parcels=n_parcels, window=cfg.data.window)
     if cfg.finetune.task not in ("", "forecast"):

@@ -32,6 +32,8 @@ from brainjax.train import sharding
 from brainjax.train.optim import make_optimizer
 from brainjax.train.step import NONFINITE_MODES, Task, eval_step, init_train_state, micro_batch_sharding, train_step
 
+# language runs: the fields that shape parameters (loss weights, texts and seeds may change on resume)
+_PARAM_KEYS = {"language": ("architecture", "train_lm", "lora_rank", "lora_alpha", "lora_targets")}
 EVAL_RNG_SALT = 0x5EED  # eval masks come from fold_in(key(seed), salt): identical at every evaluation
 
 
@@ -120,12 +122,13 @@ class Trainer:
         current = to_dict(self.cfg)
         diff = [f"objective: checkpoint {saved.get('objective', 'mae')!r} vs now {current['objective']!r}"
                 ] if saved.get("objective", "mae") != current["objective"] else []
-        for section in ("model", "quantizer"):  # what the parameters' shapes and meaning depend on
-            if section not in saved and section == "quantizer":
-                continue  # written before the tokenizer existed: an MAE run
+        for section in ("model", "quantizer", "language"):  # what the parameters' shapes and meaning depend on
+            if section not in saved and section != "model":
+                continue  # written before that section existed: an MAE run
             stored = saved.get(section, {})
-            diff += [f"{section}.{k}: checkpoint {stored.get(k)!r} vs now {v!r}"
-                     for k, v in current[section].items() if _jsonify(v) != stored.get(k)]
+            keys = _PARAM_KEYS.get(section, current[section])
+            diff += [f"{section}.{k}: checkpoint {stored.get(k)!r} vs now {current[section][k]!r}"
+                     for k in keys if _jsonify(current[section][k]) != stored.get(k)]
         if diff:
             raise ckpt_lib.CheckpointMismatchError(
                 f"{self.workdir}: the checkpoint at step {step} was trained with a different model "

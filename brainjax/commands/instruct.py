@@ -1,0 +1,137 @@
+"""``brainjax instruct``: fMRI-LM stage 3 — instruction-tune a stage-2 run on questions about scans, then
+evaluate every question zero-shot and k-shot.
+
+Questions come from the manifest's phenotypes (binary / categorical / numeric, plus age-style tertile groups)
+and the descriptors (modularity, efficiency), several paraphrases each (:mod:`brainjax.lm.instructions`).
+Training asks, per window, one of the ``--targets`` questions (loss on the answer tokens only); the targets
+left out are zero-shot targets. Evaluation (``--shots``, test split) scores labels by their log-probability
+(true AUROC) and by constrained decoding, numeric targets by free generation, beside chance; the table is
+printed and written to ``WORKDIR/questions.json``. Rerun to resume training; ``--eval-only`` skips it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+HELP = "fMRI-LM stage 3: instruction-tune on questions about scans, then evaluate zero-/k-shot"
+DEFAULT_TARGETS = ("sex", "diagnosis", "modularity")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapt", default="runs/adapt", help="the stage-2 work dir (default: %(default)s)")
+    parser.add_argument("--workdir", default="runs/instruct", help="the run's work dir (default: %(default)s)")
+    parser.add_argument("--data", help="dataset directory (default: the stage-2 run's)")
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                        help="questions tuned on, comma-separated (default: %(default)s); the rest are zero-shot")
+    parser.add_argument("--eval-targets", default="all", help="questions evaluated (default: every one available)")
+    parser.add_argument("--shots", default="0,1,2", help="k examples per class in the prompt (default: %(default)s)")
+    parser.add_argument("--split", default="test", help="evaluation split (default: %(default)s)")
+    parser.add_argument("--max-eval", type=int, default=0, help="at most this many scans per target (0 = all)")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=8, help="global batch (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate the latest checkpoint, no training")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override on top of the stage-2 run's config (repeatable)")
+
+
+def stage3_config(previous, args: argparse.Namespace, data: str, targets: tuple[str, ...]):
+    """The stage-2 config with the instruct objective: answer loss only, the tuned targets, new schedule."""
+    from brainjax.config import override
+
+    cfg = previous.cfg
+    language = dataclasses.replace(cfg.language, targets=targets, code_weight=0.0, lm_weight=0.0,
+                                   init_from=str(Path(args.adapt).resolve()), init_step=previous.step)
+    steps = args.steps
+    cfg = dataclasses.replace(
+        cfg, name="instruct", objective="instruct", language=language,
+        data=dataclasses.replace(cfg.data, path=data, batch_size=args.batch),
+        optim=dataclasses.replace(cfg.optim, base_lr=args.lr),
+        train=dataclasses.replace(cfg.train, steps=steps, eval_every=max(1, min(cfg.train.eval_every, steps)),
+                                  checkpoint_every=max(1, min(cfg.train.checkpoint_every, steps))))
+    return override(cfg, args.overrides)
+
+
+def _names(text: str, available: dict, what: str) -> list[str]:
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"{what}: unknown targets {unknown}; this dataset has {sorted(available)}")
+    return names
+
+
+def load_question_setup(cfg, data: Path):
+    """(dataset, targets, descriptor records aligned to the manifest or None) for a language run's data."""
+    from brainjax.data.dataset import Dataset
+    from brainjax.lm.batches import load_descriptor_texts
+    from brainjax.lm.instructions import build_targets
+
+    dataset = Dataset(data)
+    records = None
+    path = Path(cfg.language.descriptors) if cfg.language.descriptors else data / "descriptors" / "descriptors.jsonl"
+    if path.exists():
+        records = [r for r in load_descriptor_texts(path, dataset.manifest)[1] if r is not None]
+    return dataset, build_targets(dataset, records), records
+
+
+def main(args: argparse.Namespace) -> int:
+    from brainjax.config import ConfigError
+    from brainjax.data.dataset import DatasetError
+    from brainjax.eval.restore import NoCheckpointError, load_for_eval
+    from brainjax.lm.batches import InstructionSource, TextCodec, window_sequences
+    from brainjax.lm.instructions import descriptor_rows
+    from brainjax.lm.report import evaluate_targets
+    from brainjax.lm.runs import continue_warm_start, keep_lm_files, sequence_spec, train_stage
+    from brainjax.lm.scoring import format_table
+    from brainjax.train.checkpoint import CheckpointMismatchError
+    from brainjax.train.trainer import NonFiniteLossError
+
+    out = Path(args.workdir)
+    try:
+        shots = sorted({int(k) for k in args.shots.split(",") if k != ""})
+        if args.eval_only:
+            loaded = load_for_eval(out)
+            cfg = loaded.cfg
+            data = Path(args.data).resolve() if args.data else Path(cfg.data.path)
+        else:
+            previous = load_for_eval(args.adapt)
+            if previous.cfg.objective != "adapt":
+                raise ValueError(f"{args.adapt} is a {previous.cfg.objective!r} run, not a `brainjax adapt` run")
+            data = Path(args.data).resolve() if args.data else Path(previous.cfg.data.path)
+        dataset, targets, records = load_question_setup(previous.cfg if not args.eval_only else cfg, data)
+        if not args.eval_only:
+            tuned = tuple(_names(args.targets, targets, "--targets"))
+            cfg = stage3_config(previous, args, str(data), tuned)
+            codec = TextCodec.from_dir(keep_lm_files(Path(args.adapt) / "lm", out))
+            spec = sequence_spec(cfg, dataset.atlas.n_parcels)
+            source = InstructionSource(dataset, targets, list(tuned), descriptor_rows(dataset, records),
+                                       cfg.language.seed, cfg.language.source_line)
+
+            def build(batch):
+                return window_sequences(batch, source, codec, spec)
+            train_stage(cfg, out, str(data), build, spec, continue_warm_start(previous), previous.mesh)
+            loaded = load_for_eval(out)
+        codec = TextCodec.from_dir(out / "lm")
+        names = list(targets) if args.eval_targets == "all" else _names(args.eval_targets, targets, "--eval-targets")
+        rows = evaluate_targets(loaded, codec, str(data), dataset, targets, names, tuned=cfg.language.targets,
+                                shots=shots, split=args.split, seed=cfg.language.seed, descriptors=records,
+                                source_line=cfg.language.source_line, max_scans=args.max_eval)
+    except (ValueError, FileNotFoundError, NoCheckpointError, DatasetError, ConfigError,
+            CheckpointMismatchError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    from brainjax.commands.describe import _write_atomic, strict
+
+    report = {"workdir": str(out), "step": loaded.step, "split": args.split, "tuned": list(cfg.language.targets),
+              "shots": shots, "rows": rows}
+    _write_atomic(out / "questions.json", json.dumps(strict(report), allow_nan=False, indent=1) + "\n")
+    print(format_table([{**r, "target": r["target"] + ("" if r["tuned"] else " (zero-shot target)")} for r in rows]))
+    print(f"-> {out / 'questions.json'}")
+    return 0

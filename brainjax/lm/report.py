@@ -1,0 +1,78 @@
+"""The stage-3 evaluation table: every target, zero-shot and k-shot, scored by log-probability and by
+constrained decoding, beside chance (see :mod:`brainjax.lm.evaluate` for how answers are scored)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from brainjax.lm.evaluate import Prompter, constrained_choice, first_windows
+from brainjax.lm.instructions import class_labels, make_examples, prompt_segments, select_shots
+from brainjax.lm.scoring import chance_metrics, label_metrics, numeric_metrics
+
+
+def _subset(examples: list, max_scans: int) -> list:
+    if max_scans and len(examples) > max_scans:
+        keep = np.linspace(0, len(examples) - 1, max_scans).round().astype(int)
+        examples = [examples[i] for i in keep]
+    return examples
+
+
+def evaluate_targets(loaded, codec, data: str, dataset, targets: dict, names: Sequence[str], *,
+                     tuned: Sequence[str], shots: Sequence[int], split: str = "test", seed: int = 0,
+                     descriptors: list[dict] | None = None, source_line: bool = False, max_scans: int = 0,
+                     batch_size: int = 8) -> list[dict]:
+    """One row per (target, setting, scoring): metrics on the ``split`` scans plus chance from the training
+    split; ``tuned`` names the targets stage 3 trained on (the others are zero-shot targets)."""
+    window = loaded.cfg.data.window
+    windows = first_windows(data, ("train", split), window)
+    n_parcels = dataset.atlas.n_parcels
+    subjects = [row["subject"] for row in dataset.manifest]
+    train_pool = np.array([i for i in dataset.indices("train") if i in windows], np.int64)
+    rows = []
+    for name in names:
+        target = targets[name]
+        queries = [e for e in make_examples(dataset, targets, [name], split, seed=seed, source_line=source_line,
+                                            descriptors=descriptors) if e.scan in windows]
+        queries = _subset(queries, max_scans)
+        if not queries:
+            continue
+        base = {"target": name, "tuned": name in tuned, "n": len(queries)}
+        if target.kind == "numeric":
+            prompter = Prompter(loaded, codec, windows, n_parcels, 1, batch_size)
+            texts = prompter.generate([prompt_segments(e.question, e.scan) for e in queries])
+            y = np.array([float(e.answer) for e in queries])
+            train = [float(a) for e in make_examples(dataset, targets, [name], "train", seed=seed,
+                                                     descriptors=descriptors) for a in [e.answer]]
+            rows.append({**base, "setting": "zero-shot", "scoring": "generate",
+                         **numeric_metrics(texts, y, np.array(train)), "examples": texts[:3]})
+            continue
+        if target.kind == "text":
+            continue
+        labels = class_labels(dataset, target, descriptors)
+        y = np.array([e.label for e in queries])
+        chance = chance_metrics(labels[train_pool][labels[train_pool] >= 0], y, len(target.labels))
+        support = make_examples(dataset, targets, [name], "train", seed=seed + 1, source_line=source_line,
+                                descriptors=descriptors)
+        support_question = {e.scan: e.question for e in support}
+        label_tokens = [codec.encode(" " + label) + [codec.eos_id] for label in target.labels]
+        for k in shots:
+            rng = np.random.default_rng([seed, k, len(rows)])
+            prompts = []
+            for e in queries:
+                chosen = select_shots(labels, train_pool, k, rng, classes=target.labels, subjects=subjects,
+                                      exclude=subjects[e.scan]) if k else []
+                shot_list = [(s, support_question.get(s, e.question), target.labels[labels[s]]) for s in chosen]
+                prompts.append(prompt_segments(e.question, e.scan, shot_list))
+            prompter = Prompter(loaded, codec, windows, n_parcels, k * len(target.labels) + 1, batch_size)
+            per = prompter.label_token_logprobs(prompts, target.labels)
+            logprobs = np.array([[float(t.sum()) for t in labels_of] for labels_of in per])
+            choice = np.array([constrained_choice(labels_of, label_tokens) for labels_of in per])
+            setting = "zero-shot" if k == 0 else f"{k}-shot"
+            rows.append({**base, "setting": setting, "scoring": "logprob", **label_metrics(logprobs, y),
+                         "chance": chance})
+            onehot = np.where(np.eye(len(target.labels))[choice] > 0, 0.0, -np.inf)
+            rows.append({**base, "setting": setting, "scoring": "constrained", **label_metrics(onehot, y),
+                         "chance": chance})
+    return rows

@@ -1,0 +1,142 @@
+"""Metrics for fMRI-LM stage 3 answers: label scoring from log-probabilities, numeric answers from generated text.
+
+A classification question is scored by the model's log-probability of each label's answer continuation
+(``logprob``), or by generation constrained to the labels (``constrained``, which arrives here as one-hot
+log-probabilities). Softmax over the C label log-probabilities turns them into class probabilities, so AUROC
+ranks scans by probability, not by the hard answer. Chance is what a model that ignores the scan achieves:
+the training majority class (accuracy), 1/C (balanced accuracy), 0.5 (AUROC). Numeric answers are parsed
+from generated text; chance predicts the training mean.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.special import softmax
+from sklearn.metrics import balanced_accuracy_score, r2_score, roc_auc_score
+
+# A sign counts only when it does not follow a word character, so "mid-30s" reads 30 and not -30.
+_NUMBER = re.compile(r"(?:(?<!\w)[-+])?\d+(?:\.\d+)?")
+_COLUMNS = (("target", "target"), ("setting", "setting"), ("scoring", "scoring"), ("n", "n"),
+            ("accuracy", "accuracy"), ("balanced_accuracy", "bal. acc."), ("auroc", "AUROC"), ("chance", "chance"),
+            ("parse_rate", "parsed"), ("mae", "MAE"), ("r2", "R2"), ("chance_mae", "chance MAE"))
+_ALWAYS = ("target", "setting", "scoring")
+
+
+def _labels(y, n: int, n_classes: int | None = None) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape != (n,) or (y.size and not np.issubdtype(y.dtype, np.integer)):
+        raise ValueError(f"labels must be an integer array of shape ({n},), got {y.dtype} {y.shape}")
+    if y.size and (y.min() < 0 or (n_classes is not None and y.max() >= n_classes)):
+        raise ValueError(f"labels must lie in [0, {n_classes}), got {y.min()}..{y.max()}")
+    return y.astype(np.int64)
+
+
+def label_metrics(logprobs: np.ndarray, y: np.ndarray) -> dict:
+    """Accuracy, balanced accuracy and AUROC of label scores.
+
+    logprobs: float [N, C] log-probability of each label per scan (C >= 2); y: int [N] true class.
+    Returns n, accuracy, balanced_accuracy (mean recall over the classes present in y) and auroc (positive
+    class probability when C == 2, macro one-vs-rest otherwise; NaN when a class is absent from y).
+    """
+    logprobs = np.asarray(logprobs, np.float64)
+    if logprobs.ndim != 2 or logprobs.shape[0] == 0 or logprobs.shape[1] < 2:
+        raise ValueError(f"logprobs must be [N, C] with N >= 1 and C >= 2, got {logprobs.shape}")
+    if np.isnan(logprobs).any() or np.isposinf(logprobs).any():
+        raise ValueError("logprobs hold NaN or +inf")
+    if np.isneginf(logprobs).all(axis=1).any():
+        raise ValueError("a row of logprobs gives every label zero probability")
+    n, c = logprobs.shape
+    y = _labels(y, n, c)
+    probs = softmax(logprobs, axis=1)
+    pred = probs.argmax(axis=1)
+    with warnings.catch_warnings():  # predictions of a class absent from y are expected, not a problem
+        warnings.simplefilter("ignore")
+        balanced = float(balanced_accuracy_score(y, pred))
+    if len(np.unique(y)) < c:
+        auroc = math.nan
+    elif c == 2:
+        auroc = float(roc_auc_score(y, probs[:, 1]))
+    else:
+        auroc = float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=np.arange(c)))
+    return {"n": n, "accuracy": float(np.mean(pred == y)), "balanced_accuracy": balanced, "auroc": auroc}
+
+
+def chance_metrics(y_train: np.ndarray, y_test: np.ndarray, n_classes: int | None = None) -> dict:
+    """What a scan-blind model scores: the training majority class on the test labels, 1/C, AUROC 0.5.
+
+    y_train: int [M], y_test: int [N]; n_classes defaults to the largest label seen + 1. Ties between majority
+    classes go to the lowest class index.
+    """
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    if y_train.ndim != 1 or y_train.size == 0 or y_test.ndim != 1 or y_test.size == 0:
+        raise ValueError(f"need non-empty 1-D train and test labels, got {y_train.shape} and {y_test.shape}")
+    y_train, y_test = _labels(y_train, len(y_train), n_classes), _labels(y_test, len(y_test), n_classes)
+    c = n_classes if n_classes is not None else int(max(y_train.max(), y_test.max())) + 1
+    majority = int(np.bincount(y_train, minlength=c).argmax())
+    return {"accuracy": float(np.mean(y_test == majority)), "balanced_accuracy": 1.0 / c, "auroc": 0.5,
+            "majority": majority}
+
+
+def parse_number(text: str) -> float:
+    """The first number in ``text`` ("about 37 years" -> 37.0), NaN when there is none."""
+    match = _NUMBER.search(str(text))
+    return float(match.group()) if match else math.nan
+
+
+def numeric_metrics(texts: Sequence[str], y: np.ndarray, y_train: np.ndarray | None = None) -> dict:
+    """Parse rate, MAE and R^2 of numbers parsed from generated ``texts`` (N strings) against y: float [N].
+
+    MAE and R^2 use the parsed answers only (NaN when none, R^2 NaN below 2). With y_train: float [M], chance
+    (predicting the training mean) is reported on the same parsed scans as chance_mae and chance_r2.
+    """
+    y = np.asarray(y, np.float64)
+    if y.ndim != 1 or len(texts) != len(y) or y.size == 0:
+        raise ValueError(f"need N >= 1 texts and values, got {len(texts)} texts and y of shape {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError("true values hold NaN or inf")
+    pred = np.array([parse_number(t) for t in texts])
+    ok = np.isfinite(pred)
+    out = {"n": len(y), "parse_rate": float(ok.mean()),
+           "mae": float(np.mean(np.abs(pred[ok] - y[ok]))) if ok.any() else math.nan,
+           "r2": float(r2_score(y[ok], pred[ok])) if ok.sum() >= 2 else math.nan}
+    if y_train is not None:
+        y_train = np.asarray(y_train, np.float64)
+        if y_train.ndim != 1 or y_train.size == 0 or not np.isfinite(y_train).all():
+            raise ValueError("y_train must be a non-empty 1-D array of finite values")
+        base = np.full(ok.sum(), y_train.mean())
+        out["chance_mae"] = float(np.mean(np.abs(base - y[ok]))) if ok.any() else math.nan
+        out["chance_r2"] = float(r2_score(y[ok], base)) if ok.sum() >= 2 else math.nan
+    return out
+
+
+def _cell(value) -> str:
+    if isinstance(value, dict):  # a chance_metrics dict: its balanced accuracy is the fair comparison
+        value = value.get("balanced_accuracy")
+    if value is None:
+        return "-"
+    if isinstance(value, float | np.floating):
+        return "nan" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """A plain-text table of result rows (target, setting, scoring and whichever metric columns rows hold).
+
+    ``chance`` may be a number or a :func:`chance_metrics` dict (shown: its balanced accuracy). Missing cells
+    read "-", NaN reads "nan".
+    """
+    for row in rows:
+        if not isinstance(row, dict) or "target" not in row:
+            raise ValueError(f"each row must be a dict with a 'target', got {row!r}")
+    columns = [(key, head) for key, head in _COLUMNS if key in _ALWAYS or any(key in row for row in rows)]
+    cells = [[head for _, head in columns]] + [[_cell(row.get(key)) for key, _ in columns] for row in rows]
+    widths = [max(len(line[j]) for line in cells) for j in range(len(columns))]
+    lines = ["  ".join(text.ljust(w) if j < len(_ALWAYS) else text.rjust(w)
+                       for j, (text, w) in enumerate(zip(line, widths))).rstrip() for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,119 @@
+"""fMRI-LM stages 2-3: a decoder language model that reads scans as tokens next to text.
+
+A scan window enters as the stage-1 tokenizer's *continuous* encoder features (one per parcel x time patch,
+before quantisation), projected to the LM width by a two-layer MLP, plus a learned parcel embedding. Its VQ
+codes are the fMRI targets: a separate head over the codebook predicts every parcel's code of the next time
+patch. The tokenizer is frozen (its outputs pass through ``stop_gradient``, so no gradient is computed for it).
+
+One sequence mixes text and fMRI blocks (see :mod:`brainjax.lm.sequences` for how the host lays it out). Every
+position carries a *group*: all tokens of one time patch of one block share a group, every text token has its
+own, groups increase along the sequence. Query i may read key j when ``group[j] <= group[i]``: full attention
+within a time patch, causal across patches, text causal and reading every earlier fMRI block. The group is
+also the position id, so the parcels of one patch share a position.
+
+Batch entries (B samples, L positions, S fMRI blocks of P parcels x T TRs, M loss positions)::
+
+    ids       int32 [B, L]     text token ids (anything at fMRI positions)
+    slot      int32 [B, L]     -1 for text; else the fMRI token read there: block * N * P + patch * P + parcel
+    group     int32 [B, L]     attention group = position id (non-decreasing along valid positions)
+    valid     bool  [B, L]     real positions (False: padding and the tokens of padded parcels)
+    signal    float [B, S, P, T], parcel_mask bool [B, S, P], coords float [B, S, P, 3], tr float [B, S]
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from brainjax.config import LanguageConfig, ModelConfig, QuantizerConfig
+from brainjax.models.lm import DecoderLM, LMConfig
+from brainjax.models.tokenizer import NeuralTokenizer
+from brainjax.nn.layers import linear, logical
+
+TRAIN_LM = ("lora", "full", "frozen")
+FMRI_KEYS = ("signal", "parcel_mask", "coords", "tr")
+
+
+def lm_config_from_json(text: str) -> LMConfig:
+    """The :class:`LMConfig` stored in ``LanguageConfig.architecture``."""
+    if not text:
+        raise ValueError("language.architecture is empty: the run does not say which language model it uses")
+    return LMConfig(**json.loads(text))
+
+
+def allowed_mask(group: jax.Array, valid: jax.Array) -> jax.Array:
+    """group int [B, L], valid bool [B, L] -> bool [B, L, L]: query i reads key j iff group[j] <= group[i] and
+    j is valid."""
+    return (group[:, None, :] <= group[:, :, None]) & valid[:, None, :]
+
+
+class FMRILM(nnx.Module):
+    """The frozen neural tokenizer, the decoder LM (optionally with LoRA adapters), the fMRI projector, the
+    parcel embedding and the fMRI code head."""
+
+    def __init__(self, lm_cfg: LMConfig, tok_model: ModelConfig, tok_quantizer: QuantizerConfig,
+                 language: LanguageConfig, *, rngs: nnx.Rngs):
+        if language.train_lm not in TRAIN_LM:
+            raise ValueError(f"language.train_lm must be one of {TRAIN_LM}, got {language.train_lm!r}")
+        self.tokenizer = NeuralTokenizer(tok_model, tok_quantizer, rngs=rngs)
+        self.lm = DecoderLM(lm_cfg, rngs=rngs)
+        if language.train_lm == "lora":
+            from brainjax.nn.lora import add_lora
+            add_lora(self.lm, targets=tuple(language.lora_targets), rank=language.lora_rank,
+                     alpha=language.lora_alpha, rngs=rngs)
+        code_dim = tok_quantizer.code_dim if tok_quantizer.kind == "vq" else len(tok_quantizer.fsq_levels)
+        width = lm_cfg.hidden
+        self.fmri_in = linear(code_dim, width, (None, "embed"), dtype=jnp.float32, rngs=rngs)
+        self.fmri_out = linear(width, width, ("embed", "embed"), dtype=jnp.float32, rngs=rngs)
+        self.parcel_embed = nnx.Embed(tok_model.max_parcels, width,
+                                      embedding_init=logical(nnx.initializers.normal(0.02), (None, "embed")),
+                                      rngs=rngs)
+        self.fmri_head = linear(width, self.tokenizer.codebook_size, ("embed", None), dtype=jnp.float32, rngs=rngs)
+
+    def fmri_tokens(self, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """LM-width embeddings of every fMRI token float32 [B, S * N * P, W] (block, patch, parcel order), the VQ
+        codes int32 [B, S, N, P] and ``real`` bool [B, S, N, P] (tokens of real parcels).
+
+        Every time patch goes through the tokenizer on its own: the stage-1 encoder attends across the whole
+        window, so features of patch n encoded jointly would already carry patch n + 1 — the very code the
+        next-patch loss asks for, and the future that the patch-causal mask is meant to hide.
+        """
+        signal = jnp.asarray(batch["signal"])
+        batch_size, blocks, n_parcels, length = signal.shape
+        patch = self.tokenizer.cfg.patch
+        n_patches = length // patch
+        if n_patches * patch != length:
+            raise ValueError(f"window of {length} TRs is not a multiple of the tokenizer's patch {patch}")
+        rows = batch_size * blocks * n_patches
+        per_patch = signal.reshape(batch_size, blocks, n_parcels, n_patches, patch).transpose(0, 1, 3, 2, 4)
+
+        def repeat(key):  # [B, S, ...] -> [B * S * N, ...]: one row per time patch
+            x = jnp.asarray(batch[key])
+            return jnp.repeat(x.reshape(batch_size * blocks, *x.shape[2:]), n_patches, axis=0)
+        flat = {"signal": per_patch.reshape(rows, n_parcels, patch), "parcel_mask": repeat("parcel_mask"),
+                "coords": repeat("coords"), "tr": repeat("tr")}
+        features, _, real = self.tokenizer.features(flat)  # [rows, P, 1, C]
+        codes = self.tokenizer.quantizer(features, real, train=False).codes
+        features = jax.lax.stop_gradient(features[:, :, 0])
+        x = self.fmri_out(jax.nn.gelu(self.fmri_in(features)))  # [rows, P, W]
+        x = x + self.parcel_embed(jnp.arange(n_parcels))[None].astype(x.dtype)
+        x = x.reshape(batch_size, blocks * n_patches * n_parcels, -1)
+        shape = (batch_size, blocks, n_patches, n_parcels)
+        return x, codes.reshape(shape), real.reshape(shape)
+
+    def __call__(self, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Hidden states float [B, L, W] of the mixed sequence, plus the blocks' codes and ``real`` [B, S, N, P]."""
+        fmri, codes, real = self.fmri_tokens(batch)
+        slot = jnp.asarray(batch["slot"])
+        text = self.lm.embed(jnp.asarray(batch["ids"]))
+        gathered = jnp.take_along_axis(fmri, jnp.maximum(slot, 0)[..., None], axis=1)
+        x = jnp.where(slot[..., None] >= 0, gathered.astype(text.dtype), text)
+        group, valid = jnp.asarray(batch["group"]), jnp.asarray(batch["valid"]).astype(bool)
+        return self.lm.hidden(x, allowed_mask(group, valid), group), codes, real
+
+    def code_logits(self, hidden: jax.Array) -> jax.Array:
+        """hidden [..., W] -> logits over the tokenizer's codebook float32 [..., K]."""
+        return self.fmri_head(hidden.astype(jnp.float32))

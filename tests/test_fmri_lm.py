@@ -1,0 +1,166 @@
+"""fMRI-LM (stages 2-3): sequence layout, the patch-causal attention it implies, and the three losses against
+computations done another way (numpy log-softmax over full logits; codes from the tokenizer run by hand)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from brainjax.config import Config, LanguageConfig, ModelConfig, QuantizerConfig
+from brainjax.lm.evaluate import constrained_choice
+from brainjax.lm.objective import FMRILMTask, fmri_lm_loss
+from brainjax.lm.sequences import SequenceSpec, layout, stack, text_row
+from brainjax.models.fmri_lm import FMRILM
+from brainjax.models.lm import LMConfig
+
+LM = LMConfig(family="qwen3", vocab_size=40, hidden=16, layers=2, heads=2, kv_heads=1, head_dim=8, intermediate=32,
+              max_positions=256, norm_eps=1e-6)
+TOK = ModelConfig(patch=4, max_parcels=6, width=16, depth=1, heads=2, mlp=32, dec_width=16, dec_depth=1, dec_heads=2,
+                  dec_mlp=32, fourier_features=2, attention="xla")
+QUANT = QuantizerConfig(kind="vq", codebook_size=8, code_dim=4)
+SPEC = SequenceSpec(n_parcels=3, n_patches=2, blocks=1, text_len=8)
+PROMPT = [("text", [1, 2]), ("fmri", 0), ("text", [3])]
+ANSWER = [4, 5, 6]
+PARCELS = np.array([[True, True, False]])  # parcel 2 is padding
+
+
+def test_layout_by_hand():
+    s = layout(PROMPT, ANSWER, PARCELS, SPEC, code_blocks=(0,))
+    # text 1 2 | patch 0: parcels 0 1 2 | patch 1: parcels 0 1 2 | text 3 | answer 4 5 6 | 2 padding
+    np.testing.assert_array_equal(s["ids"], [1, 2, 0, 0, 0, 0, 0, 0, 3, 4, 5, 6, 0, 0])
+    np.testing.assert_array_equal(s["slot"], [-1, -1, 0, 1, 2, 3, 4, 5, -1, -1, -1, -1, -1, -1])
+    np.testing.assert_array_equal(s["group"], [0, 1, 2, 2, 2, 3, 3, 3, 4, 5, 6, 7, 8, 8])
+    np.testing.assert_array_equal(s["valid"], [1, 1, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(s["fmri_pos"], [2, 3, 4, 5, 6, 7])
+    # answer token j sits at 9 + j and is predicted from the position before it
+    np.testing.assert_array_equal(s["loss_pos"][:3], [8, 9, 10])
+    np.testing.assert_array_equal(s["loss_target"][:3], ANSWER)
+    np.testing.assert_array_equal(s["loss_weight"], [1, 1, 1, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(s["code_weight"], [1])
+
+
+def test_layout_cuts_the_answer_not_the_prompt_and_rejects_bad_segments():
+    long = layout(PROMPT, list(range(4, 20)), PARCELS, SPEC)
+    assert long["loss_weight"].sum() == SPEC.text_len - 3  # 3 prompt tokens kept, the answer fills the rest
+    with pytest.raises(ValueError, match="no room"):
+        layout([("text", list(range(9)))], [1], PARCELS, SPEC)
+    with pytest.raises(ValueError, match="used twice"):
+        layout([("fmri", 0), ("fmri", 0)], [], PARCELS, SPEC)
+    with pytest.raises(ValueError, match="parcel_masks shape"):
+        layout(PROMPT, ANSWER, np.ones((2, 3), bool), SPEC)
+
+
+def _model(train_lm="lora") -> FMRILM:
+    return FMRILM(LM, TOK, QUANT, LanguageConfig(train_lm=train_lm, lora_rank=2), rngs=nnx.Rngs(0))
+
+
+def _batch(seed=0) -> dict:
+    rng = np.random.default_rng(seed)
+    sample = layout(PROMPT, ANSWER, PARCELS, SPEC, code_blocks=(0,))
+    ids, mask = text_row([7, 8, 9, 10, 11], 6)
+    batch = stack([sample])
+    batch.update(signal=rng.normal(size=(1, 1, 3, 8)).astype(np.float32), parcel_mask=PARCELS[None],
+                 coords=rng.uniform(-50, 50, (1, 1, 3, 3)).astype(np.float32), tr=np.full((1, 1), 2.0, np.float32),
+                 lm_ids=ids[None], lm_mask=mask[None])
+    return batch
+
+
+def _hidden(model, batch) -> np.ndarray:
+    return np.asarray(model(batch)[0][0])
+
+
+def test_attention_is_full_within_a_time_patch_and_causal_across_patches():
+    model, batch = _model(), _batch()
+    base = _hidden(model, batch)
+    patch0, patch1, text_after = [2, 3], [5, 6], [8, 9, 10, 11]
+
+    future = dict(batch, signal=batch["signal"].copy())
+    future["signal"][..., 4:] += 1.0  # change time patch 1 only
+    h = _hidden(model, future)
+    np.testing.assert_array_equal(h[[0, 1, *patch0]], base[[0, 1, *patch0]])  # the past never sees the future
+    assert np.abs(h[patch1] - base[patch1]).max() > 1e-4 and np.abs(h[text_after] - base[text_after]).max() > 1e-4
+
+    neighbour = dict(batch, signal=batch["signal"].copy())
+    neighbour["signal"][0, 0, 1, :4] += 1.0  # parcel 1 in patch 0: parcel 0 of the same patch reads it
+    assert np.abs(_hidden(model, neighbour)[2] - base[2]).max() > 1e-4
+
+    padded = dict(batch, signal=batch["signal"].copy())
+    padded["signal"][0, 0, 2] += 5.0  # a padded parcel is read by nobody
+    real = [i for i in range(12) if batch["valid"][0, i]]
+    np.testing.assert_allclose(_hidden(model, padded)[real], base[real], atol=1e-6)
+
+    answer = dict(batch, ids=batch["ids"].copy())
+    answer["ids"][0, 9:12] = [30, 31, 32]
+    np.testing.assert_array_equal(_hidden(model, answer)[:9], base[:9])  # text is causal
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_losses_match_numpy_and_codes_of_each_patch_encoded_alone():
+    model, batch = _model(), _batch()
+    cfg = Config(objective="adapt", language=LanguageConfig(text_weight=1.0, code_weight=0.5, lm_weight=0.25))
+    loss, sums = fmri_lm_loss(model, batch, cfg)
+    hidden = model(batch)[0]
+    logp = _log_softmax(np.asarray(model.lm.logits(hidden))[0])
+    text = -np.mean([logp[8 + j, token] for j, token in enumerate(ANSWER)])
+
+    def codes_of(t0):  # the tokenizer on one time patch alone, as the model must use it
+        window = {"signal": batch["signal"][0, :, :, t0:t0 + 4], "parcel_mask": PARCELS,
+                  "coords": batch["coords"][0], "tr": batch["tr"][0]}
+        return np.asarray(model.tokenizer.encode(window)[0].codes)[0, :, 0]
+    targets = codes_of(4)
+    code_logp = _log_softmax(np.asarray(model.code_logits(hidden[0, 2:4])))  # patch-0 tokens of parcels 0, 1
+    code = -np.mean([code_logp[p, targets[p]] for p in range(2)])
+    plain_logp = _log_softmax(np.asarray(model.lm(batch["lm_ids"], batch["lm_mask"]))[0])
+    plain = -np.mean([plain_logp[i, batch["lm_ids"][0, i + 1]] for i in range(4)])
+    np.testing.assert_allclose(float(sums["text_nll"]) / float(sums["text_n"]), text, rtol=1e-5)
+    np.testing.assert_allclose(float(sums["code_nll"]) / float(sums["code_n"]), code, rtol=1e-5)
+    np.testing.assert_allclose(float(sums["lm_nll"]) / float(sums["lm_n"]), plain, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), text + 0.5 * code + 0.25 * plain, rtol=1e-5)
+    assert float(sums["code_n"]) == 2  # padded parcel 2 carries no target
+
+
+@pytest.mark.parametrize("train_lm", ["lora", "full", "frozen"])
+def test_frozen_mask_freezes_the_tokenizer_always_and_the_lm_by_mode(train_lm):
+    model = _model(train_lm)
+    task = FMRILMTask(Config(objective="adapt", language=LanguageConfig(
+        train_lm=train_lm, lora_rank=2, architecture=_architecture())), SPEC)
+    params = nnx.state(model, nnx.Param)
+    flat = {"/".join(map(str, k)): v for k, v in nnx.to_flat_state(task.frozen_mask(params))}
+    flat = {k: bool(v.get_value() if hasattr(v, "get_value") else v) for k, v in flat.items()}
+    assert all(v for k, v in flat.items() if k.startswith("tokenizer/"))
+    assert not any(v for k, v in flat.items() if k.split("/")[0] in ("fmri_in", "fmri_out", "parcel_embed",
+                                                                      "fmri_head"))
+    lm = {k: v for k, v in flat.items() if k.startswith("lm/")}
+    adapters = {k: v for k, v in lm.items() if "lora_" in k}
+    assert bool(adapters) == (train_lm == "lora")
+    if train_lm == "lora":
+        assert not any(adapters.values()) and all(v for k, v in lm.items() if k not in adapters)
+    else:
+        assert all(v == (train_lm == "frozen") for v in lm.values())
+
+
+def _architecture() -> str:
+    import dataclasses
+    import json
+    return json.dumps(dataclasses.asdict(LM))
+
+
+def test_code_loss_needs_two_patches():
+    cfg = Config(objective="adapt", language=LanguageConfig(architecture=_architecture()))
+    with pytest.raises(ValueError, match="2 time patches"):
+        FMRILMTask(cfg, SequenceSpec(n_parcels=3, n_patches=1))
+
+
+def test_constrained_choice_is_greedy_over_the_label_trie():
+    tokens = [[5, 7], [5, 8], [9]]
+    # first step: the shared token 5 (-0.1) beats 9 (-2.0); then 8 (-0.5) beats 7 (-1.0)
+    logps = [np.array([-0.1, -1.0]), np.array([-0.1, -0.5]), np.array([-2.0])]
+    assert constrained_choice(logps, tokens) == 1
+    # summed log-probability would pick label 2 here, greedy decoding cannot reach it
+    logps = [np.array([-0.1, -3.0]), np.array([-0.1, -2.5]), np.array([-1.0])]
+    assert constrained_choice(logps, tokens) == 1 and int(np.argmax([x.sum() for x in logps])) == 2

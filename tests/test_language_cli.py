@@ -1,0 +1,111 @@
+"""fMRI-LM stages 2-3 end to end on CPU (8 simulated devices): ``brainjax adapt`` (warm start, frozen parts,
+resume), ``brainjax instruct`` (training, zero/k-shot table) and ``brainjax ask`` on a small synthetic cohort
+with a tiny stage-1 tokenizer and a tiny LM saved as a Hugging Face directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+from _trainer_utils import make_trainer, tiny_config
+from flax import nnx
+
+from brainjax.cli import main as cli
+from brainjax.config import QuantizerConfig
+from brainjax.eval.restore import load_for_eval
+from brainjax.lm.default_lm import offline_corpus, train_text_tokenizer
+from brainjax.models.lm import DecoderLM, LMConfig
+from brainjax.models.lm_loading import from_pretrained
+from brainjax.models.lm_saving import save_pretrained
+from brainjax.train.logging import read_metrics
+
+
+@pytest.fixture(scope="module")
+def stage2(tmp_path_factory):
+    from brainjax.data.synthetic import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("language")
+    data = root / "synth"
+    synthesize(data, SynthConfig(subjects=30, scans_per_subject=1, timepoints=96, atlas="dosenbach160", sites=2,
+                                 seed=1), (0.6, 0.2, 0.2))
+    cfg = tiny_config(steps=6, data={"window": 32}, model={"patch": 16, "max_parcels": 160},
+                      train={"checkpoint_every": 6, "eval_every": 6})
+    cfg = dataclasses.replace(cfg, objective="tokenizer",
+                              quantizer=QuantizerConfig(kind="vq", codebook_size=16, code_dim=8))
+    make_trainer(cfg, data, root / "tok").run()
+    text_tokenizer = train_text_tokenizer(offline_corpus(0, 100), vocab_size=300)
+    lm_cfg = LMConfig(family="qwen3", vocab_size=text_tokenizer.get_vocab_size(), hidden=32, layers=2, heads=4,
+                      kv_heads=2, head_dim=8, intermediate=64, max_positions=4096, norm_eps=1e-6)
+    save_pretrained(DecoderLM(lm_cfg, rngs=nnx.Rngs(0)), text_tokenizer, root / "lm",
+                    extra_config={"eos_token_id": 0, "pad_token_id": 0})
+    common = ["adapt", "--workdir", str(root / "adapt"), "--tokenizer", str(root / "tok"), "--lm", str(root / "lm"),
+              "--data", str(data), "--batch", "8", "--set", "train.log_every=1"]
+    assert cli([*common, "--steps", "3"]) == 0
+    assert cli([*common, "--steps", "5"]) == 0  # resumes at step 3
+    return root, data
+
+
+def _params(model) -> dict:
+    return {"/".join(map(str, k)): np.asarray(v.get_value()) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def test_adapt_trains_only_what_it_should_and_resumes(stage2):
+    root, data = stage2
+    assert (data / "descriptors" / "descriptors.jsonl").exists()  # computed because it was missing
+    run = load_for_eval(root / "adapt")
+    assert run.step == 5 and run.cfg.objective == "adapt"
+    trained = _params(run.model)
+    tokenizer = _params(load_for_eval(root / "tok").model)
+    for name, value in tokenizer.items():  # frozen stage 1, carried over exactly
+        np.testing.assert_array_equal(trained["tokenizer/" + name], value)
+    lm, _ = from_pretrained(root / "lm")
+    for name, value in _params(lm).items():  # LoRA: base weights are the Hugging Face ones, untouched
+        parts = name.split("/")
+        wrapped = "/".join(parts[:-1] + ["base", parts[-1]])
+        np.testing.assert_array_equal(trained.get("lm/" + wrapped, trained.get("lm/" + name)), value)
+    assert any(np.abs(v).max() > 0 for k, v in trained.items() if k.endswith("lora_b"))
+    steps = [m["step"] for m in read_metrics(root / "adapt") if "loss" in m]
+    assert steps == [1, 2, 3, 4, 5]  # the second run went on from step 3, repeating none
+    logs = [m for m in read_metrics(root / "adapt") if "val_text_loss" in m]
+    assert logs and all(np.isfinite(m["val_code_loss"]) and np.isfinite(m["val_lm_loss"]) for m in logs)
+
+
+def test_instruct_then_ask(stage2, capsys):
+    root, data = stage2
+    out = root / "instruct"
+    assert cli(["instruct", "--adapt", str(root / "adapt"), "--workdir", str(out), "--steps", "2", "--batch", "8",
+                "--targets", "sex,diagnosis", "--eval-targets", "sex,age", "--shots", "0,1", "--max-eval", "3"]) == 0
+    report = json.loads((out / "questions.json").read_text())
+    rows = {(r["target"], r["setting"], r["scoring"]): r for r in report["rows"]}
+    assert set(rows) == {("sex", s, m) for s in ("zero-shot", "1-shot") for m in ("logprob", "constrained")} | {
+        ("age", "zero-shot", "generate")}
+    assert rows[("sex", "zero-shot", "logprob")]["tuned"] and not rows[("age", "zero-shot", "generate")]["tuned"]
+    assert all(r["n"] == 3 for r in report["rows"])
+    run = load_for_eval(out)
+    assert run.cfg.language.targets == ("sex", "diagnosis") and run.cfg.language.code_weight == 0.0
+    stage2_tokenizer = _params(load_for_eval(root / "adapt").model)
+    for name, value in _params(run.model).items():
+        if name.startswith("tokenizer/"):
+            np.testing.assert_array_equal(value, stage2_tokenizer[name])
+    capsys.readouterr()
+    scan = json.loads((data / "descriptors" / "descriptors.jsonl").read_text().splitlines()[0])["scan_id"]
+    question = "Is this scan from a male or a female participant? Answer with one of: female, male."
+    assert cli(["ask", "--workdir", str(out), "--scan", scan, "--max-tokens", "2", "--question", question]) == 0
+    printed = capsys.readouterr().out
+    probs = [float(line.split("=")[1]) for line in printed.splitlines() if line.strip().startswith("P(")]
+    assert len(probs) == 2 and abs(sum(probs) - 1.0) < 1e-3
+    assert cli(["ask", "--workdir", str(out), "--scan", "no-such-scan", "--question", "?"]) == 2
+
+
+def test_adapt_refuses_a_run_that_is_not_a_tokenizer(stage2, capsys):
+    root, data = stage2
+    assert cli(["adapt", "--workdir", str(root / "x"), "--tokenizer", str(root / "adapt"), "--lm", str(root / "lm"),
+                "--data", str(data), "--steps", "1"]) == 2
+    assert "not a tokenizer run" in capsys.readouterr().err
+
+
+def test_jax_sees_the_simulated_devices():
+    assert len(jax.devices()) == 8  # the runs above went through the 8-device mesh

@@ -1,0 +1,111 @@
+"""Stage-3 metrics: label scoring against sklearn and hand computations, numeric parsing, the results table."""
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
+
+from brainjax.lm.scoring import chance_metrics, format_table, label_metrics, numeric_metrics, parse_number
+
+
+@pytest.mark.parametrize("c", [2, 4])
+def test_label_metrics_match_sklearn(c):
+    rng = np.random.default_rng(c)
+    logprobs = rng.normal(size=(60, c)) * 2 - 3
+    y = np.concatenate([np.arange(c), rng.integers(0, c, 60 - c)])
+    out = label_metrics(logprobs, y)
+    probs = np.exp(logprobs) / np.exp(logprobs).sum(axis=1, keepdims=True)
+    pred = logprobs.argmax(axis=1)
+    assert out["n"] == 60
+    assert out["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert out["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    expected = roc_auc_score(y, probs[:, 1]) if c == 2 else roc_auc_score(y, probs, multi_class="ovr")
+    assert out["auroc"] == pytest.approx(expected)
+
+
+def test_auroc_ranks_probabilities_not_hard_labels():
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.4, 0.35, 0.45])  # every argmax says class 0: hard-label AUROC is 0.5
+    out = label_metrics(np.log(np.stack([1 - p, p], axis=1)), y)
+    # positives beat negatives in 3 of the 4 pairs: 0.35 > 0.1, 0.45 > 0.1, 0.45 > 0.4 (0.35 < 0.4)
+    assert out["auroc"] == pytest.approx(0.75)
+    assert out["accuracy"] == 0.5 and out["balanced_accuracy"] == 0.5
+
+
+def test_balanced_accuracy_by_hand_absent_class_and_constrained_scores():
+    y = np.array([0, 0, 0, 1, 2, 2])
+    pred = np.array([0, 1, 0, 1, 2, 0])
+    onehot = np.where(np.eye(3)[pred] > 0, 0.0, -np.inf)  # constrained decoding: one label, log-prob 0
+    out = label_metrics(onehot, y)
+    assert out["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 1 / 2) / 3)
+    assert out["accuracy"] == pytest.approx(4 / 6)
+    absent = label_metrics(onehot[:4], y[:4])  # class 2 absent: no AUROC, recall averaged over present classes
+    assert math.isnan(absent["auroc"])
+    assert absent["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_chance_metrics():
+    out = chance_metrics(np.array([0, 1, 1, 2]), np.array([1, 0, 1, 1]), n_classes=3)
+    assert out["majority"] == 1 and out["accuracy"] == 0.75
+    assert out["balanced_accuracy"] == pytest.approx(1 / 3) and out["auroc"] == 0.5
+    assert chance_metrics(np.array([1, 0]), np.array([0, 1, 1]))["majority"] == 0  # tie: lowest class
+    assert chance_metrics(np.array([0, 0]), np.array([1, 1]))["balanced_accuracy"] == 0.5
+    with pytest.raises(ValueError, match="non-empty"):
+        chance_metrics(np.array([], int), np.array([0]))
+
+
+def test_parse_number():
+    assert parse_number("about 37 years") == 37.0
+    assert math.isnan(parse_number("unknown"))
+    assert parse_number("-4.5 degrees") == -4.5
+    assert parse_number("in her mid-30s, maybe 36") == 30.0  # a hyphen after a word is not a minus sign
+    assert parse_number("age37") == 37.0
+    assert parse_number(" 62.") == 62.0
+
+
+def test_numeric_metrics_by_hand():
+    texts = ["about 30 years", "unknown", "50", "He is 44 years old"]
+    y = np.array([32.0, 60.0, 45.0, 40.0])
+    out = numeric_metrics(texts, y, y_train=np.array([40.0, 50.0]))
+    ok_y, ok_pred = np.array([32.0, 45.0, 40.0]), np.array([30.0, 50.0, 44.0])
+    assert out["parse_rate"] == 0.75 and out["n"] == 4
+    assert out["mae"] == pytest.approx((2 + 5 + 4) / 3)
+    r2 = 1 - np.sum((ok_y - ok_pred) ** 2) / np.sum((ok_y - ok_y.mean()) ** 2)
+    assert out["r2"] == pytest.approx(r2)
+    assert out["chance_mae"] == pytest.approx((13 + 0 + 5) / 3)
+    assert out["chance_r2"] == pytest.approx(1 - np.sum((ok_y - 45) ** 2) / np.sum((ok_y - ok_y.mean()) ** 2))
+    none = numeric_metrics(["no idea"], np.array([3.0]))
+    assert none["parse_rate"] == 0 and math.isnan(none["mae"]) and math.isnan(none["r2"])
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError, match="NaN"):
+        label_metrics(np.array([[0.0, np.nan]]), np.array([0]))
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        label_metrics(np.zeros((2, 2)), np.array([0, 2]))
+    with pytest.raises(ValueError, match="shape"):
+        label_metrics(np.zeros((3, 2)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="C >= 2"):
+        label_metrics(np.zeros((3, 1)), np.array([0, 0, 0]))
+    with pytest.raises(ValueError, match="zero probability"):
+        label_metrics(np.full((1, 2), -np.inf), np.array([0]))
+    with pytest.raises(ValueError, match="texts"):
+        numeric_metrics(["1", "2"], np.array([1.0]))
+    with pytest.raises(ValueError, match="NaN"):
+        numeric_metrics(["1"], np.array([np.nan]))
+
+
+def test_format_table():
+    rows = [{"target": "sex", "setting": "zero-shot", "scoring": "logprob", "accuracy": 0.75,
+             "balanced_accuracy": 0.7, "auroc": math.nan, "chance": chance_metrics([0, 1, 1], [1, 1])},
+            {"target": "diagnosis", "setting": "1-shot", "scoring": "constrained", "accuracy": 0.5}]
+    lines = format_table(rows).splitlines()
+    assert lines[0].split() == ["target", "setting", "scoring", "accuracy", "bal.", "acc.", "AUROC", "chance"]
+    assert set(lines[1]) <= {"-", " "}
+    assert lines[2].split() == ["sex", "zero-shot", "logprob", "0.750", "0.700", "nan", "0.500"]
+    assert lines[3].split() == ["diagnosis", "1-shot", "constrained", "0.500", "-", "-", "-"]
+    numeric = format_table([{"target": "age", "setting": "zero-shot", "scoring": "generate", "mae": 4.25}])
+    assert "MAE" in numeric and "4.250" in numeric and "AUROC" not in numeric
+    with pytest.raises(ValueError, match="target"):
+        format_table([{"setting": "zero-shot"}])
