@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 HELP = "fMRI-LM stage 2: align a language model with scans through the tokenizer (rerun to resume)"
@@ -68,14 +67,19 @@ def stage2_config(tokenizer_run, args: argparse.Namespace, data: str, lm_dir: Pa
 
 
 def main(args: argparse.Namespace) -> int:
-    from brainjax.config import ConfigError
-    from brainjax.data.dataset import Dataset, DatasetError
+    from brainjax.data.dataset import Dataset
     from brainjax.data.synthetic import default_dataset
-    from brainjax.eval.restore import NoCheckpointError, load_for_eval
+    from brainjax.eval.restore import load_for_eval
     from brainjax.lm.batches import DescriptionSource, TextCodec, load_descriptor_texts, window_sequences
-    from brainjax.lm.runs import keep_lm_files, lm_dir_or_default, sequence_spec, stage2_warm_start, train_stage
-    from brainjax.train.checkpoint import CheckpointMismatchError
-    from brainjax.train.trainer import NonFiniteLossError
+    from brainjax.lm.runs import (
+        COMMAND_ERRORS,
+        command_error,
+        keep_lm_files,
+        lm_dir_or_default,
+        sequence_spec,
+        stage2_warm_start,
+        train_stage,
+    )
 
     out = Path(args.workdir)
     try:
@@ -96,13 +100,8 @@ def main(args: argparse.Namespace) -> int:
         def build(batch):
             return window_sequences(batch, source, codec, spec, lm_len)
         train_stage(cfg, out, str(data), build, spec, stage2_warm_start(tokenizer_run, lm_dir), tokenizer_run.mesh)
-    except (ValueError, FileNotFoundError, NoCheckpointError, DatasetError, ConfigError,
-            CheckpointMismatchError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
+    except COMMAND_ERRORS as err:
+        return command_error(err)
     print(f"stage 2 done -> {out}; instruction-tune with `brainjax instruct --adapt {out}`")
     return 0
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 HELP = "fMRI-LM stage 3: instruction-tune on questions about scans, then evaluate zero-/k-shot"
@@ -79,16 +78,19 @@ def load_question_setup(cfg, data: Path):
 
 
 def main(args: argparse.Namespace) -> int:
-    from brainjax.config import ConfigError
-    from brainjax.data.dataset import DatasetError
-    from brainjax.eval.restore import NoCheckpointError, load_for_eval
+    from brainjax.eval.restore import load_for_eval
     from brainjax.lm.batches import InstructionSource, TextCodec, window_sequences
     from brainjax.lm.instructions import descriptor_rows
     from brainjax.lm.report import evaluate_targets
-    from brainjax.lm.runs import continue_warm_start, keep_lm_files, sequence_spec, train_stage
+    from brainjax.lm.runs import (
+        COMMAND_ERRORS,
+        command_error,
+        continue_warm_start,
+        keep_lm_files,
+        sequence_spec,
+        train_stage,
+    )
     from brainjax.lm.scoring import format_table
-    from brainjax.train.checkpoint import CheckpointMismatchError
-    from brainjax.train.trainer import NonFiniteLossError
 
     out = Path(args.workdir)
     try:
@@ -120,13 +122,8 @@ def main(args: argparse.Namespace) -> int:
         rows = evaluate_targets(loaded, codec, str(data), dataset, targets, names, tuned=cfg.language.targets,
                                 shots=shots, split=args.split, seed=cfg.language.seed, descriptors=records,
                                 source_line=cfg.language.source_line, max_scans=args.max_eval)
-    except (ValueError, FileNotFoundError, NoCheckpointError, DatasetError, ConfigError,
-            CheckpointMismatchError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
+    except COMMAND_ERRORS as err:
+        return command_error(err)
     from brainjax.commands.describe import _write_atomic, strict
 
     report = {"workdir": str(out), "step": loaded.step, "split": args.split, "tuned": list(cfg.language.targets),

@@ -11,15 +11,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from brainjax.cache import cached
 from brainjax.data.atlas_core import Atlas
 from brainjax.data.synthetic_model import (
     DEFAULT_SYNTH,
@@ -138,7 +137,6 @@ def config_hash(cfg: SynthConfig, fractions: Sequence[float] = (0.8, 0.1, 0.1)) 
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-_STALE_SECONDS = 3600.0
 
 
 def default_dataset(cache_dir: str | os.PathLike | None = None, cfg: SynthConfig = DEFAULT_SYNTH) -> Path:
@@ -148,27 +146,9 @@ def default_dataset(cache_dir: str | os.PathLike | None = None, cfg: SynthConfig
     a private temporary directory and renamed into place, so concurrent callers never see a half-written
     dataset; the loser of a race discards its copy and returns the winner's.
     """
-    root = Path(cache_dir or os.environ.get("BRAINJAX_CACHE") or Path.home() / ".cache" / "brainjax")
-    target = root / f"synthetic-v{GENERATOR_VERSION}-{config_hash(cfg)}"
-    if (target / "dataset.json").exists():
-        return target
-    if target.exists():
-        raise FileExistsError(f"{target}: exists but is not a finished dataset (no dataset.json); delete it and "
-                              f"rerun to rebuild the default dataset")
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(f".tmp-{target.name}-*"):  # left by killed builders; a live one takes seconds
-        if time.time() - stale.stat().st_mtime > _STALE_SECONDS:
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = root / f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    def build(tmp: Path) -> None:
         start = time.perf_counter()
         synthesize(tmp, cfg)
         (tmp / "generation_seconds.txt").write_text(f"{time.perf_counter() - start:.2f}\n")
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another caller renamed its copy first: use that one
-            if not (target / "dataset.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return cached(f"synthetic-v{GENERATOR_VERSION}-{config_hash(cfg)}", "dataset.json", build, cache_dir,
+                  "dataset")

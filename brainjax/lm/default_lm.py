@@ -16,9 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import optax
 from flax import nnx
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from brainjax.cache import cached
 from brainjax.data.descriptor_text import CATALOGUE, describe_scan
 from brainjax.models.lm import DecoderLM, LMConfig
 from brainjax.models.lm_saving import save_pretrained
@@ -201,7 +200,6 @@ def build_hash(**settings) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-_STALE_SECONDS = 3600.0
 # What default_lm builds; all of it goes into the cache name.
 _DEFAULT_BUILD = {"steps": DEFAULT_STEPS, "seed": 0, "n_documents": 2000, "batch_size": 16, "seq_len": 128,
                   "lr": 3e-3}
@@ -214,25 +212,5 @@ def default_lm(cache_dir: str | os.PathLike | None = None) -> Path:
     private temporary directory and renamed into place, so concurrent callers never see a half-written
     model; the loser of a race discards its copy and returns the winner's.
     """
-    root = Path(cache_dir or os.environ.get("BRAINJAX_CACHE") or Path.home() / ".cache" / "brainjax")
-    target = root / f"default-lm-v{BUILD_VERSION}-{build_hash(**_DEFAULT_BUILD)}"
-    if (target / "brainjax_lm.json").exists():
-        return target
-    if target.exists():
-        raise FileExistsError(f"{target}: exists but is not a finished LM (no brainjax_lm.json); delete it and "
-                              f"rerun to rebuild the default LM")
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(f".tmp-{target.name}-*"):  # left by killed builders; a live one takes minutes
-        if time.time() - stale.stat().st_mtime > _STALE_SECONDS:
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = root / f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        build_default_lm(tmp, **_DEFAULT_BUILD)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another caller renamed its copy first: use that one
-            if not (target / "brainjax_lm.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return cached(f"default-lm-v{BUILD_VERSION}-{build_hash(**_DEFAULT_BUILD)}", "brainjax_lm.json",
+                  lambda tmp: build_default_lm(tmp, **_DEFAULT_BUILD), cache_dir, "LM")

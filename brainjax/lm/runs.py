@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,18 @@ from brainjax.config import Config
 from brainjax.lm.sequences import SequenceSpec
 
 LM_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+def command_error(err: Exception) -> int:
+    """Print a command's error; exit code 3 for a non-finite loss, 2 for bad input (as ``brainjax pretrain``)."""
+    from brainjax.train.trainer import NonFiniteLossError
+
+    print(f"error: {err}", file=sys.stderr)
+    return 3 if isinstance(err, NonFiniteLossError) else 2
+
+
+# bad input (ValueError covers dataset, config and checkpoint-mismatch errors), missing files, non-finite loss
+COMMAND_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
 def lm_dir_or_default(path: str | None) -> Path:

@@ -272,3 +272,10 @@ class DecoderLM(nnx.Module):
         """hidden [..., W] -> next-token logits float32 [..., vocab] (tied or separate output matrix)."""
         out = self.embed.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
         return out.astype(jnp.float32)
+
+
+def from_pretrained(path, *, dtype: str = "float32", mesh=None):
+    """``(DecoderLM, tokenizers.Tokenizer)`` from a local Hugging Face directory: see
+    :func:`brainjax.models.lm_loading.from_pretrained` (imported lazily: it imports this module)."""
+    from brainjax.models.lm_loading import from_pretrained as load
+    return load(path, dtype=dtype, mesh=mesh)
