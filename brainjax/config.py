@@ -108,6 +108,10 @@ class QuantizerConfig:
     kmeans_iters: int = 10  # Lloyd iterations of the k-means initialisation on the first batch (VQ)
     dead_threshold: float = 0.03  # codes used below this fraction of uniform usage are restarted (VQ)
     spectrum_weight: float = 0.0  # weight of an amplitude-spectrum reconstruction loss (NeuroLM option)
+    domain_weight: float = 0.0  # domain-adversarial alignment with the LM's input embeddings (0 = off)
+    text_weight: float = 0.0  # SigLIP alignment with descriptor text (0 = off)
+    lm_width: int = 0  # the LM's hidden size H (set by `brainjax tokenizer train --lm`)
+    word_samples: int = 16  # LM embedding rows per window for the domain loss
 
 
 @dataclass(frozen=True)
@@ -134,14 +138,14 @@ class LanguageConfig:
     lm_path: str = ""  # local Hugging Face LM directory the run started from ("" = the embedded default LM)
     architecture: str = ""  # that LM's architecture (LMConfig fields as JSON): the checkpoint rebuilds from it
     tokenizer_workdir: str = ""  # the stage-1 tokenizer run whose encoder features and codes are used
-    tokenizer_step: int = -1
+    tokenizer_step: int = -1  # its checkpoint step
     init_from: str = ""  # stage 3: the stage-2 work dir it continues
-    init_step: int = -1
+    init_step: int = -1  # its checkpoint step
     train_lm: str = "lora"  # lora | full | frozen: what of the language model trains (projector, parcel
     # embedding and fMRI head always train; the tokenizer never does)
-    lora_rank: int = 16
-    lora_alpha: float = 32.0
-    lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+    lora_rank: int = 16  # rank r of the adapters
+    lora_alpha: float = 32.0  # adapter output scaled by alpha / r
+    lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")  # projections given adapters
     text_len: int = 160  # text tokens per sample (prompt + answer; longer answers are cut)
     lm_len: int = 128  # tokens of the text-only sequence per sample (stage 2)
     text_weight: float = 1.0  # fMRI -> text loss (answer tokens only)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -69,11 +70,11 @@ def main(args: argparse.Namespace) -> int:
 
     from brainjax.config import ConfigError
     from brainjax.data.dataset import Dataset, DatasetError
-    from brainjax.data.pipeline import LoaderSpec, eval_batches, make_loader, to_global
+    from brainjax.data.pipeline import LoaderSpec, MappedLoader, eval_batches, make_loader, mapped_passes, to_global
     from brainjax.data.synthetic import default_dataset
     from brainjax.eval.restore import NoCheckpointError, load_for_eval, warm_start_from
     from brainjax.train.checkpoint import CheckpointMismatchError
-    from brainjax.train.finetune import HEAD_TASKS, LabeledLoader, label_table, labeled_batches, task_for_config
+    from brainjax.train.finetune import HEAD_TASKS, label_table, task_for_config, with_labels
     from brainjax.train.trainer import NonFiniteLossError, Trainer
 
     data = str(Path(args.data).expanduser().resolve()) if args.data else str(default_dataset())
@@ -100,7 +101,8 @@ def main(args: argparse.Namespace) -> int:
     task = task_for_config(cfg, loader.n_parcels)
     if kind in HEAD_TASKS:
         labels, valid = label_table(dataset, cfg.finetune)
-        loader, validation = LabeledLoader(loader, labels, valid), labeled_batches(validation, labels, valid)
+        label = functools.partial(with_labels, labels=labels, valid=valid)
+        loader, validation = MappedLoader(loader, label), mapped_passes(validation, label)
     # load_for_eval put the backbone on every local device (cfg.mesh = data -1): the run uses that mesh
     trainer = Trainer(cfg, task, out, loader, validation, to_global, mesh=pretrained.mesh,
                       warm_start=warm_start_from(pretrained))

@@ -53,7 +53,8 @@ def resolve_config(args: argparse.Namespace):
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=path))
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, build=None) -> int:
+    """Train; ``build(batch) -> batch`` (optional) adds entries to every training and validation batch."""
     import jax
 
     if args.distributed or args.coordinator:
@@ -76,6 +77,10 @@ def main(args: argparse.Namespace) -> int:
 
     def validation():
         return eval_batches(paths, "val", cfg.data.window, cfg.data.batch_size, max_parcels=n_parcels)
+
+    if build is not None:  # e.g. the tokenizer's language-alignment inputs (brainjax.lm.alignment_data)
+        from brainjax.data.pipeline import MappedLoader, mapped_passes
+        loader, validation = MappedLoader(loader, build), mapped_passes(validation, build)
 
     task = task_for_config(cfg, n_parcels)  # the preset's objective: BrainLM MAE or the neural tokenizer
     trainer = Trainer(cfg, task, args.workdir, loader, validation, to_global)

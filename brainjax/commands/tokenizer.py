@@ -2,6 +2,11 @@
 
 ``brainjax tokenizer train`` is ``brainjax pretrain`` with the tokenizer's objective (default preset
 ``tokenizer``, work dir ``runs/tokenizer``): same trainer, sharding, checkpoints and resume.
+Language alignment (:mod:`brainjax.nn.alignment`) is on when ``quantizer.domain_weight`` or
+``quantizer.text_weight`` is > 0. ``--lm DIR`` names the language model (default: the embedded one) and sets
+``quantizer.lm_width``; ``--lm`` alone turns on both terms at weight 0.1, except a weight given with ``--set``
+(``--set quantizer.text_weight=0`` keeps the domain term only). The text term reads ``--descriptors``
+(default DATA/descriptors/descriptors.jsonl, from ``brainjax describe``), which must exist.
 ``brainjax tokenizer encode`` writes every scan's codes (non-overlapping windows, tail left out) as an npz
 (no pickled objects)::
 
@@ -28,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     train = sub.add_parser("train", help="train a tokenizer (rerun to resume)")
     pretrain.add_arguments(train)
+    train.add_argument("--lm", help="local Hugging Face LM directory to align with; turns on both alignment losses "
+                                    "at weight 0.1 unless --set quantizer.domain_weight/text_weight say otherwise")
+    train.add_argument("--descriptors", help="descriptors.jsonl for the text alignment loss "
+                                             "(default: DATA/descriptors/descriptors.jsonl)")
     train.set_defaults(preset="tokenizer", workdir="runs/tokenizer")
     encode = sub.add_parser("encode", help="write the codes of every scan as an npz")
     encode.add_argument("--workdir", required=True, help="the tokenizer work dir")
@@ -74,10 +83,60 @@ def encode_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int) 
             "perplexity": np.float64(np.exp(-(nonzero * np.log(nonzero)).sum()))}
 
 
+DEFAULT_ALIGN_WEIGHT = 0.1  # of each alignment term that --lm turns on
+
+
+def alignment_batches(args: argparse.Namespace):
+    """The batch builder of the alignment inputs (:class:`~brainjax.lm.alignment_data.AlignmentBatches`), or None
+    when alignment is off; appends the weights --lm implies and ``quantizer.lm_width`` to ``args.overrides``."""
+    from brainjax.commands.pretrain import resolve_config
+    from brainjax.data.dataset import Dataset
+    from brainjax.lm.alignment_data import AlignmentBatches, lm_embedding, text_vectors
+    from brainjax.lm.batches import load_descriptor_texts
+    from brainjax.lm.runs import lm_dir_or_default
+
+    named = {item.split("=", 1)[0].strip() for item in args.overrides}
+    cfg = resolve_config(args)
+    if args.lm:
+        args.overrides = [*args.overrides, *(f"quantizer.{w}={DEFAULT_ALIGN_WEIGHT}"
+                                             for w in ("domain_weight", "text_weight")
+                                             if f"quantizer.{w}" not in named and getattr(cfg.quantizer, w) == 0)]
+        cfg = resolve_config(args)
+    domain, text = cfg.quantizer.domain_weight > 0, cfg.quantizer.text_weight > 0
+    if not (domain or text):
+        return None
+    if domain and cfg.quantizer.word_samples < 1:
+        raise ValueError(f"quantizer.word_samples must be >= 1 with the domain loss, got {cfg.quantizer.word_samples}")
+    texts, paths = None, cfg.data.path.split(",")
+    if text:  # checked before the LM loads: a missing file should fail fast
+        if len(paths) > 1:
+            raise ValueError("quantizer.text_weight > 0 reads one dataset's descriptors; --data lists several")
+        descriptors = Path(args.descriptors or Path(paths[0]) / "descriptors" / "descriptors.jsonl")
+        if not descriptors.exists():
+            raise FileNotFoundError(f"quantizer.text_weight > 0 needs descriptor texts, but {descriptors} does not "
+                                    f"exist: run `brainjax describe --data {paths[0]}`, pass --descriptors PATH, "
+                                    f"or --set quantizer.text_weight=0")
+        raw, _ = load_descriptor_texts(descriptors, Dataset(paths[0]).manifest)
+    embedding, tokenizer = lm_embedding(lm_dir_or_default(args.lm))
+    args.overrides = [*args.overrides, f"quantizer.lm_width={embedding.shape[1]}"]
+    cfg = resolve_config(args)
+    if text:
+        texts = text_vectors(raw, tokenizer, embedding)
+    return AlignmentBatches(embedding, texts, cfg.quantizer.word_samples if domain else 0, cfg.train.seed)
+
+
 def main(args: argparse.Namespace) -> int:
     if args.action == "train":
         from brainjax.commands import pretrain
-        return pretrain.main(args)
+        from brainjax.config import ConfigError
+        from brainjax.data.dataset import DatasetError
+
+        try:
+            build = alignment_batches(args)
+        except (ValueError, FileNotFoundError, ConfigError, DatasetError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return pretrain.main(args, build)
 
     from brainjax.commands.args import write_npz
     from brainjax.data.dataset import SPLITS, DatasetError

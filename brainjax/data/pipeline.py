@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import grain
@@ -318,3 +318,31 @@ def to_global(batch: dict[str, np.ndarray], mesh, axes: Sequence[str] = ("data",
 def spec_dict(spec: LoaderSpec) -> dict:
     """The spec as a JSON-able dict (for logs and benchmark output)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
+
+
+class MappedLoader:
+    """A Loader whose batches go through ``fn(batch) -> batch`` (labels, text sequences, alignment inputs...);
+    ``get_state``/``set_state`` are the wrapped Loader's, so checkpoints and resume are unchanged."""
+
+    def __init__(self, loader, fn: Callable[[dict], dict]):
+        self.loader, self.fn = loader, fn
+
+    def __iter__(self) -> MappedLoader:
+        return self
+
+    def __next__(self) -> dict:
+        return self.fn(next(self.loader))
+
+    def get_state(self) -> dict:
+        return self.loader.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.loader.set_state(state)
+
+    def close(self) -> None:
+        self.loader.close()
+
+
+def mapped_passes(make: Callable[[], Iterable[dict]], fn: Callable[[dict], dict]) -> Callable[[], Iterator[dict]]:
+    """``make`` (a fresh pass of evaluation batches) with ``fn`` applied to every batch."""
+    return lambda: (fn(b) for b in make())

@@ -5,15 +5,15 @@ strings and ``("fmri", scan)`` where the window goes; ``answer`` None gives the 
 the text of the text-only loss (or None).
 What a window becomes depends only on (seed, scan, start), so a resumed run builds the same batches.
 
-:class:`SequenceLoader` wraps the pipeline Loader (its iterator state is the Loader's own), tokenizes, lays
-out (:func:`brainjax.lm.sequences.layout`) and adds the window as block 0 (``signal`` [B, 1, P, T] ...).
+:func:`window_sequences` tokenizes, lays out (:func:`brainjax.lm.sequences.layout`) and adds the window as
+block 0 (``signal`` [B, 1, P, T] ...); :class:`brainjax.data.pipeline.MappedLoader` applies it to the pipeline
+Loader (iterator state = the Loader's own).
 Rows that only pad an evaluation batch get zero loss weights.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -103,33 +103,6 @@ def window_sequences(batch: dict[str, np.ndarray], source: Source, codec: TextCo
         out["lm_ids"] = np.stack([p[0] for p in plains])
         out["lm_mask"] = np.stack([p[1] for p in plains])
     return out
-
-
-class SequenceLoader:
-    """The pipeline Loader yielding fMRI-LM batches; ``get_state``/``set_state`` are the Loader's."""
-
-    def __init__(self, loader, build: Callable[[dict], dict]):
-        self.loader, self.build = loader, build
-
-    def __iter__(self) -> Iterator[dict]:
-        return self
-
-    def __next__(self) -> dict:
-        return self.build(next(self.loader))
-
-    def get_state(self) -> dict:
-        return self.loader.get_state()
-
-    def set_state(self, state: dict) -> None:
-        self.loader.set_state(state)
-
-    def close(self) -> None:
-        self.loader.close()
-
-
-def built_batches(make: Callable[[], Iterable[dict]], build: Callable[[dict], dict]) -> Callable[[], Iterator[dict]]:
-    """``make`` (a fresh pass of evaluation batches) with every batch built."""
-    return lambda: (build(b) for b in make())
 
 
 class DescriptionSource:

@@ -151,8 +151,7 @@ def continue_warm_start(previous) -> Callable[[dict], dict]:
 def train_stage(cfg: Config, out: Path, data: str, build: Callable[[dict], dict], spec: SequenceSpec,
                 warm_start: Callable[[dict], dict], mesh) -> None:
     """Build the loaders and run the Trainer (resumes ``out``'s checkpoint if there is one)."""
-    from brainjax.data.pipeline import LoaderSpec, eval_batches, make_loader, to_global
-    from brainjax.lm.batches import SequenceLoader, built_batches
+    from brainjax.data.pipeline import LoaderSpec, MappedLoader, eval_batches, make_loader, mapped_passes, to_global
     from brainjax.lm.objective import FMRILMTask
     from brainjax.train.trainer import Trainer
 
@@ -164,6 +163,6 @@ def train_stage(cfg: Config, out: Path, data: str, build: Callable[[dict], dict]
         return eval_batches((data,), "val", cfg.data.window, cfg.data.batch_size)
 
     task = FMRILMTask(cfg, spec)
-    trainer = Trainer(cfg, task, out, SequenceLoader(loader, build), built_batches(validation, build), to_global,
+    trainer = Trainer(cfg, task, out, MappedLoader(loader, build), mapped_passes(validation, build), to_global,
                       mesh=mesh, warm_start=warm_start)
     trainer.run()

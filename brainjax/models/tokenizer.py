@@ -5,8 +5,9 @@ parcel, as in fMRI-LM). The encoder (pre-LN transformer, every token visible) ma
 a linear map takes it to the code space, where :class:`~brainjax.nn.quantizers.VectorQuantizer` (or FSQ)
 picks a discrete code; the decoder (positions re-added) reconstructs the normalised signal from the codes.
 The spatial embedding is the MAE's (MNI coordinates through Fourier features), so one tokenizer serves any
-atlas. Language alignment (a domain loss against the LM's input embeddings, a contrastive loss against
-descriptor text) is added once the language model exists.
+atlas. Language alignment (``quantizer.domain_weight``: a domain-adversarial loss against the LM's input
+embeddings; ``quantizer.text_weight``: a SigLIP loss against descriptor text; see
+:mod:`brainjax.nn.alignment`) is optional; off, the model has exactly the parameters it had without it.
 
 Loss = masked-free MSE over real tokens + the quantizer's commitment loss (+ ``spectrum_weight`` x MSE of
 the patches' amplitude spectra, NeuroLM's option). Batches as for BrainLM: signal [B, P, T], parcel_mask
@@ -21,6 +22,7 @@ from flax import nnx
 
 from brainjax.config import ModelConfig, QuantizerConfig
 from brainjax.models.brainlm import DTYPES, _sanitize, patch_decoder, patchify
+from brainjax.nn.alignment import Alignment
 from brainjax.nn.embeddings import SpatialEmbedding, TemporalEmbedding
 from brainjax.nn.layers import ENCODER_AXES, Transformer, linear
 from brainjax.nn.quantizers import FSQ, VectorQuantizer
@@ -54,6 +56,9 @@ class NeuralTokenizer(nnx.Module):
         self.to_code = linear(cfg.width, code_dim, ("embed", None), dtype=jnp.float32, rngs=rngs)
         self.from_code = linear(code_dim, cfg.dec_width, (None, "dec_embed"), dtype=dtype, rngs=rngs)
         self.dec_spatial, self.dec_temporal, self.decoder, self.head = patch_decoder(cfg, common)
+        domain, text = qcfg.domain_weight > 0, qcfg.text_weight > 0
+        self.alignment = Alignment(code_dim, qcfg.lm_width, domain=domain, text=text, rngs=rngs) if (
+            domain or text) else None
 
     @property
     def codebook_size(self) -> int:
@@ -95,13 +100,15 @@ class NeuralTokenizer(nnx.Module):
 
     def __call__(self, batch: dict, *, train: bool = False, rng: jax.Array | None = None) -> dict:
         """Tokenize and reconstruct: pred / target [B, P, N, patch], real [B, P, N], codes, quantizer loss/stats."""
-        out, patches, real = self.encode(batch, train=train, rng=rng)
-        return {"pred": self.decode(out.quantized, batch), "target": patches, "real": real,
+        features, patches, real = self.features(batch)
+        out = self.quantizer(features, real, train=train, rng=rng)
+        return {"pred": self.decode(out.quantized, batch), "target": patches, "real": real, "features": features,
                 "codes": out.codes, "quantizer_loss": out.loss, "stats": out.stats}
 
 
 def tokenizer_loss(model: NeuralTokenizer, batch: dict, rng: jax.Array, *, train: bool) -> tuple[jax.Array, dict]:
-    """Reconstruction MSE over real tokens + quantizer loss (+ spectrum term); metric SUMS for the trainer."""
+    """Reconstruction MSE over real tokens + quantizer loss (+ spectrum term, + weighted alignment terms, which
+    read ``word_embeddings`` / ``text_embedding`` / ``scan`` from the batch); metric SUMS for the trainer."""
     out = model(batch, train=train, rng=rng)
     weight = out["real"][..., None].astype(jnp.float32)
     target, pred = out["target"], out["pred"]
@@ -119,4 +126,12 @@ def tokenizer_loss(model: NeuralTokenizer, batch: dict, rng: jax.Array, *, train
             "sum_y2": jnp.sum(weight * target ** 2), "batches": jnp.ones(()),
             "quantizer_loss": out["quantizer_loss"], "perplexity": stats["perplexity"], "usage": stats["usage"],
             "dead": stats.get("dead", jnp.zeros(())).astype(jnp.float32)}
+    qcfg = model.qcfg
+    if qcfg.domain_weight > 0:
+        term, extra = model.alignment.domain(out["features"], out["real"], batch["word_embeddings"])
+        loss, sums = loss + qcfg.domain_weight * term, {**sums, **extra}
+    if qcfg.text_weight > 0:
+        term, extra = model.alignment.text(out["features"], out["real"], batch["text_embedding"], batch["scan"])
+        loss, sums = loss + qcfg.text_weight * term, {**sums, **extra}
+    sums["loss"] = loss
     return loss, sums

@@ -11,7 +11,7 @@ Forecasting fine-tunes the masked autoencoder itself with future masking (:class
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -167,32 +167,3 @@ def with_labels(batch: dict[str, np.ndarray], labels: np.ndarray, valid: np.ndar
     """Add ``label`` / ``label_valid`` [B] to a pipeline batch through its ``scan`` (manifest row) index."""
     rows = np.asarray(batch["scan"])
     return dict(batch, label=labels[rows], label_valid=valid[rows])
-
-
-class LabeledLoader:
-    """The pipeline Loader with labels added to every batch; the iterator state is the Loader's own."""
-
-    def __init__(self, loader, labels: np.ndarray, valid: np.ndarray):
-        self.loader, self.labels, self.valid = loader, labels, valid
-
-    def __iter__(self) -> Iterator[dict]:
-        return self
-
-    def __next__(self) -> dict:
-        return with_labels(next(self.loader), self.labels, self.valid)
-
-    def get_state(self) -> dict:
-        return self.loader.get_state()
-
-    def set_state(self, state: dict) -> None:
-        self.loader.set_state(state)
-
-    def close(self) -> None:
-        self.loader.close()
-
-
-def labeled_batches(make: Callable[[], Iterable[dict]], labels: np.ndarray,
-                    valid: np.ndarray) -> Callable[[], Iterator[dict]]:
-    """``make`` (a fresh pass of evaluation batches) with labels added to each batch."""
-    return lambda: (with_labels(b, labels, valid) for b in make())
-

@@ -125,12 +125,17 @@ class TokenizerTask(PatchTask):
     """fMRI-LM stage 1: train the neural tokenizer to reconstruct every real token through its codes.
 
     Metrics: reconstruction MSE and pooled R², and per batch (averaged over the batches summed) the
-    codebook's perplexity, the fraction of codes used and the number of dead codes.
+    codebook's perplexity, the fraction of codes used and the number of dead codes; with language alignment
+    on, also the domain loss and discriminator accuracy and/or the SigLIP loss and text -> window retrieval.
     """
 
     def __init__(self, model: ModelConfig, quantizer, n_parcels: int, window: int):
+        from brainjax.nn.alignment import alignment_keys
+
         super().__init__(model, n_parcels, window)
         self.quantizer_cfg = quantizer
+        self.input_keys = PatchTask.input_keys + alignment_keys(quantizer.domain_weight > 0,
+                                                               quantizer.text_weight > 0)
 
     def init_model(self, rngs: nnx.Rngs) -> nnx.Module:
         from brainjax.models.tokenizer import NeuralTokenizer
@@ -142,10 +147,11 @@ class TokenizerTask(PatchTask):
 
     def summarize(self, sums: Mapping[str, float]) -> dict[str, float]:
         from brainjax.models.brainlm import pooled_r2
+        from brainjax.nn.alignment import summarize_alignment
         n, batches = max(float(sums["n"]), 1.0), max(float(sums["batches"]), 1.0)
         return {"mse": float(sums["sse"]) / n, "r2": float(pooled_r2(dict(sums))),
                 "perplexity": float(sums["perplexity"]) / batches, "usage": float(sums["usage"]) / batches,
-                "dead": float(sums["dead"]) / batches}
+                "dead": float(sums["dead"]) / batches, **summarize_alignment(dict(sums), batches)}
 
     def flops_per_sample(self) -> float:
         from brainjax.models.brainlm import _transformer_flops

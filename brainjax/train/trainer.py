@@ -119,7 +119,7 @@ class Trainer:
         return sharding.init_sharded(self._init_fn, self.mesh)
 
     def _check_config(self, saved: dict, step: int) -> None:
-        current = to_dict(self.cfg)
+        current, defaults = to_dict(self.cfg), to_dict(Config())
         diff = [f"objective: checkpoint {saved.get('objective', 'mae')!r} vs now {current['objective']!r}"
                 ] if saved.get("objective", "mae") != current["objective"] else []
         for section in ("model", "quantizer", "language"):  # what the parameters' shapes and meaning depend on
@@ -127,8 +127,10 @@ class Trainer:
                 continue  # written before that section existed: an MAE run
             stored = saved.get(section, {})
             keys = _PARAM_KEYS.get(section, current[section])
-            diff += [f"{section}.{k}: checkpoint {stored.get(k)!r} vs now {current[section][k]!r}"
-                     for k in keys if _jsonify(current[section][k]) != stored.get(k)]
+            # a field added after the checkpoint was written held its default then (old runs still resume)
+            saved_value = {k: stored.get(k, _jsonify(defaults[section][k])) for k in keys}
+            diff += [f"{section}.{k}: checkpoint {saved_value[k]!r} vs now {current[section][k]!r}"
+                     for k in keys if _jsonify(current[section][k]) != saved_value[k]]
         if diff:
             raise ckpt_lib.CheckpointMismatchError(
                 f"{self.workdir}: the checkpoint at step {step} was trained with a different model "
