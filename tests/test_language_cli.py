@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from _trainer_utils import make_trainer, tiny_config
 from flax import nnx
+from safetensors.numpy import load_file
 
 from brainjax.cli import main as cli
 from brainjax.config import QuantizerConfig
@@ -42,7 +43,8 @@ def stage2(tmp_path_factory):
     save_pretrained(DecoderLM(lm_cfg, rngs=nnx.Rngs(0)), text_tokenizer, root / "lm",
                     extra_config={"eos_token_id": 0, "pad_token_id": 0})
     common = ["adapt", "--workdir", str(root / "adapt"), "--tokenizer", str(root / "tok"), "--lm", str(root / "lm"),
-              "--data", str(data), "--batch", "8", "--set", "train.log_every=1"]
+              "--data", str(data), "--batch", "8", "--set", "train.log_every=1", "--set", "language.text_len=96",
+              "--set", "language.lm_len=64"]
     assert cli([*common, "--steps", "3"]) == 0
     assert cli([*common, "--steps", "5"]) == 0  # resumes at step 3
     return root, data
@@ -67,6 +69,8 @@ def test_adapt_trains_only_what_it_should_and_resumes(stage2):
         wrapped = "/".join(parts[:-1] + ["base", parts[-1]])
         np.testing.assert_array_equal(trained.get("lm/" + wrapped, trained.get("lm/" + name)), value)
     assert any(np.abs(v).max() > 0 for k, v in trained.items() if k.endswith("lora_b"))
+    exported = load_file(root / "adapt" / "adapters" / "adapter_model.safetensors")  # LoRA export of the last step
+    assert exported and all(np.array_equal(v, trained["lm/" + k.replace(".", "/")]) for k, v in exported.items())
     steps = [m["step"] for m in read_metrics(root / "adapt") if "loss" in m]
     assert steps == [1, 2, 3, 4, 5]  # the second run went on from step 3, repeating none
     logs = [m for m in read_metrics(root / "adapt") if "val_text_loss" in m]

@@ -55,6 +55,22 @@ def stage3_config(previous, args: argparse.Namespace, data: str, targets: tuple[
     return override(cfg, args.overrides)
 
 
+def text_budget(codec, targets: dict, names: list[str], sites: list[str]) -> int:
+    """Text tokens the longest tuned prompt (any paraphrase, with the longest source line) and its longest
+    short answer (+ eos) need, rounded up to 16; free-text answers are cut to fit instead."""
+    from brainjax.lm.instructions import prompt_segments
+
+    source = max((len(codec.encode(f"Source: {site}. ")) for site in sites if site), default=0)
+    need = 0
+    for name in names:
+        target = targets[name]
+        answer = max((len(codec.encode(" " + label)) for label in target.labels), default=4) + 1
+        for question in target.questions:
+            prompt = sum(len(codec.encode(p)) for k, p in prompt_segments(question, 0) if k == "text")
+            need = max(need, prompt + source + answer)
+    return -(-need // 16) * 16
+
+
 def _names(text: str, available: dict, what: str) -> list[str]:
     names = [n for n in text.split(",") if n]
     unknown = [n for n in names if n not in available]
@@ -109,6 +125,11 @@ def main(args: argparse.Namespace) -> int:
             tuned = tuple(_names(args.targets, targets, "--targets"))
             cfg = stage3_config(previous, args, str(data), tuned)
             codec = TextCodec.from_dir(keep_lm_files(Path(args.adapt) / "lm", out))
+            sites = [str(row.get("site") or "") for row in dataset.manifest] if cfg.language.source_line else []
+            need = text_budget(codec, targets, list(tuned), sites)
+            if need > cfg.language.text_len:  # the text budget shapes no parameter: raising it is safe
+                print(f"language.text_len {cfg.language.text_len} -> {need}: the longest question needs it")
+                cfg = dataclasses.replace(cfg, language=dataclasses.replace(cfg.language, text_len=need))
             spec = sequence_spec(cfg, dataset.atlas.n_parcels)
             source = InstructionSource(dataset, targets, list(tuned), descriptor_rows(dataset, records),
                                        cfg.language.seed, cfg.language.source_line)
@@ -121,7 +142,8 @@ def main(args: argparse.Namespace) -> int:
         names = list(targets) if args.eval_targets == "all" else _names(args.eval_targets, targets, "--eval-targets")
         rows = evaluate_targets(loaded, codec, str(data), dataset, targets, names, tuned=cfg.language.targets,
                                 shots=shots, split=args.split, seed=cfg.language.seed, descriptors=records,
-                                source_line=cfg.language.source_line, max_scans=args.max_eval)
+                                source_line=cfg.language.source_line, max_scans=args.max_eval,
+                                progress=lambda line: print(line, flush=True))
     except COMMAND_ERRORS as err:
         return command_error(err)
     from brainjax.commands.describe import _write_atomic, strict

@@ -3,7 +3,8 @@ constrained decoding, beside chance (see :mod:`brainjax.lm.evaluate` for how ans
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -22,9 +23,11 @@ def _subset(examples: list, max_scans: int) -> list:
 def evaluate_targets(loaded, codec, data: str, dataset, targets: dict, names: Sequence[str], *,
                      tuned: Sequence[str], shots: Sequence[int], split: str = "test", seed: int = 0,
                      descriptors: list[dict] | None = None, source_line: bool = False, max_scans: int = 0,
-                     batch_size: int = 8) -> list[dict]:
+                     batch_size: int = 8, progress: Callable[[str], None] | None = None) -> list[dict]:
     """One row per (target, setting, scoring): metrics on the ``split`` scans plus chance from the training
-    split; ``tuned`` names the targets stage 3 trained on (the others are zero-shot targets)."""
+    split; ``tuned`` names the targets stage 3 trained on (the others are zero-shot targets); ``progress``
+    receives one line per finished (target, setting)."""
+    start = time.perf_counter()
     window = loaded.cfg.data.window
     windows = first_windows(data, ("train", split), window)
     n_parcels = dataset.atlas.n_parcels
@@ -47,6 +50,8 @@ def evaluate_targets(loaded, codec, data: str, dataset, targets: dict, names: Se
                                                      descriptors=descriptors) for a in [e.answer]]
             rows.append({**base, "setting": "zero-shot", "scoring": "generate",
                          **numeric_metrics(texts, y, np.array(train)), "examples": texts[:3]})
+            if progress:
+                progress(f"{name} zero-shot: {len(queries)} scans, {time.perf_counter() - start:.0f} s")
             continue
         if target.kind == "text":
             continue
@@ -75,4 +80,6 @@ def evaluate_targets(loaded, codec, data: str, dataset, targets: dict, names: Se
             onehot = np.where(np.eye(len(target.labels))[choice] > 0, 0.0, -np.inf)
             rows.append({**base, "setting": setting, "scoring": "constrained", **label_metrics(onehot, y),
                          "chance": chance})
+            if progress:
+                progress(f"{name} {setting}: {len(queries)} scans, {time.perf_counter() - start:.0f} s")
     return rows
