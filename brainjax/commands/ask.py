@@ -54,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"{data}: no scan {args.scan!r} in the manifest")
         scan = index[args.scan]
         split = dataset.manifest[scan]["split"]
-        windows = {k: v for k, v in first_windows(str(data), (split,), loaded.cfg.data.window).items() if k == scan}
+        windows = first_windows(dataset, [scan], loaded.cfg.data.window)
         if scan not in windows:
             raise ValueError(f"scan {args.scan} is shorter than one window ({loaded.cfg.data.window} TRs)")
         codec = TextCodec.from_dir(Path(args.workdir) / "lm")

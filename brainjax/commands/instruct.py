@@ -140,7 +140,7 @@ def main(args: argparse.Namespace) -> int:
             loaded = load_for_eval(out)
         codec = TextCodec.from_dir(out / "lm")
         names = list(targets) if args.eval_targets == "all" else _names(args.eval_targets, targets, "--eval-targets")
-        rows = evaluate_targets(loaded, codec, str(data), dataset, targets, names, tuned=cfg.language.targets,
+        rows = evaluate_targets(loaded, codec, dataset, targets, names, tuned=cfg.language.targets,
                                 shots=shots, split=args.split, seed=cfg.language.seed, descriptors=records,
                                 source_line=cfg.language.source_line, max_scans=args.max_eval,
                                 progress=lambda line: print(line, flush=True))

@@ -27,18 +27,17 @@ from brainjax.lm.sequences import SequenceSpec, layout, stack
 from brainjax.models.fmri_lm import FMRI_KEYS
 
 
-def first_windows(data: str, splits: Sequence[str], window: int) -> dict[int, dict[str, np.ndarray]]:
-    """The first whole window of every scan of ``splits``: manifest index -> signal [P, T], parcel_mask [P],
-    coords [P, 3], tr []."""
-    from brainjax.data.pipeline import eval_batches
+def first_windows(dataset, rows: Sequence[int], window: int) -> dict[int, dict[str, np.ndarray]]:
+    """The first window (TRs 0 .. window) of each manifest row long enough for one, read exactly as the
+    pipeline reads windows: manifest index -> signal [P, T], parcel_mask [P], coords [P, 3], tr []."""
+    from brainjax.data.pipeline import ReadWindow
 
-    out: dict[int, dict] = {}
-    for split in splits:
-        for batch in eval_batches([data], split, window, 16, process_index=0, process_count=1):
-            for i in np.flatnonzero(batch["valid"]):
-                scan = int(batch["scan"][i])
-                if scan not in out or int(batch["start"][i]) < out[scan]["start"]:
-                    out[scan] = {**{k: np.asarray(batch[k][i]) for k in FMRI_KEYS}, "start": int(batch["start"][i])}
+    reader = ReadWindow([dataset], window, dataset.atlas.n_parcels)
+    out = {}
+    for row in rows:
+        if int(dataset.manifest[row]["length"]) >= window:
+            example = reader.map(np.array([0, row, 0]))
+            out[int(row)] = {k: np.asarray(example[k]) for k in FMRI_KEYS}
     return out
 
 
@@ -51,11 +50,16 @@ def token_logprobs(model, batch: dict) -> jax.Array:
     return chosen * batch["loss_weight"]
 
 
-def next_token_logits(model, batch: dict, step: jax.Array) -> jax.Array:
-    """Logits float32 [B, V] at loss position ``step[b]`` (the token that follows the answer so far)."""
+def next_token_logits(model, batch: dict) -> jax.Array:
+    """Logits float32 [B, V] at loss position ``batch["step"][b]`` (the token that follows the answer so far)."""
     hidden = model(batch)[0]
-    pos = jnp.take_along_axis(jnp.asarray(batch["loss_pos"]), step[:, None], axis=1)
+    pos = jnp.take_along_axis(jnp.asarray(batch["loss_pos"]), jnp.asarray(batch["step"])[:, None], axis=1)
     return model.lm.logits(jnp.take_along_axis(hidden, pos[..., None], axis=1)[:, 0])
+
+
+# Jitted once per process: every Prompter (one per target and k) reuses the programs compiled for its shapes.
+_score = nnx.jit(token_logprobs)
+_next = nnx.jit(next_token_logits)
 
 
 class Prompter:
@@ -67,8 +71,6 @@ class Prompter:
         self.spec = SequenceSpec(n_parcels=n_parcels, n_patches=cfg.data.window // cfg.model.patch, blocks=blocks)
         devices = loaded.mesh.size
         self.batch_size = -(-batch_size // devices) * devices
-        self._score = nnx.jit(token_logprobs)
-        self._next = nnx.jit(next_token_logits)
 
     def fit_text(self, prompts: list[list], longest_answer: int) -> None:
         """Size the text budget for ``prompts`` (rounded up to 32 tokens, so similar prompts share a compile)."""
@@ -92,19 +94,14 @@ class Prompter:
         out["parcel_mask"] = masks
         return out
 
-    def _run(self, fn, samples: list[dict], *extra: np.ndarray) -> np.ndarray:
+    def _run(self, fn, samples: list[dict]) -> np.ndarray:
         from brainjax.data.pipeline import to_global
 
         results = []
         for lo in range(0, len(samples), self.batch_size):
             chunk = samples[lo:lo + self.batch_size]
-            pad = self.batch_size - len(chunk)
-            batch = stack(chunk + [chunk[-1]] * pad)
-            args = [np.concatenate([e[lo:lo + len(chunk)], np.repeat(e[lo + len(chunk) - 1:lo + len(chunk)], pad,
-                                                                      axis=0)]) for e in extra]
-            placed = to_global({**batch, **{f"_x{i}": a for i, a in enumerate(args)}}, self.loaded.mesh)
-            out = fn(self.loaded.model, {k: v for k, v in placed.items() if not k.startswith("_x")},
-                     *[placed[f"_x{i}"] for i in range(len(args))])
+            batch = stack(chunk + [chunk[-1]] * (self.batch_size - len(chunk)))  # pad to whole device rows
+            out = fn(self.loaded.model, to_global(batch, self.loaded.mesh))
             results.append(np.asarray(jax.device_get(out))[:len(chunk)])
         return np.concatenate(results)
 
@@ -113,7 +110,7 @@ class Prompter:
         answers = [self.codec.encode(" " + label) + [self.codec.eos_id] for label in labels]
         self.fit_text(prompts, max(len(a) for a in answers))
         samples = [self.sample(p, a) for p in prompts for a in answers]
-        scores = self._run(self._score, samples)
+        scores = self._run(_score, samples)
         per = scores.reshape(len(prompts), len(labels), -1)
         return [[per[i, c, :len(answers[c])] for c in range(len(labels))] for i in range(len(prompts))]
 
@@ -123,8 +120,9 @@ class Prompter:
         self.fit_text(prompts, max_new + 1)
         done = np.zeros(len(prompts), bool)
         for step in range(max_new):
-            samples = [self.sample(p, g + [self.codec.eos_id]) for p, g in zip(prompts, generated)]
-            logits = self._run(self._next, samples, np.full((len(prompts),), step, np.int32))
+            samples = [dict(self.sample(p, g + [self.codec.eos_id]), step=np.int32(step))
+                       for p, g in zip(prompts, generated)]
+            logits = self._run(_next, samples)
             for i, token in enumerate(np.argmax(logits, axis=-1)):
                 if done[i]:
                     continue

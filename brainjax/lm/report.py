@@ -20,7 +20,7 @@ def _subset(examples: list, max_scans: int) -> list:
     return examples
 
 
-def evaluate_targets(loaded, codec, data: str, dataset, targets: dict, names: Sequence[str], *,
+def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str], *,
                      tuned: Sequence[str], shots: Sequence[int], split: str = "test", seed: int = 0,
                      descriptors: list[dict] | None = None, source_line: bool = False, max_scans: int = 0,
                      batch_size: int = 8, progress: Callable[[str], None] | None = None) -> list[dict]:
@@ -29,7 +29,7 @@ def evaluate_targets(loaded, codec, data: str, dataset, targets: dict, names: Se
     receives one line per finished (target, setting)."""
     start = time.perf_counter()
     window = loaded.cfg.data.window
-    windows = first_windows(data, ("train", split), window)
+    windows = first_windows(dataset, dataset.indices("train") + dataset.indices(split), window)
     n_parcels = dataset.atlas.n_parcels
     subjects = [row["subject"] for row in dataset.manifest]
     train_pool = np.array([i for i in dataset.indices("train") if i in windows], np.int64)
@@ -46,8 +46,8 @@ def evaluate_targets(loaded, codec, data: str, dataset, targets: dict, names: Se
             prompter = Prompter(loaded, codec, windows, n_parcels, 1, batch_size)
             texts = prompter.generate([prompt_segments(e.question, e.scan) for e in queries])
             y = np.array([float(e.answer) for e in queries])
-            train = [float(a) for e in make_examples(dataset, targets, [name], "train", seed=seed,
-                                                     descriptors=descriptors) for a in [e.answer]]
+            train = [float(e.answer) for e in make_examples(dataset, targets, [name], "train", seed=seed,
+                                                            descriptors=descriptors)]
             rows.append({**base, "setting": "zero-shot", "scoring": "generate",
                          **numeric_metrics(texts, y, np.array(train)), "examples": texts[:3]})
             if progress:
