@@ -95,18 +95,18 @@ def _lm_into(target: dict, source: dict) -> dict:
     by_name = {tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path): v for path, v in flat_source.items()}
     leaves, used = [], set()
     for key, (_, old) in zip(keys, flat_target):
-        plain = tuple(k for k in key if k != "base")
-        if plain in by_name and "lora_a" not in key and "lora_b" not in key:
-            value = by_name[plain]
-            if np.shape(value) != old.shape:
-                raise ValueError(f"language model parameter {'/'.join(map(str, plain))}: shape {np.shape(value)} "
-                                 f"!= {old.shape}")
-            leaves.append(jax.device_put(np.asarray(value).astype(old.dtype), old.sharding))
-            used.add(plain)
-        elif "lora_a" in key or "lora_b" in key:
+        if "lora_a" in key or "lora_b" in key:
             leaves.append(old)  # adapters keep their initialisation
-        else:
+            continue
+        plain = tuple(k for k in key if k != "base")
+        if plain not in by_name:
             raise ValueError(f"the pretrained language model has no parameter {'/'.join(map(str, plain))}")
+        value = by_name[plain]
+        if np.shape(value) != old.shape:
+            raise ValueError(f"language model parameter {'/'.join(map(str, plain))}: shape {np.shape(value)} "
+                             f"!= {old.shape}")
+        leaves.append(jax.device_put(np.asarray(value).astype(old.dtype), old.sharding))
+        used.add(plain)
     if missing := sorted(set(by_name) - used, key=str):
         raise ValueError(f"pretrained language model parameters left unused: {missing[:5]}")
     return jax.tree_util.tree_unflatten(treedef, leaves)
