@@ -70,27 +70,42 @@ def quiet(fn, *args, **kw):
         return fn(*args, **kw)
 
 
-@pytest.mark.parametrize("count", [2, 3])
-def test_process_shares_are_disjoint_and_complete(data, count):
+@pytest.mark.parametrize("count,host_batch", [(2, 1), (2, 3), (3, 2)])
+def test_process_shares_rebuild_the_one_process_batches(data, count, host_batch):
     ds = data["a"]
     expected = all_stride_windows(ds, "train", WINDOW, STRIDE)
     n = len(expected)
-    assert n % count  # the data are chosen so that the remainder rule matters
-    for epoch_count in (1, 2):
-        shares = []
-        for p in range(count):
-            loader = quiet(make_loader, spec([ds.path], batch_size=count, process_index=p,
-                                             process_count=count, num_epochs=epoch_count))
-            got = windows_of(list(loader))
-            per_epoch = len(got) // epoch_count
-            assert per_epoch == n // count
-            shares.append([set(got[e * per_epoch:(e + 1) * per_epoch]) for e in range(epoch_count)])
-        for e in range(epoch_count):
-            epoch_shares = [s[e] for s in shares]
-            union = set().union(*epoch_shares)
-            assert sum(len(s) for s in epoch_shares) == len(union)  # no overlap
-            assert union <= expected
-            assert len(union) == n - n % count  # drop-remainder: only n % count windows missing
+    batch = count * host_batch
+    assert n % batch  # the data are chosen so that global batches straddle epoch boundaries
+    single = windows_of(list(quiet(make_loader, spec([ds.path], batch_size=batch, num_epochs=2))))
+    shares = [[windows_of([b]) for b in quiet(make_loader, spec([ds.path], batch_size=batch, process_index=p,
+                                                                  process_count=count, num_epochs=2))]
+              for p in range(count)]
+    assert len({len(share) for share in shares}) == 1  # processes stay in lockstep
+    # global batch k = process 0's host batch k, then process 1's, ...: the one-process run's batch k
+    assembled = [w for k in range(len(shares[0])) for p in range(count) for w in shares[p][k]]
+    assert assembled == single
+    assert len(assembled) == 2 * n // batch * batch
+    # so every window of the first epoch is read exactly once across the processes
+    assert sorted(assembled[:n]) == sorted(expected)
+
+
+def test_state_resumes_on_another_process_count(data):
+    """Host batch k of every process is global batch k, so a 2-process position continues on one process."""
+    ds = data["a"]
+    two = [quiet(make_loader, spec([ds.path], batch_size=4, process_index=p, process_count=2)) for p in range(2)]
+    for loader in two:
+        take(loader, 3)
+    state = json.loads(json.dumps(two[0].get_state()))
+    with quiet(make_loader, spec([ds.path], batch_size=4)) as one, \
+            quiet(make_loader, spec([ds.path], batch_size=4)) as reference:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "different setup" warning: the order is the same
+            one.set_state(state)
+        take(reference, 3)
+        assert windows_of(take(one, 4)) == windows_of(take(reference, 4))
+    for loader in two:
+        loader.close()
 
 
 def test_random_crops_one_per_scan_per_epoch(data):

@@ -15,6 +15,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from brainjax.commands.args import add_distributed_arguments, initialize_distributed
+
 HELP = "fMRI-LM stage 2: align a language model with scans through the tokenizer (rerun to resume)"
 
 
@@ -31,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override on top of the tokenizer run's config (repeatable)")
+    add_distributed_arguments(parser)
 
 
 def ensure_descriptors(data: Path, path: str | None) -> Path:
@@ -67,6 +70,7 @@ def stage2_config(tokenizer_run, args: argparse.Namespace, data: str, lm_dir: Pa
 
 
 def main(args: argparse.Namespace) -> int:
+    initialize_distributed(args)  # first: nothing may touch a device before it
     from brainjax.data.dataset import Dataset
     from brainjax.data.synthetic import default_dataset
     from brainjax.eval.restore import load_for_eval

@@ -7,6 +7,10 @@ import os
 from pathlib import Path
 
 
+class UsageError(ValueError):
+    """A command-line mistake: ``brainjax`` prints it as ``error: ...`` and exits with status 2."""
+
+
 def split_fractions(text: str) -> tuple[float, float, float]:
     """``--split-fractions 0.8,0.1,0.1``: three non-negative train,val,test fractions summing to 1."""
     try:
@@ -30,3 +34,58 @@ def write_npz(path: str | os.PathLike, arrays: dict) -> Path:
     np.savez(tmp, **arrays)
     os.replace(tmp, out)
     return out
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """The multi-process flags every training command takes (see :func:`initialize_distributed`)."""
+    multi = parser.add_argument_group("multi-process (CPU/GPU clusters need the explicit flags; TPU pods, Slurm "
+                                      "and Kubernetes jobs auto-detect)")
+    multi.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() with the cluster's auto-detected coordinator")
+    multi.add_argument("--coordinator", metavar="HOST:PORT", help="coordinator address (implies --distributed)")
+    multi.add_argument("--num-processes", type=int, help="number of processes (with --coordinator)")
+    multi.add_argument("--process-id", type=int, help="this process's index, 0..N-1 (with --coordinator)")
+
+
+def detected_cluster(env: dict[str, str] | None = None) -> str | None:
+    """The multi-host job this process runs in, from the environment, or None for a single host.
+
+    Recognised: Slurm with several tasks, a TPU VM slice with several workers (``TPU_WORKER_HOSTNAMES``
+    lists them) and a multi-slice job (``MEGASCALE_NUM_SLICES`` > 1) — the environments where JAX's
+    ``jax.distributed.initialize()`` finds the coordinator by itself.
+    """
+    env = os.environ if env is None else env
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_JOB_ID"):
+        return f"Slurm job {env['SLURM_JOB_ID']} with {env['SLURM_NTASKS']} tasks"
+    hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    if len(hosts) > 1:
+        return f"TPU slice with {len(hosts)} workers"
+    if int(env.get("MEGASCALE_NUM_SLICES", "1") or 1) > 1:
+        return f"multi-slice TPU job ({env['MEGASCALE_NUM_SLICES']} slices)"
+    return None
+
+
+def initialize_distributed(args: argparse.Namespace, env: dict[str, str] | None = None) -> bool:
+    """Start JAX's multi-controller runtime when asked or detected; True when it was started.
+
+    Must run before anything touches a JAX device. ``--coordinator`` needs ``--num-processes`` and
+    ``--process-id`` (CPU and GPU clusters); ``--distributed`` alone or a detected cluster lets JAX find them.
+    Raises :class:`UsageError` on an incomplete or inconsistent explicit setup.
+    """
+    import jax
+
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if args.coordinator and None in explicit:
+        raise UsageError("--coordinator needs --num-processes and --process-id")
+    if (args.num_processes is not None or args.process_id is not None) and not args.coordinator:
+        raise UsageError("--num-processes/--process-id need --coordinator HOST:PORT")
+    if args.coordinator and not 0 <= args.process_id < args.num_processes:
+        raise UsageError(f"--process-id {args.process_id} is outside 0..{args.num_processes - 1}")
+    if jax.distributed.is_initialized():  # e.g. `tokenizer train` started it before reading the LM
+        return True
+    cluster = detected_cluster(env)
+    if not (args.distributed or args.coordinator or cluster):
+        return False
+    jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                               process_id=args.process_id)
+    return True

@@ -16,6 +16,8 @@ import functools
 import sys
 from pathlib import Path
 
+from brainjax.commands.args import add_distributed_arguments, initialize_distributed
+
 HELP = "fine-tune a pretrained checkpoint: a phenotype head (regress/classify) or forecasting"
 
 
@@ -32,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="patches forecast at the end of each window (forecast task; default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override on top of the pretrained run's config (repeatable)")
+    add_distributed_arguments(parser)
 
 
 def parse_task(text: str) -> tuple[str, str]:
@@ -66,6 +69,7 @@ def finetune_config(pretrained, args: argparse.Namespace, data: str, dataset) ->
 
 
 def main(args: argparse.Namespace) -> int:
+    initialize_distributed(args)  # first: nothing may touch a device before it
     import jax
 
     from brainjax.config import ConfigError

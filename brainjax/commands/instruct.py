@@ -16,6 +16,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from brainjax.commands.args import add_distributed_arguments, initialize_distributed
+
 HELP = "fMRI-LM stage 3: instruction-tune on questions about scans, then evaluate zero-/k-shot"
 DEFAULT_TARGETS = ("sex", "diagnosis", "modularity")
 
@@ -36,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-only", action="store_true", help="evaluate the latest checkpoint, no training")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override on top of the stage-2 run's config (repeatable)")
+    add_distributed_arguments(parser)
 
 
 def stage3_config(previous, args: argparse.Namespace, data: str, targets: tuple[str, ...]):
@@ -94,6 +97,7 @@ def load_question_setup(cfg, data: Path):
 
 
 def main(args: argparse.Namespace) -> int:
+    initialize_distributed(args)  # first: nothing may touch a device before it
     from brainjax.eval.restore import load_for_eval
     from brainjax.lm.batches import InstructionSource, TextCodec, window_sequences
     from brainjax.lm.instructions import descriptor_rows

@@ -15,6 +15,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from brainjax.commands.args import add_distributed_arguments, initialize_distributed
+
 HELP = "pretrain a BrainLM masked autoencoder (rerun to resume from the work dir's latest checkpoint)"
 DEFAULT_WORKDIR = "runs/pretrain"
 
@@ -30,12 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="total optimizer steps (overrides train.steps)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. --set model.width=512 (repeatable)")
-    multi = parser.add_argument_group("multi-process (GPU clusters / CPU); TPU pods and Slurm auto-detect")
-    multi.add_argument("--distributed", action="store_true",
-                       help="call jax.distributed.initialize() (auto-detected coordinator on TPU/Slurm)")
-    multi.add_argument("--coordinator", help="coordinator address host:port (implies --distributed)")
-    multi.add_argument("--num-processes", type=int)
-    multi.add_argument("--process-id", type=int)
+    add_distributed_arguments(parser)
 
 
 def resolve_config(args: argparse.Namespace):
@@ -57,9 +54,7 @@ def main(args: argparse.Namespace, build=None) -> int:
     """Train; ``build(batch) -> batch`` (optional) adds entries to every training and validation batch."""
     import jax
 
-    if args.distributed or args.coordinator:
-        jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
-                                   process_id=args.process_id)
+    initialize_distributed(args)  # first: nothing may touch a device before it
 
     from brainjax.data.pipeline import LoaderSpec, eval_batches, make_loader, to_global
     from brainjax.train.checkpoint import CheckpointMismatchError

@@ -128,9 +128,11 @@ def alignment_batches(args: argparse.Namespace):
 def main(args: argparse.Namespace) -> int:
     if args.action == "train":
         from brainjax.commands import pretrain
+        from brainjax.commands.args import initialize_distributed
         from brainjax.config import ConfigError
         from brainjax.data.dataset import DatasetError
 
+        initialize_distributed(args)  # before the alignment inputs touch a device
         try:
             build = alignment_batches(args)
         except (ValueError, FileNotFoundError, ConfigError, DatasetError) as err:

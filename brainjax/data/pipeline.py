@@ -7,7 +7,9 @@ The pipeline is a Grain ``MapDataset`` (random access) end to end::
 Because every element is a pure function of its index, the iterator state is one integer, the number of
 host batches already delivered: restoring it rebuilds the dataset sliced at that batch, which reproduces an
 uninterrupted run exactly, across epoch boundaries and with any number of worker processes (Grain's
-``mp_prefetch`` gives worker ``w`` batches ``w, w+W, ...`` and interleaves them back in order).
+``mp_prefetch`` gives worker ``w`` batches ``w, w+W, ...`` and interleaves them back in order). With one
+dataset, batch ``k`` of every process together form the one-process run's global batch ``k`` (see
+:mod:`brainjax.data.windows`), so the state also carries over to another number of hosts.
 
 Batches are host-local numpy dicts (``B`` = global batch / process count, ``P`` = padded parcel count)::
 
@@ -162,8 +164,7 @@ class Loader:
     Attributes:
       datasets: the opened datasets, in ``spec.paths`` order.
       n_parcels: padded parcel count P of every batch.
-      windows_per_epoch: windows in one epoch over all processes (sum over datasets, before the per-process
-        drop of the remainder).
+      windows_per_epoch: windows in one epoch over all processes (sum over datasets).
       skipped_scans: per dataset, scans of the split shorter than the window.
     """
 
@@ -199,9 +200,11 @@ class Loader:
 
     def _fingerprint(self) -> dict:
         spec = self.spec
-        return {"seed": spec.seed, "window": spec.window, "stride": spec.stride,
-                "batch_size": spec.batch_size, "process_count": self.process_count,
-                "windows_per_epoch": self.windows_per_epoch}
+        fingerprint = {"seed": spec.seed, "window": spec.window, "stride": spec.stride,
+                  "batch_size": spec.batch_size, "windows_per_epoch": self.windows_per_epoch}
+        if len(self.datasets) > 1:  # one dataset: the global batches do not depend on the process count
+            fingerprint["process_count"] = self.process_count
+        return fingerprint
 
     def get_state(self) -> dict:
         """JSON-serialisable position: host batches delivered so far plus a fingerprint of the setup."""
@@ -252,7 +255,7 @@ def make_loader(spec: LoaderSpec) -> Loader:
     process_index, process_count = _resolve_processes(spec.process_index, spec.process_count)
     host_batch = _host_batch(spec.batch_size, process_count)
     windows = _index(datasets, spec.split, spec.window, spec.stride)
-    streams = [WindowStream(sw, spec.seed, spec.shuffle, process_index, process_count, spec.num_epochs)
+    streams = [WindowStream(sw, spec.seed, spec.shuffle, process_index, process_count, spec.num_epochs, host_batch)
                for sw in windows]
     if len(streams) == 1:
         mixed = streams[0]

@@ -1,16 +1,20 @@
 """The window index: which ``(dataset, scan, start)`` crops one process reads in each epoch.
 
-Everything here is a pure function of (seed, epoch, dataset id, process), so an epoch's windows can be
+Everything here is a pure function of (seed, epoch, dataset id, process, host batch), so an epoch's windows can be
 recomputed anywhere (another worker process, a resumed run) without state. Two modes:
 
 * random crops (``stride=0``): one window per scan per epoch, its start drawn uniformly from
   ``[0, length - window]`` by a generator seeded with (seed, dataset, epoch);
 * fixed stride (``stride>0``): every window ``start = 0, stride, 2*stride, ...`` that fits in the scan.
 
-Process sharding uses drop-remainder semantics: an epoch of N windows is shuffled, then process p of n
-takes shuffled positions ``p, p+n, p+2n, ...`` below ``n * (N // n)``. The processes' shares are disjoint,
-equally long (so hosts stay in lockstep), and together hold all but the ``N % n`` windows at the end of
-that epoch's shuffled order (a different few each epoch when shuffling).
+Process sharding reproduces the one-process run. Every process computes the same stream: epoch after epoch,
+each epoch's N windows in its shuffled order. That stream is cut into global batches of ``B = host_batch x n``
+windows, and process p of n reads rows ``[p * host_batch, (p + 1) * host_batch)`` of every global batch. The
+global array assembled from the host batches (process 0's rows first, see ``pipeline.to_global``) is then the
+very batch a single process would read, whatever N is: the same losses on 1 x 8 and 2 x 4 devices, every
+window of an epoch read exactly once across processes, and a checkpoint resumed on another number of
+processes continues the same sequence. (For a mixture of datasets each dataset's stream is split this way;
+the interleaving then depends on the host batch, so mixtures match the one-process run as a set, not in order.)
 """
 
 from __future__ import annotations
@@ -90,52 +94,57 @@ def scan_windows(dataset: Dataset, dataset_id: int, split: str, window: int, str
     return ScanWindows(dataset_id, rows[keep], lengths[keep], window, stride, int((~keep).sum()))
 
 
-def process_share(n_windows: int, epoch: int, seed: int, dataset_id: int, shuffle: bool,
-                  process_index: int, process_count: int) -> np.ndarray:
-    """Positions (into the epoch's canonical window table) that process ``process_index`` reads, in order.
+def epoch_order(n_windows: int, epoch: int, seed: int, dataset_id: int, shuffle: bool) -> np.ndarray:
+    """Reading order of an epoch's windows (positions into its canonical table): int64 [n_windows]."""
+    if not shuffle:
+        return np.arange(n_windows)
+    return np.random.default_rng([seed, dataset_id, epoch, _SHUFFLE_SALT]).permutation(n_windows)
 
-    Returns int64 [n_windows // process_count].
+
+def process_positions(elements: np.ndarray, host_batch: int, process_index: int, process_count: int) -> np.ndarray:
+    """Positions in the one-process stream of elements ``k`` of process ``process_index``'s stream.
+
+    elements: int64 [K]. Returns int64 [K]: ``(k // host_batch) * host_batch * process_count
+    + process_index * host_batch + k % host_batch``.
     """
-    if shuffle:
-        order = np.random.default_rng([seed, dataset_id, epoch, _SHUFFLE_SALT]).permutation(n_windows)
-    else:
-        order = np.arange(n_windows)
-    per_process = n_windows // process_count
-    return order[process_index:per_process * process_count:process_count]
+    block, offset = np.divmod(np.asarray(elements, np.int64), host_batch)
+    return block * host_batch * process_count + process_index * host_batch + offset
 
 
 class WindowStream(grain.MapDataset):
     """Random-access stream of one process's windows of one dataset, epoch after epoch.
 
-    Element ``k`` is int64 [3] ``(dataset, row, start)``: window ``k % per_epoch`` of this process's share of
-    epoch ``k // per_epoch``. ``num_epochs=None`` makes the stream infinite, each epoch with new crops and
-    a new order.
+    Element ``k`` is int64 [3] ``(dataset, row, start)``: the one-process stream's window at
+    :func:`process_positions` ``(k)``. ``num_epochs=None`` makes the stream infinite, each epoch with new
+    crops and a new order; with ``num_epochs`` the stream ends after the last whole global batch.
     """
 
     def __init__(self, windows: ScanWindows, seed: int, shuffle: bool, process_index: int, process_count: int,
-                 num_epochs: int | None):
+                 num_epochs: int | None, host_batch: int = 1):
         super().__init__()
+        if host_batch < 1 or not 0 <= process_index < process_count:
+            raise ValueError(f"host_batch={host_batch}, process {process_index} of {process_count} is invalid")
         self.windows, self.seed, self.shuffle = windows, seed, shuffle
         self.process_index, self.process_count, self.num_epochs = process_index, process_count, num_epochs
-        self.per_epoch = windows.windows_per_epoch // process_count
-        if self.per_epoch == 0:
-            raise ValueError(f"dataset #{windows.dataset_id}: {windows.windows_per_epoch} windows per epoch "
-                             f"cannot be shared by {process_count} processes")
+        self.host_batch = host_batch
+        self.n_windows = windows.windows_per_epoch
         self._cache: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return sys.maxsize if self.num_epochs is None else self.per_epoch * self.num_epochs
+        if self.num_epochs is None:
+            return sys.maxsize
+        global_batch = self.host_batch * self.process_count
+        return self.n_windows * self.num_epochs // global_batch * self.host_batch
 
     def epoch_table(self, epoch: int) -> np.ndarray:
-        """int64 [per_epoch, 3]: this process's windows of ``epoch`` in reading order."""
+        """int64 [N, 3]: all windows of ``epoch`` in reading order (the same on every process)."""
         with self._lock:
             table = self._cache.get(epoch)
         if table is None:
             all_windows = self.windows.epoch_windows(epoch, self.seed)
-            share = process_share(len(all_windows), epoch, self.seed, self.windows.dataset_id, self.shuffle,
-                                  self.process_index, self.process_count)
-            table = all_windows[share]
+            table = all_windows[epoch_order(len(all_windows), epoch, self.seed, self.windows.dataset_id,
+                                            self.shuffle)]
             with self._lock:
                 self._cache[epoch] = table
                 for old in sorted(self._cache)[:-_CACHED_EPOCHS]:
@@ -147,8 +156,10 @@ class WindowStream(grain.MapDataset):
             return self.slice(index)
         if self.num_epochs is not None and index >= len(self):
             raise IndexError(f"window {index} past the end of {self.num_epochs} epoch(s)")
-        epoch, position = divmod(int(index), self.per_epoch)
-        return self.epoch_table(epoch)[position]
+        position = int(process_positions(np.int64(index), self.host_batch, self.process_index,
+                                         self.process_count))
+        epoch, offset = divmod(position, self.n_windows)
+        return self.epoch_table(epoch)[offset]
 
     def __getstate__(self):  # the lock cannot cross into worker processes; the cache is cheap to rebuild
         state = dict(self.__dict__)
@@ -160,7 +171,8 @@ class WindowStream(grain.MapDataset):
         self._lock = threading.Lock()
 
     def __str__(self):
-        return f"WindowStream(dataset={self.windows.dataset_id}, per_epoch={self.per_epoch})"
+        return (f"WindowStream(dataset={self.windows.dataset_id}, process={self.process_index}/"
+                f"{self.process_count}, host_batch={self.host_batch})")
 
 
 class WindowTable(grain.MapDataset):

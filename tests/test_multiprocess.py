@@ -1,0 +1,179 @@
+"""Multi-host training with JAX's own runtime: two local CPU processes x 4 devices against one process x 8.
+
+Each run is the real ``brainjax pretrain`` (or a loader script) in subprocesses joined through
+``--coordinator localhost:PORT``. The mesh is data 4 x fsdp 2, so parameters are sharded across the two
+processes' devices and every step's gradient is reduced across processes.
+"""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+from _trainer_utils import WINDOW, cli, cli_env, tiny_config, tiny_dataset, write_config_file
+
+STEPS, HALF = 6, 3
+TIMEOUT = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def _run_processes(argv: list[str], processes: int, devices: int) -> list[str]:
+    """Run ``argv`` in ``processes`` processes of ``devices`` CPU devices each; their stdout, or fail."""
+    if processes == 1:
+        commands = [argv]
+    else:
+        coordinator = ["--coordinator", f"localhost:{_free_port()}", "--num-processes", str(processes)]
+        commands = [[*argv, *coordinator, "--process-id", str(i)] for i in range(processes)]
+    running = [subprocess.Popen(c, env=cli_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for c in commands]
+    outputs = []
+    try:
+        for proc in running:
+            out, err = proc.communicate(timeout=TIMEOUT)
+            assert proc.returncode == 0, f"process exited {proc.returncode}:\n{err[-3000:]}"
+            outputs.append(out)
+    finally:
+        for proc in running:
+            proc.kill()
+    return outputs
+
+
+def _losses(workdir) -> dict[int, float]:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["loss"] for row in rows if "loss" in row}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multiprocess")
+    data = tiny_dataset(root / "data")
+    cfg = tiny_config(STEPS, train={"checkpoint_every": HALF, "eval_every": 100, "log_every": 1},
+                      mesh={"data": -1, "fsdp": 2})
+    config = write_config_file(root / "tiny.py", cfg)
+
+    def pretrain(workdir, steps, processes, devices):
+        argv = cli("--config", str(config), "--data", str(data), "--workdir", str(workdir), "--steps", str(steps))
+        return _run_processes(argv, processes, devices)
+
+    def resume_copy(source, workdir, processes, devices):
+        """Continue ``source``'s mid-run checkpoint in a copy of its work dir."""
+        shutil.copytree(source, workdir)
+        shutil.rmtree(workdir / "checkpoints" / str(STEPS))
+        metrics = (source / "metrics.jsonl").read_text().splitlines()
+        (workdir / "metrics.jsonl").write_text("".join(m + "\n" for m in metrics if json.loads(m)["step"] <= HALF))
+        pretrain(workdir, STEPS, processes, devices)
+
+    reference, two = root / "one_by_eight", root / "two_by_four"
+    pretrain(reference, STEPS, 1, 8)
+    two_out = pretrain(two, STEPS, 2, 4)
+    resume_copy(two, root / "two_then_one", 1, 8)  # a 2-process checkpoint continued by one process
+    resume_copy(reference, root / "one_then_two", 2, 4)  # and a 1-process checkpoint by two
+    return {"data": data, "reference": reference, "two": two, "two_then_one": root / "two_then_one",
+            "one_then_two": root / "one_then_two", "two_out": two_out}
+
+
+def test_two_processes_reproduce_one_process_losses(runs):
+    reference, two = _losses(runs["reference"]), _losses(runs["two"])
+    assert sorted(reference) == list(range(1, STEPS + 1)) and sorted(two) == sorted(reference)
+    for step in range(1, STEPS + 1):
+        assert two[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6)
+    assert len(set(reference.values())) == STEPS  # the losses move, so agreement is not trivial
+
+
+def test_only_process_zero_logs(runs):
+    first, second = ([line for line in out.splitlines() if not line.startswith("[Gloo]")]  # the C++ runtime's
+                     for out in runs["two_out"])
+    assert any("parameters:" in line and "starting from scratch" in line for line in first)
+    assert any(line.startswith("validation:") for line in first)
+    assert second == []
+
+
+def test_two_process_checkpoint_restores_into_one_process_and_back(runs):
+    reference = _losses(runs["reference"])
+    # one Orbax checkpoint per step, written jointly by both processes, read back by a single process
+    steps = sorted(int(p.name) for p in (runs["two"] / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [HALF, STEPS]
+    resumed_by_one, resumed_by_two = _losses(runs["two_then_one"]), _losses(runs["one_then_two"])
+    for step in range(HALF + 1, STEPS + 1):
+        assert resumed_by_one[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6)
+        assert resumed_by_two[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6)
+
+
+LOADER_SCRIPT = """
+import argparse, json
+from brainjax.commands.args import add_distributed_arguments, initialize_distributed
+parser = argparse.ArgumentParser()
+parser.add_argument("data")
+parser.add_argument("batches", type=int)
+add_distributed_arguments(parser)
+args = parser.parse_args()
+initialize_distributed(args)
+import jax
+from brainjax.data.pipeline import LoaderSpec, make_loader
+out = {"process": jax.process_index(), "count": jax.process_count()}
+for stride in (0, WINDOW):
+    spec = LoaderSpec(paths=(args.data,), split="train", window=WINDOW, batch_size=8, stride=stride,
+                      read_threads=1)
+    with make_loader(spec) as loader:  # process index and count come from the JAX runtime
+        batches = [next(loader) for _ in range(args.batches)]
+    out[stride] = [[[int(d), int(s), int(t)] for d, s, t in zip(b["dataset"], b["scan"], b["start"])]
+                   for b in batches]
+print(json.dumps(out))
+"""
+
+
+def test_each_training_window_of_an_epoch_is_read_once_across_processes(runs):
+    from brainjax.data.pipeline import LoaderSpec, make_loader
+
+    data = str(runs["data"])
+    n_batches = 8  # 12 train scans: 12 random crops or 36 strided windows per epoch, global batch 8
+    script = LOADER_SCRIPT.replace("WINDOW", str(WINDOW))
+    outs = [json.loads(o.splitlines()[-1])
+            for o in _run_processes([sys.executable, "-c", script, data, str(n_batches)], 2, 4)]
+    assert sorted(o["process"] for o in outs) == [0, 1] and {o["count"] for o in outs} == {2}
+    for stride in (0, WINDOW):
+        spec = LoaderSpec(paths=(data,), split="train", window=WINDOW, batch_size=8, stride=stride,
+                          read_threads=1, process_index=0, process_count=1, num_epochs=1)
+        with make_loader(spec) as single:
+            epoch = [tuple(int(v) for v in row) for b in single for row in zip(b["dataset"], b["scan"], b["start"])]
+        n = single.windows_per_epoch
+        assert n_batches * 8 >= n and n % 8  # one epoch is covered, and it ends inside a global batch
+        shares = {o["process"]: o[str(stride)] for o in outs}
+        assembled = [tuple(w) for k in range(n_batches) for p in (0, 1) for w in shares[p][k]]
+        assert len(set(assembled[:n])) == n and set(epoch) <= set(assembled[:n])  # each window once
+        if stride == 0:  # one random crop per scan and epoch
+            assert len({scan for _, scan, _ in assembled[:n]}) == n
+        assert assembled[:len(epoch)] == epoch  # in the one-process order
+        assert not set(map(tuple, shares[0][0])) & set(map(tuple, shares[1][0]))  # the processes split batches
+
+
+def test_distributed_flags_are_checked():
+    from brainjax.commands.args import UsageError, detected_cluster, initialize_distributed
+
+    def ns(**kw):
+        import argparse
+        return argparse.Namespace(**{"distributed": False, "coordinator": None, "num_processes": None,
+                                     "process_id": None, **kw})
+
+    with pytest.raises(UsageError, match="needs --num-processes"):
+        initialize_distributed(ns(coordinator="localhost:1"), env={})
+    with pytest.raises(UsageError, match="need --coordinator"):
+        initialize_distributed(ns(num_processes=2, process_id=0), env={})
+    with pytest.raises(UsageError, match="outside 0..1"):
+        initialize_distributed(ns(coordinator="localhost:1", num_processes=2, process_id=2), env={})
+    assert initialize_distributed(ns(), env={}) is False  # one host: nothing started
+    assert detected_cluster({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}) == "Slurm job 7 with 4 tasks"
+    assert detected_cluster({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None
+    assert "2 workers" in detected_cluster({"TPU_WORKER_HOSTNAMES": "t-0,t-1"})
+    assert detected_cluster({"TPU_WORKER_HOSTNAMES": "t-0"}) is None
+    assert "3 slices" in detected_cluster({"MEGASCALE_NUM_SLICES": "3"})
+    proc = subprocess.run([*cli("--coordinator", "localhost:1")], env=cli_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "needs --num-processes" in proc.stderr
