@@ -40,14 +40,20 @@ def ensure_descriptors(data: Path, path: str | None) -> Path:
     """The descriptors file to use; ``brainjax describe`` runs first when the default one is missing."""
     if path:
         return Path(path)
+    from brainjax.distributed import main_first
+
     default = data / "descriptors" / "descriptors.jsonl"
-    if not default.exists():
-        from brainjax.commands import describe
-        print(f"no descriptors at {default}: running `brainjax describe --data {data}` first")
-        code = describe.main(argparse.Namespace(data=str(data), out=None, density=0.10, seed=0, max_sentences=6))
-        if code:
-            raise ValueError(f"brainjax describe failed on {data} (exit {code})")
-    return default
+
+    def describe_once() -> Path:
+        if not default.exists():
+            from brainjax.commands import describe
+            print(f"no descriptors at {default}: running `brainjax describe --data {data}` first")
+            code = describe.main(argparse.Namespace(data=str(data), out=None, density=0.10, seed=0,
+                                                    max_sentences=6))
+            if code:
+                raise ValueError(f"brainjax describe failed on {data} (exit {code})")
+        return default
+    return main_first("descriptors", describe_once, lambda: default)  # one process writes, all read
 
 
 def stage2_config(tokenizer_run, args: argparse.Namespace, data: str, lm_dir: Path, descriptors: Path):
@@ -73,6 +79,7 @@ def main(args: argparse.Namespace) -> int:
     initialize_distributed(args)  # first: nothing may touch a device before it
     from brainjax.data.dataset import Dataset
     from brainjax.data.synthetic import default_dataset
+    from brainjax.distributed import is_main
     from brainjax.eval.restore import load_for_eval
     from brainjax.lm.batches import DescriptionSource, TextCodec, load_descriptor_texts, window_sequences
     from brainjax.lm.runs import (
@@ -106,6 +113,7 @@ def main(args: argparse.Namespace) -> int:
         train_stage(cfg, out, str(data), build, spec, stage2_warm_start(tokenizer_run, lm_dir), tokenizer_run.mesh)
     except COMMAND_ERRORS as err:
         return command_error(err)
-    print(f"stage 2 done -> {out}; instruction-tune with `brainjax instruct --adapt {out}`")
+    if is_main():
+        print(f"stage 2 done -> {out}; instruction-tune with `brainjax instruct --adapt {out}`")
     return 0
 

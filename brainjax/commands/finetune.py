@@ -118,6 +118,7 @@ def main(args: argparse.Namespace) -> int:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    print(f"fine-tuned {args.task} from {args.workdir} (step {pretrained.step}) -> {out}; "
-          f"evaluate with `brainjax evaluate --workdir {out}`")
+    if jax.process_index() == 0:
+        print(f"fine-tuned {args.task} from {args.workdir} (step {pretrained.step}) -> {out}; "
+              f"evaluate with `brainjax evaluate --workdir {out}`")
     return 0

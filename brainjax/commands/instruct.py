@@ -96,6 +96,13 @@ def load_question_setup(cfg, data: Path):
     return dataset, build_targets(dataset, records), records
 
 
+def _progress(line: str) -> None:
+    import jax
+
+    if jax.process_index() == 0:
+        print(line, flush=True)
+
+
 def main(args: argparse.Namespace) -> int:
     initialize_distributed(args)  # first: nothing may touch a device before it
     from brainjax.eval.restore import load_for_eval
@@ -147,11 +154,14 @@ def main(args: argparse.Namespace) -> int:
         rows = evaluate_targets(loaded, codec, dataset, targets, names, tuned=cfg.language.targets,
                                 shots=shots, split=args.split, seed=cfg.language.seed, descriptors=records,
                                 source_line=cfg.language.source_line, max_scans=args.max_eval,
-                                progress=lambda line: print(line, flush=True))
+                                progress=_progress)
     except COMMAND_ERRORS as err:
         return command_error(err)
     from brainjax.commands.describe import _write_atomic, strict
+    from brainjax.distributed import is_main
 
+    if not is_main():  # every process scored the same prompts; one writes the report
+        return 0
     report = {"workdir": str(out), "step": loaded.step, "split": args.split, "tuned": list(cfg.language.targets),
               "shots": shots, "rows": rows}
     _write_atomic(out / "questions.json", json.dumps(strict(report), allow_nan=False, indent=1) + "\n")

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from brainjax.config import Config
+from brainjax.distributed import main_first
 from brainjax.lm.sequences import SequenceSpec
 
 LM_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
@@ -58,20 +59,23 @@ def architecture_json(lm_dir: Path) -> str:
 
 
 def keep_lm_files(lm_dir: Path, workdir: Path) -> Path:
-    """Copy the LM's config and tokenizer into ``workdir/lm`` (once; atomically) and return that folder."""
+    """Copy the LM's config and tokenizer into ``workdir/lm`` (once; atomically; by process 0 of a multi-host
+    run) and return that folder."""
     target = workdir / "lm"
-    if (target / "tokenizer.json").exists():
-        return target
-    workdir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".lm-", dir=workdir))
-    for name in LM_FILES:
-        if (lm_dir / name).exists():
-            shutil.copy2(lm_dir / name, staging / name)
-    if not (staging / "tokenizer.json").exists():
-        shutil.rmtree(staging)
+    if not (lm_dir / "tokenizer.json").exists():
         raise FileNotFoundError(f"{lm_dir}: no tokenizer.json")
-    os.replace(staging, target)
-    return target
+
+    def copy() -> Path:
+        if (target / "tokenizer.json").exists():
+            return target
+        workdir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".lm-", dir=workdir))
+        for name in LM_FILES:
+            if (lm_dir / name).exists():
+                shutil.copy2(lm_dir / name, staging / name)
+        os.replace(staging, target)
+        return target
+    return main_first("lm_files", copy, lambda: target)
 
 
 def sequence_spec(cfg: Config, n_parcels: int, blocks: int = 1) -> SequenceSpec:
