@@ -170,16 +170,22 @@ def train_stage(cfg: Config, out: Path, data: str, build: Callable[[dict], dict]
     trainer = Trainer(cfg, task, out, MappedLoader(loader, build), mapped_passes(validation, build), to_global,
                       mesh=mesh, warm_start=warm_start)
     result = trainer.run()
-    if cfg.language.train_lm == "lora" and jax.process_index() == 0 and not result.preempted:
+    if cfg.language.train_lm == "lora" and not result.preempted:
         export_adapters(out)
 
 
 def export_adapters(workdir: Path) -> Path:
     """Write the latest checkpoint's LoRA adapters as ``workdir/adapters`` (safetensors + JSON, see
-    :func:`brainjax.nn.lora.save_adapters`), for use outside brainjax's checkpoints."""
+    :func:`brainjax.nn.lora.save_adapters`), for use outside brainjax's checkpoints.
+
+    Every process of a multi-host run calls it (the checkpoint restore is collective; the restored parameters
+    are replicated); process 0 writes."""
+    from brainjax.distributed import barrier, is_main
     from brainjax.eval.restore import load_for_eval
     from brainjax.nn.lora import save_adapters
 
     run = load_for_eval(workdir)
-    save_adapters(run.model.lm, workdir / "adapters", base_model=run.cfg.language.lm_path)
+    if is_main():
+        save_adapters(run.model.lm, workdir / "adapters", base_model=run.cfg.language.lm_path)
+    barrier("adapters")
     return workdir / "adapters"
