@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from brainjax.nn.attention import attention, resolve_impl
+from brainjax.nn.attention import attention, resolve_impl, splash_attention
 
 
 def _inputs(batch=2, q_len=13, k_len=13, heads=3, dim=4, seed=0):
@@ -91,3 +91,20 @@ def test_auto_on_cpu_and_bad_input():
         attention(q, k, v, impl="flash3")
     with pytest.raises(ValueError, match="key_mask"):
         attention(q, k, v, key_mask=key_mask[:, :5])
+
+
+def test_cudnn_falls_back_off_gpu():
+    q, k, v, key_mask = _inputs()
+    with pytest.warns(UserWarning, match="cudnn"):
+        out = attention(q, k, v, key_mask=key_mask, impl="cudnn", chunk=4)
+    np.testing.assert_allclose(np.asarray(out), _numpy_attention(q, k, v, key_mask), atol=1e-5)
+
+
+def test_splash_kernel_matches_numpy_through_the_pallas_interpreter():
+    """The TPU kernel's own code (block sizes 128, segment ids for padded keys), run by the interpreter."""
+    rng = np.random.default_rng(3)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 128, 2, 128)), jnp.float32) for _ in range(3))
+    key_mask = jnp.asarray(np.arange(128)[None, :] < np.array([[90], [128]]))  # sample 0 has padded keys
+    out = splash_attention(q, k, v, key_mask, interpret=True)
+    np.testing.assert_allclose(np.asarray(out), _numpy_attention(q, k, v, key_mask), atol=2e-5)
+    assert resolve_impl("auto", 4096, jnp.float32) == "chunked"  # on this CPU, whatever the length

@@ -7,9 +7,11 @@ bidirectional; ``key_mask`` bool ``[batch, key_length]`` removes keys (padded to
 * ``chunked``  the same maths over blocks of ``chunk`` queries in a ``lax.map``; each block is
                rematerialised in the backward pass, so neither pass holds the full [L, L] scores
                (memory-efficient attention for long sequences on CPU/GPU without a fused kernel).
-* ``cudnn``    cuDNN flash attention through ``jax.nn.dot_product_attention`` (GPU; bf16/fp16 inputs).
+* ``cudnn``    cuDNN flash attention through ``jax.nn.dot_product_attention`` (GPU; bf16/fp16 inputs); falls
+               back to ``chunked`` with a warning off a GPU.
 * ``splash``   TPU Pallas splash attention (key mask through segment ids); falls back to ``chunked`` with
-               a warning where it cannot run (not a TPU, or the kernel is not importable).
+               a warning where it cannot run (not a TPU, or the kernel is not importable). The kernel itself
+               is checked against ``xla`` on CPU through the Pallas interpreter (:func:`splash_attention`).
 * ``auto``     cudnn on GPU for half precision, splash on TPU for long sequences, chunked on CPU when the
                sequence is long, otherwise xla.
 """
@@ -52,42 +54,54 @@ def _chunked(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | Non
     return out.swapaxes(0, 1).reshape(batch, padded, heads, dim)[:, :length]
 
 
-def _cudnn(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+def _cudnn(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None, chunk: int) -> jax.Array:
+    if jax.devices()[0].platform != "gpu":
+        warnings.warn("attention impl 'cudnn' needs a GPU; using 'chunked'", stacklevel=3)
+        return _chunked(q, k, v, key_mask, chunk)
     mask = None if key_mask is None else key_mask[:, None, None, :]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
 
 
 @functools.cache
-def _splash_kernel(heads: int, q_len: int, kv_len: int):
+def _splash_kernel(heads: int, q_len: int, kv_len: int, interpret: bool):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 
     full = mask_lib.MultiHeadMask([mask_lib.FullMask((q_len, kv_len)) for _ in range(heads)])
-    return kernel.make_splash_mha(full, head_shards=1, q_seq_shards=1), kernel.SegmentIds
+    return kernel.make_splash_mha(full, head_shards=1, q_seq_shards=1, interpret=interpret), kernel.SegmentIds
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None, *,
+                     interpret: bool = False) -> jax.Array:
+    """TPU Pallas splash attention in brainjax's layout (q: [B, Lq, H, D], k, v: [B, Lk, H, D], key_mask bool
+    [B, Lk]); returns [B, Lq, H, D]. Lengths and D must be multiples of 128. ``interpret=True`` runs the same
+    kernel through the Pallas interpreter on any backend (slow; how the tests check it on CPU)."""
+    kernel, segment_ids = _splash_kernel(q.shape[2], q.shape[1], k.shape[1], interpret)
+    scale = q.shape[-1] ** -0.5
+    # Kernel layout is [heads, length, dim] per sample; masked keys get segment 0, all queries segment 1.
+    qh, kh, vh = (x.swapaxes(1, 2) for x in ((q * scale).astype(q.dtype), k, v))
+    ones = jnp.ones(q.shape[:2], jnp.int32)
+    kv_ids = jnp.ones(k.shape[:2], jnp.int32) if key_mask is None else key_mask.astype(jnp.int32)
+    out = jax.vmap(lambda a, b, c, qi, ki: kernel(a, b, c, segment_ids=segment_ids(qi, ki)))(
+        qh, kh, vh, ones, kv_ids)
+    return out.swapaxes(1, 2)
 
 
 def _splash(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None, chunk: int) -> jax.Array:
     reason = None
     if jax.devices()[0].platform != "tpu":
         reason = "not running on a TPU"
-    elif q.shape[1] % 128 or q.shape[-1] % 128:
-        reason = f"length {q.shape[1]} / head_dim {q.shape[-1]} are not multiples of 128"
+    elif q.shape[1] % 128 or k.shape[1] % 128 or q.shape[-1] % 128:
+        reason = f"lengths {q.shape[1]}, {k.shape[1]} / head_dim {q.shape[-1]} are not multiples of 128"
     else:
         try:
-            kernel, segment_ids = _splash_kernel(q.shape[2], q.shape[1], k.shape[1])
+            _splash_kernel(q.shape[2], q.shape[1], k.shape[1], False)
         except ImportError as err:
             reason = f"the Pallas splash kernel is not importable ({err})"
     if reason is not None:
         warnings.warn(f"attention impl 'splash' unavailable: {reason}; using 'chunked'", stacklevel=3)
         return _chunked(q, k, v, key_mask, chunk)
-    scale = q.shape[-1] ** -0.5
-    # Kernel layout is [heads, length, dim] per sample; masked keys get segment 0, all queries segment 1.
-    qh, kh, vh = (x.swapaxes(1, 2) for x in ((q * scale).astype(q.dtype), k, v))
-    ones = jnp.ones(q.shape[:2], jnp.int32)
-    kv_ids = ones if key_mask is None else key_mask.astype(jnp.int32)
-    out = jax.vmap(lambda a, b, c, qi, ki: kernel(a, b, c, segment_ids=segment_ids(qi, ki)))(
-        qh, kh, vh, ones, kv_ids)
-    return out.swapaxes(1, 2)
+    return splash_attention(q, k, v, key_mask)
 
 
 def resolve_impl(impl: str, length: int, dtype: jnp.dtype, chunk: int = 512) -> str:
@@ -122,5 +136,5 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, key_mask: jax.Array |
     if impl == "chunked":
         return _chunked(q, k, v, key_mask, chunk)
     if impl == "cudnn":
-        return _cudnn(q, k, v, key_mask)
+        return _cudnn(q, k, v, key_mask, chunk)
     return _splash(q, k, v, key_mask, chunk)
