@@ -100,11 +100,22 @@ def test_cudnn_falls_back_off_gpu():
     np.testing.assert_allclose(np.asarray(out), _numpy_attention(q, k, v, key_mask), atol=1e-5)
 
 
+def test_implementation_rules_per_platform():
+    assert resolve_impl("auto", 4241, jnp.bfloat16, platform="gpu") == "cudnn"
+    assert resolve_impl("auto", 4241, jnp.float32, platform="gpu") == "chunked"  # cuDNN wants half precision
+    assert resolve_impl("auto", 4241, jnp.float32, platform="tpu") == "splash"
+    assert resolve_impl("auto", 600, jnp.bfloat16, platform="tpu") == "xla"
+    assert resolve_impl("splash", 4241, jnp.bfloat16, platform="gpu") == "chunked"
+    assert resolve_impl("cudnn", 4241, jnp.bfloat16, platform="cpu") == "chunked"
+    assert resolve_impl("xla", 4241, jnp.bfloat16, platform="tpu") == "xla"
+
+
 def test_splash_kernel_matches_numpy_through_the_pallas_interpreter():
-    """The TPU kernel's own code (block sizes 128, segment ids for padded keys), run by the interpreter."""
+    """The TPU kernel's own code (blocks of 128, segment ids for padded keys) run by the interpreter, on a
+    length and head dim that need padding (100 tokens of 64 channels -> 128 x 128)."""
     rng = np.random.default_rng(3)
-    q, k, v = (jnp.asarray(rng.standard_normal((2, 128, 2, 128)), jnp.float32) for _ in range(3))
-    key_mask = jnp.asarray(np.arange(128)[None, :] < np.array([[90], [128]]))  # sample 0 has padded keys
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 100, 2, 64)), jnp.float32) for _ in range(3))
+    key_mask = jnp.asarray(np.arange(100)[None, :] < np.array([[70], [100]]))  # sample 0 has padded keys
     out = splash_attention(q, k, v, key_mask, interpret=True)
+    assert out.shape == q.shape
     np.testing.assert_allclose(np.asarray(out), _numpy_attention(q, k, v, key_mask), atol=2e-5)
-    assert resolve_impl("auto", 4096, jnp.float32) == "chunked"  # on this CPU, whatever the length

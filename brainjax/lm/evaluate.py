@@ -95,14 +95,14 @@ class Prompter:
         return out
 
     def _run(self, fn, samples: list[dict]) -> np.ndarray:
-        from brainjax.data.pipeline import to_global
+        from brainjax.distributed import run_on_mesh
 
         results = []
         for lo in range(0, len(samples), self.batch_size):
             chunk = samples[lo:lo + self.batch_size]
             batch = stack(chunk + [chunk[-1]] * (self.batch_size - len(chunk)))  # pad to whole device rows
-            out = fn(self.loaded.model, to_global(batch, self.loaded.mesh))
-            results.append(np.asarray(jax.device_get(out))[:len(chunk)])
+            out = run_on_mesh(lambda b: fn(self.loaded.model, b), batch, self.loaded.mesh)
+            results.append(out[:len(chunk)])
         return np.concatenate(results)
 
     def label_token_logprobs(self, prompts: list[list], labels: Sequence[str]) -> list[list[np.ndarray]]:
