@@ -10,8 +10,8 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("synth", "prepare", "info", "pretrain", "embed", "finetune", "evaluate", "tokenizer", "describe", "adapt",
-            "instruct", "ask")
+COMMANDS = ("synth", "prepare", "info", "pretrain", "plan", "embed", "finetune", "evaluate", "tokenizer", "describe",
+            "adapt", "instruct", "ask")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -77,6 +77,12 @@ def main(args: argparse.Namespace, build=None) -> int:
         from brainjax.data.pipeline import MappedLoader, mapped_passes
         loader, validation = MappedLoader(loader, build), mapped_passes(validation, build)
 
+    if jax.process_index() == 0 and cfg.objective == "mae" and not cfg.finetune.task:
+        from brainjax.commands.plan import memory_report
+        try:  # the expected memory per device, before anything is compiled
+            print(memory_report(cfg, n_parcels, jax.device_count(), jax.devices()[0].platform), flush=True)
+        except ValueError:  # a config the trainer refuses: it says why below
+            pass
     task = task_for_config(cfg, n_parcels)  # the preset's objective: BrainLM MAE or the neural tokenizer
     trainer = Trainer(cfg, task, args.workdir, loader, validation, to_global)
     try:

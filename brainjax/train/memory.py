@@ -1,0 +1,299 @@
+"""Analytic per-device memory of one BrainLM MAE training step, so a run can be sized before it is launched.
+
+The estimate adds up, in bytes per device, what the trainer's jitted step holds at its peak:
+
+Held for the whole step:
+
+* ``params``       float32 parameters, split over ``fsdp`` exactly as :mod:`brainjax.train.sharding` splits them
+                   (its own :func:`~brainjax.train.sharding.logical_to_spec` on the analytic parameter list),
+                   replicated over ``data``;
+* ``optimizer``    AdamW's two float32 moments, sharded likewise (clipping, masking and the schedule keep scalars);
+* ``batch``        the per-device input arrays and the masking's index arrays.
+
+Live during the forward and backward pass, for one micro-batch of ``batch / (data * fsdp) / accum_steps``
+windows at the compute dtype:
+
+* ``grads``        float32 gradients, sharded like the parameters;
+* ``accumulation`` the gradient sum carried through the micro-batch scan when ``optim.accum_steps > 1``;
+* ``activations``  what the backward pass reads: every block's inputs and internals (encoder over CLS + visible
+                   tokens, decoder over CLS + all tokens), or with ``model.remat`` each block's input plus one
+                   block's internals while it is recomputed; plus the embedding, decoder-input and head tensors;
+* ``attention``    ``xla`` keeps the float32 probabilities [B, H, L, L] of every layer (of one layer under remat)
+                   and two more of them in the backward pass; ``chunked`` holds one block of ``attention_chunk``
+                   queries at a time; ``cudnn`` / ``splash`` keep only the per-row softmax statistics;
+* ``gathered``     with ``fsdp > 1``, the all-gathered weights at the compute dtype: XLA keeps the forward pass's
+                   gathered copy for the backward pass (seen on CPU with and without remat), so about the whole
+                   model at the compute dtype.
+
+Live during the optimizer update (after the backward pass has freed its activations):
+
+* ``update``       the new parameters and moments next to the old ones (the non-finite guard's ``lax.cond``
+                   chooses between them, so they cannot be written in place): 3 x the parameter shard.
+
+``total = params + optimizer + batch + max(grads + accumulation + activations + attention + gathered, update)``.
+
+It is a model of the program, not a measurement: XLA fuses, reorders and adds workspace (cuDNN, collectives).
+On CPU, XLA's own figure for the trainer's step was 1.05x to 1.4x this estimate (tests/test_memory.py), so keep
+a margin: the verdict calls a plan above 85 % of the usable memory tight.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import jax.numpy as jnp
+
+from brainjax.config import Config, MeshConfig, ModelConfig
+from brainjax.nn.attention import resolve_impl
+from brainjax.nn.layers import DECODER_AXES, ENCODER_AXES, AxisNames
+from brainjax.nn.masking import visible_count
+from brainjax.train.sharding import logical_to_spec
+
+PLATFORMS = ("cpu", "gpu", "tpu")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+GIB = 2.0 ** 30
+DEFAULT_GPU_FRACTION = 0.75  # JAX preallocates this share of GPU memory (XLA_PYTHON_CLIENT_MEM_FRACTION)
+
+ParamSpec = tuple[str, tuple[int, ...], tuple[str | None, ...]]  # name, shape, logical axis names
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per device of one training step (see the module docstring for what each term holds)."""
+
+    params: int
+    optimizer: int
+    batch: int
+    grads: int
+    accumulation: int
+    activations: int
+    attention: int
+    gathered: int
+    update: int
+    n_params: int  # total parameters of the model (all devices)
+    mesh: tuple[int, int]  # (data, fsdp)
+    micro_batch: int  # windows per device per micro-step
+    accum_steps: int
+    lengths: tuple[int, int]  # encoder (CLS + visible) and decoder (CLS + all) tokens
+    impls: tuple[str, str]  # attention implementation of the encoder and of the decoder
+    dtype: str
+    remat: bool
+
+    @property
+    def held(self) -> int:
+        """Bytes held for the whole step: parameters, moments, batch."""
+        return self.params + self.optimizer + self.batch
+
+    @property
+    def backward(self) -> int:
+        """Bytes live at the peak of the forward / backward pass, beyond :attr:`held`."""
+        return self.grads + self.accumulation + self.activations + self.attention + self.gathered
+
+    @property
+    def total(self) -> int:
+        """Peak bytes per device: held + the larger of the backward pass and the optimizer update."""
+        return self.held + max(self.backward, self.update)
+
+
+def _linear(name: str, d_in: int, d_out: int, axes: tuple[str | None, str | None], bias: bool = True
+            ) -> list[ParamSpec]:
+    return [(f"{name}.kernel", (d_in, d_out), axes)] + ([(f"{name}.bias", (d_out,), (axes[1],))] if bias else [])
+
+
+def _norm(name: str, width: int, axis: str) -> list[ParamSpec]:
+    return [(f"{name}.scale", (width,), (axis,)), (f"{name}.bias", (width,), (axis,))]
+
+
+def _transformer(name: str, depth: int, width: int, mlp: int, axes: AxisNames) -> list[ParamSpec]:
+    specs: list[ParamSpec] = []
+    for i in range(depth):
+        block = f"{name}.blocks.{i}"
+        specs += (_norm(f"{block}.norm1", width, axes.embed)
+                  + _linear(f"{block}.attn.qkv", width, 3 * width, (axes.embed, axes.qkv), bias=False)
+                  + _linear(f"{block}.attn.out", width, width, (axes.qkv, axes.embed))
+                  + _norm(f"{block}.norm2", width, axes.embed)
+                  + _linear(f"{block}.fc1", width, mlp, (axes.embed, axes.mlp))
+                  + _linear(f"{block}.fc2", mlp, width, (axes.mlp, axes.embed)))
+    return specs + _norm(f"{name}.norm", width, axes.embed)
+
+
+def _positions(prefix: str, cfg: ModelConfig, width: int, axis: str) -> list[ParamSpec]:
+    specs = (_linear(f"{prefix}spatial.fc1", 6 * cfg.fourier_features, width, ("fourier", axis))
+             + _linear(f"{prefix}spatial.fc2", width, width, (None, axis)))
+    if cfg.time_embedding == "learned":
+        specs.append((f"{prefix}temporal.table", (cfg.max_patches, width), (None, axis)))
+    return specs
+
+
+def param_specs(cfg: ModelConfig) -> list[ParamSpec]:
+    """Every parameter of :class:`brainjax.models.brainlm.BrainLM` as (name, shape, logical axes), derived from
+    the config alone (no model is built)."""
+    width, dec = cfg.width, cfg.dec_width
+    return (_linear("patch_embed", cfg.patch, width, ("patch", "embed"))
+            + _positions("", cfg, width, "embed")
+            + [("cls_token", (width,), ("embed",))]
+            + _transformer("encoder", cfg.depth, width, cfg.mlp, ENCODER_AXES)
+            + _linear("dec_proj", width, dec, ("embed", "dec_embed"))
+            + [("mask_token", (dec,), ("dec_embed",))]
+            + _positions("dec_", cfg, dec, "dec_embed")
+            + _transformer("decoder", cfg.dec_depth, dec, cfg.dec_mlp, DECODER_AXES)
+            + _linear("head", dec, cfg.patch, ("dec_embed", "patch")))
+
+
+def count_parameters(cfg: ModelConfig) -> int:
+    """Total scalar parameters of the BrainLM MAE built from ``cfg``."""
+    return sum(math.prod(shape) for _, shape, _ in param_specs(cfg))
+
+
+def sharded_param_count(cfg: ModelConfig, data: int, fsdp: int) -> int:
+    """Parameters held by ONE device of a (data, fsdp) mesh under :data:`brainjax.train.sharding.LOGICAL_RULES`."""
+    mesh = SimpleNamespace(shape={"data": data, "fsdp": fsdp})  # logical_to_spec only reads axis sizes
+    total = 0
+    for _, shape, names in param_specs(cfg):
+        spec = logical_to_spec(names, shape, mesh)
+        split = math.prod(mesh.shape[axis] for axis in spec if axis is not None)
+        total += math.prod(shape) // split
+    return total
+
+
+def resolve_mesh(cfg: MeshConfig, n_devices: int) -> tuple[int, int]:
+    """(data, fsdp) for ``n_devices`` devices, resolving ``data = -1`` as :func:`sharding.make_mesh` does."""
+    if n_devices < 1:
+        raise ValueError(f"need at least one device, got {n_devices}")
+    if cfg.fsdp < 1:
+        raise ValueError(f"mesh.fsdp must be >= 1, got {cfg.fsdp}")
+    data = cfg.data if cfg.data > 0 else n_devices // cfg.fsdp
+    if data < 1 or data * cfg.fsdp > n_devices:
+        raise ValueError(f"mesh data={cfg.data} x fsdp={cfg.fsdp} needs more than the {n_devices} available devices")
+    return data, cfg.fsdp
+
+
+def attention_impl(impl: str, length: int, dtype: str, chunk: int, platform: str) -> str:
+    """The implementation :func:`brainjax.nn.attention.attention` runs for ``impl`` on ``platform`` at ``length``
+    tokens (:func:`brainjax.nn.attention.resolve_impl` for another platform than this one)."""
+    if platform not in PLATFORMS:
+        raise ValueError(f"unknown platform {platform!r}; expected one of {PLATFORMS}")
+    return resolve_impl(impl, length, jnp.dtype(dtype), chunk, platform)
+
+
+def _attention_bytes(impl: str, batch: int, heads: int, length: int, chunk: int, c: int) -> tuple[int, int]:
+    """(bytes one layer keeps for the backward pass, bytes of its backward workspace) beyond q, k, v, output."""
+    if impl == "xla":
+        probs = batch * heads * length * length
+        return probs * (4 + (c if c != 4 else 0)), 2 * 4 * probs  # f32 probs (+ cast) kept; d(probs), d(scores)
+    if impl == "chunked":
+        return 0, 4 * 4 * batch * heads * min(chunk, length) * length  # one block's scores, probs and their grads
+    return 4 * batch * heads * length, 0  # fused kernels: the per-row log-sum-exp only
+
+
+def _block_bytes(batch: int, length: int, width: int, mlp: int, c: int) -> int:
+    # Inputs of LN1, qkv, out, LN2, fc1 (5 x width), q/k/v (3 x width), fc1 output and GELU output (2 x mlp),
+    # plus float32 LayerNorm statistics (mean, 1/std) of both norms.
+    return batch * length * (c * (8 * width + 2 * mlp) + 4 * 4)
+
+
+def estimate(cfg: Config, n_parcels: int, data: int, fsdp: int, platform: str) -> MemoryEstimate:
+    """Per-device memory of one MAE training step of ``cfg`` on windows of ``n_parcels`` over a (data, fsdp) mesh.
+
+    platform: "cpu" | "gpu" | "tpu" (decides what ``model.attention = auto`` runs). Raises ValueError for a batch
+    that does not split evenly over devices and micro-steps, as the trainer would.
+    """
+    if cfg.objective != "mae" or cfg.finetune.task not in ("", "forecast"):
+        raise ValueError(f"the memory estimate covers BrainLM MAE pretraining only, not objective={cfg.objective!r}"
+                         + (f" with finetune.task={cfg.finetune.task!r}" if cfg.finetune.task else ""))
+    model, accum = cfg.model, cfg.optim.accum_steps
+    if model.dtype not in DTYPE_BYTES:
+        raise ValueError(f"model.dtype must be one of {tuple(DTYPE_BYTES)}, got {model.dtype!r}")
+    if n_parcels < 1 or cfg.data.window % model.patch:
+        raise ValueError(f"need >= 1 parcel and data.window={cfg.data.window} a multiple of patch={model.patch}")
+    devices = data * fsdp
+    if accum < 1 or cfg.data.batch_size % (accum * devices):
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} must be divisible by optim.accum_steps={accum} x "
+                         f"{devices} devices on the batch axes")
+    per_device = cfg.data.batch_size // devices
+    b, c = per_device // accum, DTYPE_BYTES[model.dtype]
+    n_patches = cfg.data.window // model.patch
+    tokens = n_parcels * n_patches
+    visible = visible_count(cfg.mask, n_parcels, n_patches)
+    enc_len, dec_len = visible + 1, tokens + 1
+    impls = tuple(attention_impl(model.attention, n, model.dtype, model.attention_chunk, platform)
+                  for n, w, h in ((enc_len, model.width, model.heads), (dec_len, model.dec_width, model.dec_heads)))
+
+    stacks = [(model.depth, enc_len, model.width, model.mlp, model.heads, impls[0]),
+              (model.dec_depth, dec_len, model.dec_width, model.dec_mlp, model.dec_heads, impls[1])]
+    kept = [_attention_bytes(impl, b, h, n, model.attention_chunk, c) for _, n, _, _, h, impl in stacks]
+    # + the padded query blocks of chunked attention, + the keep masks (bool) of the three dropouts
+    internals = [_block_bytes(b, n, w, m, c) + (b * n * w * c if impl == "chunked" else 0)
+                 + (b * n * (2 * w + m) if model.dropout > 0 else 0) for _, n, w, m, _, impl in stacks]
+    workspace = max(k[1] for k in kept)
+    if model.remat:  # block inputs stay; one block (the largest) is rebuilt, with its attention, at a time
+        blocks = sum(d * b * n * w * c for d, n, w, _, _, _ in stacks)
+        largest = max((i for i in range(2) if stacks[i][0] > 0), key=lambda i: internals[i] + kept[i][0], default=0)
+        blocks += internals[largest]
+        attention = kept[largest][0] + workspace
+    else:
+        blocks = sum(d * i for (d, *_), i in zip(stacks, internals))
+        attention = sum(d * k[0] for (d, *_), k in zip(stacks, kept)) + workspace
+    # Token grid and its gradient (embedding side), the decoder's input grid and positions, final norm and head
+    # inputs, prediction / target / error in float32, and the encoder's output and projection.
+    glue = b * (c * (2 * tokens * model.width + 4 * dec_len * model.dec_width + enc_len * (2 * model.width
+                + model.dec_width)) + 4 * 3 * tokens * model.patch)
+
+    shard = sharded_param_count(model, data, fsdp) * 4
+    window_bytes = n_parcels * (cfg.data.window * 4 + 1 + 3 * 4) + 4  # signal, parcel_mask, coords, tr
+    masking = b * (tokens * (4 + 4 + 1) + visible * (4 + 1))  # priorities, order, masked; visible idx / valid
+    gathered = count_parameters(model) * c if fsdp > 1 else 0
+    return MemoryEstimate(
+        params=shard, optimizer=2 * shard, batch=per_device * window_bytes + masking,
+        grads=shard, accumulation=shard if accum > 1 else 0, activations=blocks + glue, attention=attention,
+        gathered=gathered, update=3 * shard,
+        n_params=count_parameters(model), mesh=(data, fsdp), micro_batch=b, accum_steps=accum,
+        lengths=(enc_len, dec_len), impls=impls, dtype=model.dtype, remat=model.remat)
+
+
+def usable_fraction(platform: str) -> float:
+    """Share of device memory a JAX process may use: on GPU the preallocated fraction, elsewhere all of it."""
+    if platform != "gpu":
+        return 1.0
+    if os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "").lower() == "false":
+        return 1.0
+    return float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", DEFAULT_GPU_FRACTION))
+
+
+def fits(est: MemoryEstimate, device_memory_gib: float, fraction: float = 1.0) -> bool:
+    """Whether the estimated total is within ``fraction`` of ``device_memory_gib``."""
+    return est.total <= device_memory_gib * fraction * GIB
+
+
+def format_table(est: MemoryEstimate, device_memory_gib: float | None = None, fraction: float = 1.0) -> str:
+    """A short table of the terms in GiB per device, its inputs, and (given a device size) a verdict line.
+
+    fraction: share of ``device_memory_gib`` the process may use (see :func:`usable_fraction`).
+    """
+    data, fsdp = est.mesh
+    rows = [("held through the step", None),
+            (f"  parameters (f32, {'1/' + str(fsdp) + ' of ' if fsdp > 1 else ''}{est.n_params:,})", est.params),
+            ("  AdamW moments (2 x f32)", est.optimizer), ("  batch + masks", est.batch),
+            ("forward / backward pass", est.backward),
+            ("  gradients (f32)", est.grads), (f"  gradient accumulator (accum {est.accum_steps})", est.accumulation),
+            (f"  activations ({est.dtype}, remat {'on' if est.remat else 'off'})", est.activations),
+            (f"  attention ({est.impls[0]} / {est.impls[1]})", est.attention),
+            (f"  fsdp-gathered weights ({est.dtype})", est.gathered),
+            ("optimizer update (new params + moments)", est.update),
+            ("total = held + max(backward, update)", est.total)]
+    lines = [f"memory per device (estimate, mesh data {data} x fsdp {fsdp}):"]
+    lines += [f"  {name:<44}{value / GIB:>9.3f} GiB" if value is not None else f"  {name}" for name, value in rows]
+    lines.append(f"  inputs: {est.n_params:,} params x 4 B; micro-batch {est.micro_batch} window(s) per device x "
+                 f"{est.accum_steps} step(s); {est.lengths[0]:,} encoder / {est.lengths[1]:,} decoder tokens "
+                 f"(with CLS)")
+    if device_memory_gib is not None:
+        usable = device_memory_gib * fraction
+        share = est.total / (usable * GIB) if usable > 0 else math.inf
+        verdict = "fits" if share <= 0.85 else "fits, tight" if share <= 1.0 else "DOES NOT FIT"
+        of = f" ({fraction:.0%} of {device_memory_gib:g})" if fraction < 1.0 else ""
+        lines.append(f"verdict: {verdict}: {est.total / GIB:.2f} GiB of {usable:.3g} GiB usable{of} "
+                     f"per device ({share:.0%})")
+    return "\n".join(lines)
