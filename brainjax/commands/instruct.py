@@ -139,7 +139,7 @@ def main(args: argparse.Namespace) -> int:
             sites = [str(row.get("site") or "") for row in dataset.manifest] if cfg.language.source_line else []
             need = text_budget(codec, targets, list(tuned), sites)
             if need > cfg.language.text_len:  # the text budget shapes no parameter: raising it is safe
-                print(f"language.text_len {cfg.language.text_len} -> {need}: the longest question needs it")
+                _progress(f"language.text_len {cfg.language.text_len} -> {need}: the longest question needs it")
                 cfg = dataclasses.replace(cfg, language=dataclasses.replace(cfg.language, text_len=need))
             spec = sequence_spec(cfg, dataset.atlas.n_parcels)
             source = InstructionSource(dataset, targets, list(tuned), descriptor_rows(dataset, records),
