@@ -6,13 +6,14 @@ pod_111m --devices 16 --platform tpu --device-memory 32``:
 
     mesh data 16 x fsdp 1 (the model's 0.42 GiB of float32 parameters need no sharding)
     parameters 111,542,804 x 4 B = 0.42 GiB; AdamW moments 0.83 GiB; gradients 0.42 GiB
-    global batch 512 = 32 windows per chip; activations (bf16, remat) 4.89 GiB
-    attention: ``auto`` resolves to ``chunked`` on TPU here (4,241 and 1,061 are not multiples of 128, and the
-    splash kernel needs head_dim % 128 == 0); chunks of 256 queries keep 8.28 GiB of score workspace
-    total 14.84 GiB of 32 GiB (46 %); 1,124 model TFLOP per step (70 per chip)
+    global batch 512 = 32 windows per chip; activations (bf16, remat) 4.76 GiB
+    attention: ``auto`` runs the Pallas splash kernel on TPU (lengths padded to 1,152 / 4,352 and head dim to
+    128): no score workspace beyond one log-sum-exp per row
+    total 6.44 GiB of 32 GiB (20 %); 1,124 model TFLOP per step (70 per chip)
 
-Chunks of 512 queries would double the attention workspace (total 23.1 GiB, 72 %): too little margin for an
-estimate that XLA's own figure exceeded by up to 1.4x (tests/test_memory.py, on CPU).
+The margin is deliberate: XLA's own figure exceeded the estimate by up to 1.4x (tests/test_memory.py, on CPU),
+and should the splash kernel be unavailable the ``chunked`` fallback adds 8.3 GiB of score workspace at
+``model.attention_chunk=256`` (14.8 GiB, 46 %).
 """
 
 from brainjax.config import Config, DataConfig, MaskConfig, MeshConfig, ModelConfig
