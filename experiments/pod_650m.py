@@ -15,8 +15,8 @@ one host's 4 chips. ``brainjax plan --preset pod_650m --devices 256 --platform t
 Without fsdp (``brainlm_650m`` as it is, batch 256) a chip holds the whole float32 model and its moments
 (7.3 GiB) and the optimizer's new copy of both (7.3 GiB): 14.7 GiB of 16 (92 %, tight; XLA's own figure
 exceeded the estimate by up to 1.4x in tests/test_memory.py, on CPU). Memory would allow a batch of 2048
-(5.45 GiB, 34 %; 6.65 -> 9.6 GiB with the chunked fallback); 1024 keeps the learning-rate scaling of the
-smaller presets within the range BrainLM tuned.
+(5.45 GiB, 34 %; 9.6 GiB with the chunked fallback): raise it with ``--set data.batch_size=2048`` once the
+first steps' real memory use is known.
 """
 
 from brainjax.config import Config, DataConfig, MaskConfig, MeshConfig, ModelConfig
