@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from flax import nnx
@@ -39,13 +38,14 @@ def load_for_eval(workdir: str | os.PathLike, step: int | None = None, mesh: Any
     """
     import dataclasses
 
+    from brainjax.paths import workdir_path
     from brainjax.train import checkpoint as ckpt_lib
     from brainjax.train import sharding
     from brainjax.train.finetune import task_for_config
     from brainjax.train.optim import make_optimizer
     from brainjax.train.step import init_train_state
 
-    directory = Path(workdir) / "checkpoints"
+    directory = workdir_path(workdir) / "checkpoints"  # a gs:// work dir stays a URI
     if not directory.is_dir():
         raise NoCheckpointError(f"{workdir}: no checkpoints/ directory (train with `brainjax pretrain --workdir`)")
     checkpointer = ckpt_lib.Checkpointer(directory, async_save=False)

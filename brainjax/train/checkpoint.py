@@ -10,10 +10,15 @@ Layout: ``DIR/<step>/{state,data,config,metrics}`` where
 The state is restored into an *abstract* target whose ShapeDtypeStructs carry the current mesh's shardings,
 so a checkpoint written on one mesh restores onto any other (8 devices -> 1 and back).
 
-A step directory only appears once Orbax has finished it (it writes to a temporary directory and renames),
-so a kill mid-save leaves the previous step intact. A finished step that fails to restore (truncated or
-deleted file) is moved aside to ``DIR/../corrupt_checkpoints/`` with a warning naming the step, and the
-previous step is used.
+``DIR`` may be local or remote (``gs://bucket/run/checkpoints``; see :mod:`brainjax.paths`): Orbax takes the
+``etils.epath.Path`` and tensorstore writes the arrays, so every process writes its shards into the one
+checkpoint either way.
+
+A step only counts once Orbax has finished it (locally it writes to a temporary directory and renames; on
+GCS, which cannot rename, it writes a ``commit_success`` marker last and ignores steps without one), so a kill
+mid-save leaves the previous step intact. A finished step that fails to restore (truncated or deleted file)
+is moved aside to ``DIR/../corrupt_checkpoints/`` with a warning naming the step, and the previous step is
+used.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+from brainjax.paths import move_tree, workdir_path
 
 ITEMS = ("state", "data", "config", "metrics")
 
@@ -58,7 +64,7 @@ class Checkpointer:
                  async_save: bool = True):
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1 (the latest checkpoint is needed to resume), got {keep_last}")
-        self.directory = Path(directory).absolute()
+        self.directory = workdir_path(directory)  # an absolute local path, or a gs:// URI kept intact
         policy: Any = policies.LatestN(n=keep_last)
         if keep_every > 0:
             policy = policies.AnyPreservationPolicy([policy, policies.EveryNSteps(interval_steps=keep_every)])
@@ -118,9 +124,8 @@ class Checkpointer:
         warnings.warn(f"checkpoint step {step} in {self.directory} is unreadable ({type(err).__name__}: "
                       f"{str(err)[:300]}); falling back to the previous checkpoint", stacklevel=3)
         if jax.process_index() == 0:
-            aside = self.directory.parent / "corrupt_checkpoints" / f"{step}-{int(time.time())}"
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self.directory / str(step), aside)
+            move_tree(self.directory / str(step), self.directory.parent / "corrupt_checkpoints" /
+                      f"{step}-{int(time.time())}")
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"brainjax_quarantine_{step}")

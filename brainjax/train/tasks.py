@@ -16,6 +16,8 @@ import numpy as np
 from flax import nnx
 
 from brainjax.config import MaskConfig, ModelConfig
+from brainjax.eval.figures import save_figure
+from brainjax.paths import workdir_path
 
 FIGURE_NAME = "reconstruction.png"
 
@@ -74,7 +76,7 @@ class BrainLMTask(PatchTask):
         out = nnx.jit(lambda m, b, r: m(b, r, self.mask_cfg, deterministic=True))(model, batch, rng)
         pred, target, masked, mask = (_host(x) for x in (out["pred"], out["target"], out["masked"],
                                                         batch["parcel_mask"]))
-        path = Path(workdir) / FIGURE_NAME
+        path = workdir_path(workdir) / FIGURE_NAME
         if write:
             save_reconstruction_figure(path, pred[0], target[0], masked[0], mask[0])
         return {"figure": str(path)}
@@ -115,10 +117,7 @@ def save_reconstruction_figure(path: Path, pred: np.ndarray, target: np.ndarray,
     axes[0, 0].legend(loc="upper right", fontsize=7)
     axes[-1, 0].set_xlabel(f"time (TR) — shaded: {what} patches")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 class TokenizerTask(PatchTask):
@@ -165,7 +164,7 @@ class TokenizerTask(PatchTask):
         """True vs reconstructed series of a few parcels of the first validation window (every token coded)."""
         out = nnx.jit(lambda m, b: m(b))(model, batch)
         pred, target, real = (_host(x) for x in (out["pred"], out["target"], out["real"]))
-        path = Path(workdir) / FIGURE_NAME
+        path = workdir_path(workdir) / FIGURE_NAME
         if write:
             save_reconstruction_figure(path, pred[0], target[0], real[0], real[0].any(-1), what="coded")
         return {"figure": str(path)}

@@ -6,6 +6,10 @@ checkpointing (every ``checkpoint_every`` steps, at the end, and on SIGTERM), an
 
 Resuming is exact: the state, the data-iterator state and the step are restored together and the rng of
 update s is ``fold_in(base_rng, s)``, so a resumed run computes the same losses as an uninterrupted one.
+
+The work dir may be a local directory or an object-store URI (``gs://bucket/run``): it is an
+``etils.epath.Path`` throughout (see :mod:`brainjax.paths`), and every process writes its shards of the one
+Orbax checkpoint there.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -26,6 +29,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from brainjax.config import Config, to_dict
+from brainjax.paths import atomic_write_text, workdir_path
 from brainjax.train import checkpoint as ckpt_lib
 from brainjax.train import logging as log_lib
 from brainjax.train import sharding
@@ -66,7 +70,7 @@ class Trainer:
                  mesh: Mesh | None = None, warm_start: Callable[[dict], dict] | None = None):
         if cfg.train.nonfinite not in NONFINITE_MODES:
             raise ValueError(f"train.nonfinite must be one of {NONFINITE_MODES}, got {cfg.train.nonfinite!r}")
-        self.cfg, self.task, self.workdir = cfg, task, Path(workdir)
+        self.cfg, self.task, self.workdir = cfg, task, workdir_path(workdir)
         self.train_data, self.eval_data, self.to_global = train_data, eval_data, to_global
         self.mesh = mesh if mesh is not None else sharding.make_mesh(cfg.mesh)
         accum, batch = cfg.optim.accum_steps, cfg.data.batch_size
@@ -183,7 +187,7 @@ class Trainer:
             state, start = self.restore_or_init(checkpointer)
             metrics_log.truncate_after(start)
             if self.is_main:
-                _atomic_write(self.workdir / "config.json", json.dumps(config_json, indent=2, sort_keys=True))
+                atomic_write_text(self.workdir / "config.json", json.dumps(config_json, indent=2, sort_keys=True))
             n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state["params"]))
             self._print(f"parameters: {n_params:,} | mesh {dict(self.mesh.shape)} | "
                         + (f"resuming from step {start}" if start else "starting from scratch")
@@ -206,7 +210,9 @@ class Trainer:
     def _loop(self, state, start, checkpointer, metrics_log, config_json, until) -> tuple[dict, RunResult]:
         cfg, tcfg = self.cfg, self.cfg.train
         batch_size = cfg.data.batch_size
-        peak = tcfg.peak_flops or log_lib.measure_peak_flops(cfg.model.dtype, self.workdir)
+        # only process 0 logs MFU, so only it measures (and caches) the peak; the others never report it
+        peak = tcfg.peak_flops or (log_lib.measure_peak_flops(cfg.model.dtype, self.workdir) if self.is_main
+                                   else 0.0)
         meter = log_lib.Throughput(self.task.tokens_per_sample() * batch_size,
                                    self.task.flops_per_sample() * batch_size, peak * self.mesh.size)
         progress = log_lib.Progress(tcfg.steps, start, enabled=self.is_main)
@@ -244,6 +250,7 @@ class Trainer:
                 if last or preempt or done % tcfg.checkpoint_every == 0:
                     self._raise_if_nonfinite(metrics, done)
                     checkpointer.save(done, state, self.train_data.get_state(), config_json, record)
+                    metrics_log.sync()  # a remote log is uploaded at least as often as checkpoints are taken
                     paused = True
                 if paused:  # evaluation and checkpoint time do not count as training throughput
                     meter.restart()
@@ -304,12 +311,6 @@ class Trainer:
 
 def _jsonify(value: Any) -> Any:
     return json.loads(json.dumps(value))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class _sigterm_handler:

@@ -1,0 +1,142 @@
+"""Work-dir paths that may live on an object store (``gs://bucket/run``) as well as on a local disk.
+
+``pathlib.Path("gs://bucket/run")`` silently becomes ``gs:/bucket/run`` (a local relative path), so everything
+that writes into a run's work dir goes through :func:`workdir_path`, which returns an ``etils.epath.Path``:
+a plain local path for local directories, a URI-aware path for ``gs://``, ``s3://``, ``az://`` and ``hf://``
+that Orbax (which uses epath itself) and tensorstore both understand.
+
+Remote access goes through fsspec: ``gs://`` needs ``gcsfs`` (``pip install 'brainjax[gcs]'``); tensorstore,
+which writes the checkpoint arrays, has its own GCS client. Credentials are Google's application-default
+ones for both (``gcloud auth application-default login``, or the VM's service account on a TPU VM).
+
+Atomic writes: locally a file is written under a temporary name and renamed (``os.replace``), so a reader
+never sees half a file. Object stores need no such dance: an object only becomes visible once its upload
+finishes (when the file handle is closed), and it replaces the previous version whole; there is no rename
+to do atomically anyway (a GCS "rename" is a copy plus a delete).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+
+from etils import epath
+
+REMOTE_SCHEMES = ("gs", "s3", "az", "hf")  # the URI schemes epath routes to fsspec
+_FSSPEC_PACKAGES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a URI on an object store (``gs://...``), False for a local path."""
+    return _URI.match(os.fspath(path)) is not None
+
+
+def workdir_path(value: str | os.PathLike) -> epath.Path:
+    """``value`` as an epath.Path: local paths made absolute (not symlink-resolved), URIs kept as they are.
+
+    Raises ValueError for an empty value or a URI scheme epath cannot open (e.g. ``file://`` or ``http://``),
+    and ImportError (naming the package) when the scheme's filesystem is not installed, before any training.
+    """
+    text = os.fspath(value)
+    if not text:
+        raise ValueError("empty work dir path")
+    found = _URI.match(text)
+    if found is None:
+        return epath.Path(os.path.abspath(text))
+    scheme = found.group(1).lower()
+    if scheme not in REMOTE_SCHEMES:
+        raise ValueError(f"{text}: unsupported URI scheme {scheme}:// (use a local path or one of "
+                         f"{', '.join(s + '://' for s in REMOTE_SCHEMES)})")
+    package = _FSSPEC_PACKAGES[scheme]
+    # epath uses TensorFlow's gfile instead of fsspec when TensorFlow is installed
+    if not (_installed(package) or _installed("tensorflow")):
+        extra = " (pip install 'brainjax[gcs]')" if scheme == "gs" else ""
+        raise ImportError(f"{text}: {scheme}:// work dirs need the {package} package{extra}")
+    return epath.Path(scheme + text[found.end(1):])
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Replace the file at ``path`` with ``text`` so that readers see the old or the new content, never a mix.
+
+    Local: a temporary sibling renamed over the target. Remote: one object upload (atomic on close).
+    """
+    target = workdir_path(path)
+    if is_remote(target):
+        target.write_text(text)
+        return
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, target)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """:func:`atomic_write_text` for bytes (figures)."""
+    target = workdir_path(path)
+    if is_remote(target):
+        target.write_bytes(data)
+        return
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def move_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Move the directory ``src`` to ``dst`` (which must not exist), creating ``dst``'s parents.
+
+    Local: one ``os.replace`` (atomic on one file system). Remote: every object is copied, then ``src`` is
+    deleted, because object stores have no directory rename (and epath's rename refuses a destination whose
+    "parent folder" has no object yet, which is always the case for a fresh prefix).
+    """
+    source, target = workdir_path(src), workdir_path(dst)
+    if is_remote(source) != is_remote(target):
+        raise ValueError(f"cannot move {source} to {target}: one is local, the other remote")
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; not moving {source} onto it")
+    if not is_remote(source):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        return
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist")
+    for name in _relative_files(source):
+        (source / name).copy(target / name, overwrite=False)
+    source.rmtree()
+
+
+def copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> int:
+    """Copy every file under the directory ``src`` to the same relative path under ``dst`` (overwriting).
+
+    Used to mirror a local scratch directory (TensorBoard events) to a remote work dir. Returns the number
+    of files copied.
+    """
+    source, target = workdir_path(src), workdir_path(dst)
+    names = _relative_files(source)
+    for name in names:
+        out = target / name
+        if not is_remote(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+        (source / name).copy(out, overwrite=True)
+    return len(names)
+
+
+def _relative_files(root: epath.Path) -> list[str]:
+    """Paths (relative to ``root``, "/"-separated) of every file under the directory ``root``, sorted.
+
+    Walks with iterdir: epath refuses recursive globs on remote paths, and fsspec's walk drops the URI scheme.
+    """
+    found, pending = [], [("", root)]
+    while pending:
+        prefix, folder = pending.pop()
+        for item in folder.iterdir():
+            name = prefix + item.name
+            if item.is_dir():
+                pending.append((name + "/", item))
+            else:
+                found.append(name)
+    return sorted(found)
