@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from brainjax.commands.args import add_distributed_arguments, initialize_distributed
+from brainjax.paths import workdir_path
 
 HELP = "fine-tune a pretrained checkpoint: a phenotype head (regress/classify) or forecasting"
 
@@ -56,7 +57,7 @@ def finetune_config(pretrained, args: argparse.Namespace, data: str, dataset) ->
     kind, target = parse_task(args.task)
     extra = describe_target(dataset, kind, target) if kind != "forecast" else {}
     finetune = FinetuneConfig(task=kind, target=target, pool=args.pool, freeze_backbone=args.freeze_backbone,
-                              init_from=str(Path(args.workdir).resolve()), init_step=pretrained.step, **extra)
+                              init_from=str(workdir_path(args.workdir)), init_step=pretrained.step, **extra)
     cfg = dataclasses.replace(
         cfg, name=f"{cfg.name}-finetune-{kind}{'-' + target if target else ''}", finetune=finetune,
         data=dataclasses.replace(cfg.data, path=data),
@@ -93,7 +94,8 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, NoCheckpointError, DatasetError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path(args.workdir) / f"finetune-{kind}{'-' + target if target else ''}"
+    name = f"finetune-{kind}{'-' + target if target else ''}"
+    out = workdir_path(args.out) if args.out else workdir_path(args.workdir) / name  # local or gs://
     window = cfg.data.window
     loader = make_loader(LoaderSpec(paths=(data,), split="train", window=window, batch_size=cfg.data.batch_size,
                                     stride=cfg.data.stride, seed=cfg.train.seed,
