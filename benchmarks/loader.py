@@ -15,6 +15,45 @@ import sys
 import time
 
 
+def measure_loader(spec, seconds: float) -> dict:
+    """Drain the training loader built from ``spec`` (a :class:`brainjax.data.pipeline.LoaderSpec`) for
+    ``seconds`` after its first batch. Returns windows/s, MB/s of float32 signal, the batch count and the
+    loader's settings (see the module docstring)."""
+    from brainjax.data.pipeline import make_loader
+
+    if seconds <= 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
+    start = time.perf_counter()
+    loader = make_loader(spec)
+    first = next(loader)
+    first_batch_s = time.perf_counter() - start
+    batches, values = 0, 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        batch = next(loader)
+        batches += 1
+        values += batch["signal"].size
+    elapsed = time.perf_counter() - start
+    loader.close()
+    dataset = loader.datasets[0]
+    return {
+        "windows_per_s": round(batches * spec.batch_size / elapsed, 2),
+        "mb_per_s": round(values * 4 / elapsed / 1e6, 2),
+        "batches": batches,
+        "seconds": round(elapsed, 3),
+        "first_batch_s": round(first_batch_s, 3),
+        "window": spec.window,
+        "batch": spec.batch_size,
+        "workers": spec.workers,
+        "threads": spec.read_threads,
+        "parcels": int(first["signal"].shape[1]),
+        "dataset_scans": len(dataset),
+        "split_scans": len(dataset.indices(spec.split)),
+        "windows_per_epoch": loader.windows_per_epoch,
+        "data": str(dataset.path),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="dataset directory (brainjax prepare / synth output)")
@@ -27,41 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement time after the first batch")
     args = parser.parse_args(argv)
 
-    from brainjax.data.pipeline import LoaderSpec, make_loader
+    from brainjax.data.pipeline import LoaderSpec
 
     spec = LoaderSpec(paths=(args.data,), split=args.split, window=args.window, batch_size=args.batch,
                       stride=args.stride, workers=args.workers, read_threads=args.threads,
                       process_index=0, process_count=1)
-    start = time.perf_counter()
-    loader = make_loader(spec)
-    first = next(loader)
-    first_batch_s = time.perf_counter() - start
-    batches, values = 0, 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < args.seconds:
-        batch = next(loader)
-        batches += 1
-        values += batch["signal"].size
-    elapsed = time.perf_counter() - start
-    loader.close()
-    dataset = loader.datasets[0]
-    print(json.dumps({
-        "benchmark": "loader",
-        "windows_per_s": round(batches * args.batch / elapsed, 2),
-        "mb_per_s": round(values * 4 / elapsed / 1e6, 2),
-        "batches": batches,
-        "seconds": round(elapsed, 3),
-        "first_batch_s": round(first_batch_s, 3),
-        "window": args.window,
-        "batch": args.batch,
-        "workers": args.workers,
-        "threads": args.threads,
-        "parcels": int(first["signal"].shape[1]),
-        "dataset_scans": len(dataset),
-        "split_scans": len(dataset.indices(args.split)),
-        "windows_per_epoch": loader.windows_per_epoch,
-        "data": str(dataset.path),
-    }))
+    print(json.dumps({"benchmark": "loader", **measure_loader(spec, args.seconds)}))
     return 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import sys
@@ -39,7 +40,13 @@ def random_batch(batch: int, parcels: int, window: int, seed: int = 0) -> dict[s
             "tr": np.full((batch,), 2.0, np.float32)}
 
 
+def significant(value: float, digits: int = 4) -> float:
+    """``value`` rounded to ``digits`` significant digits (a tiny preset's TFLOP or ms must not print as 0)."""
+    return float(f"{value:.{digits}g}")
+
+
 def timed(fn, repeats: int) -> list[float]:
+    """Wall times (s) of ``repeats`` calls of ``fn``, each waited for until its result is ready."""
     import jax
 
     times = []
@@ -48,6 +55,103 @@ def timed(fn, repeats: int) -> list[float]:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
     return times
+
+
+def measure_step(cfg, batch: int, steps: int, parcels: int | None = None, peak_size: int = 2048,
+                 peaks: bool = True, forward: bool = True, profile: str | None = None) -> dict:
+    """Time the trainer's jitted step for ``cfg`` (a :class:`brainjax.config.Config`) on one device.
+
+    batch: samples per step; steps: timed steps after the compilation step; parcels: P of the random
+    [batch, P, window] windows (default: ``cfg.model.max_parcels``); peaks: also measure the fp32 / bf16 matmul
+    peaks and the MFU (several seconds on a CPU); forward: also time the loss alone (one more compilation).
+    Returns the benchmark's JSON fields (see the module docstring), without those of the skipped parts.
+    """
+    import jax
+    from flax import nnx
+
+    from brainjax.models.brainlm import count_params
+    from brainjax.train.logging import measure_peak_flops
+    from brainjax.train.optim import make_optimizer
+    from brainjax.train.step import init_train_state, train_step
+    from brainjax.train.tasks import BrainLMTask
+
+    if batch < 1 or steps < 1:
+        raise ValueError(f"batch and steps must be >= 1, got batch={batch}, steps={steps}")
+    parcels = parcels or cfg.model.max_parcels
+    task = BrainLMTask(cfg.model, cfg.mask, n_parcels=parcels, window=cfg.data.window)
+    tx, schedule = make_optimizer(cfg.optim, cfg.train.steps, batch)
+    state = jax.jit(init_train_state(task, tx, cfg.train.seed))()
+    abstract = nnx.eval_shape(lambda: task.init_model(nnx.Rngs(0)))  # shapes only: graphdef and size
+    graphdef = nnx.graphdef(abstract)
+    inputs = jax.device_put(random_batch(batch, parcels, cfg.data.window))
+    rng = jax.random.key(0)
+
+    step = jax.jit(lambda s, b, r: train_step(graphdef, s, b, r, task=task, tx=tx, schedule=schedule,
+                                              accum_steps=cfg.optim.accum_steps), donate_argnums=0)
+
+    def loss_only(params, rest, b, r):
+        return task.loss(nnx.merge(graphdef, params, rest), b, r, deterministic=True)[0]
+    forward_loss = jax.jit(loss_only)
+
+    start = time.perf_counter()
+    compiled = step.lower(state, inputs, rng).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    xla_flops = float((cost or {}).get("flops", float("nan")))
+
+    holder = {"state": state}
+
+    def one_step():
+        holder["state"], metrics = compiled(holder["state"], inputs, rng)
+        return metrics["loss"]
+
+    first_step_s = timed(one_step, 1)[0]
+    step_times = timed(one_step, steps)
+    forward_times = []
+    if forward:
+        forward_loss(holder["state"]["params"], holder["state"]["rest"], inputs, rng).block_until_ready()
+        forward_times = timed(lambda: forward_loss(holder["state"]["params"], holder["state"]["rest"], inputs, rng),
+                              max(steps, 3))
+    if profile:
+        with jax.profiler.trace(profile, create_perfetto_trace=True):  # for profile_ops.py
+            timed(one_step, 2)
+
+    median = float(np.median(step_times))
+    flops = task.flops_per_sample() * batch
+    record = {
+        "preset": cfg.name,
+        "batch": batch,
+        "parcels": parcels,
+        "window": cfg.data.window,
+        "tokens_per_sample": int(task.tokens_per_sample()),
+        "params": count_params(abstract),
+        "dtype": cfg.model.dtype,
+        "attention": cfg.model.attention,
+        "remat": cfg.model.remat,
+        "compile_s": round(compile_s, 2),
+        "first_step_s": significant(first_step_s),
+        "median_step_s": significant(median),
+        "step_times_s": [significant(t) for t in step_times],
+        "samples_per_s": significant(batch / median),
+        "model_tflop_per_step": significant(flops / 1e12),
+        "xla_tflop_per_step": significant(xla_flops / 1e12),
+        "achieved_gflops": round(flops / median / 1e9, 1),
+    }
+    if forward:
+        record["forward_s"] = significant(float(np.median(forward_times)))
+    if peaks:
+        measured = {dtype: measure_peak_flops(dtype, None, size=peak_size) for dtype in ("float32", "bfloat16")}
+        record.update({"peak_gflops_fp32": round(measured["float32"] / 1e9, 1),
+                       "peak_gflops_bf16": round(measured["bfloat16"] / 1e9, 1),
+                       "mfu": round(flops / median / measured[cfg.model.dtype], 4)})
+    record.update({
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "device": str(jax.devices()[0].device_kind),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+    })
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,88 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", help="write a profiler trace of two steps here")
     args = parser.parse_args(argv)
 
-    import jax
-    from flax import nnx
-
     from brainjax.config import load_config, override
-    from brainjax.models.brainlm import count_params
-    from brainjax.train.logging import measure_peak_flops
-    from brainjax.train.optim import make_optimizer
-    from brainjax.train.step import init_train_state, train_step
-    from brainjax.train.tasks import BrainLMTask
 
     cfg = override(load_config(args.preset), args.overrides)
-    parcels = args.parcels or cfg.model.max_parcels
-    task = BrainLMTask(cfg.model, cfg.mask, n_parcels=parcels, window=cfg.data.window)
-    tx, schedule = make_optimizer(cfg.optim, cfg.train.steps, args.batch)
-    state = jax.jit(init_train_state(task, tx, cfg.train.seed))()
-    abstract = nnx.eval_shape(lambda: task.init_model(nnx.Rngs(0)))  # shapes only: graphdef and size
-    graphdef = nnx.graphdef(abstract)
-    batch = jax.device_put(random_batch(args.batch, parcels, cfg.data.window))
-    rng = jax.random.key(0)
-
-    step = jax.jit(lambda s, b, r: train_step(graphdef, s, b, r, task=task, tx=tx, schedule=schedule,
-                                              accum_steps=cfg.optim.accum_steps), donate_argnums=0)
-
-    def loss_only(params, rest, b, r):
-        return task.loss(nnx.merge(graphdef, params, rest), b, r, deterministic=True)[0]
-    forward = jax.jit(loss_only)
-
-    start = time.perf_counter()
-    compiled = step.lower(state, batch, rng).compile()
-    compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    xla_flops = float((cost or {}).get("flops", float("nan")))
-
-    holder = {"state": state}
-
-    def one_step():
-        holder["state"], metrics = compiled(holder["state"], batch, rng)
-        return metrics["loss"]
-
-    first_step_s = timed(one_step, 1)[0]
-    step_times = timed(one_step, args.steps)
-    forward(holder["state"]["params"], holder["state"]["rest"], batch, rng).block_until_ready()
-    forward_times = timed(lambda: forward(holder["state"]["params"], holder["state"]["rest"], batch, rng),
-                          max(args.steps, 3))
-    if args.profile:
-        with jax.profiler.trace(args.profile):
-            timed(one_step, 2)
-
-    median = float(np.median(step_times))
-    flops = task.flops_per_sample() * args.batch
-    peaks = {dtype: measure_peak_flops(dtype, None, size=args.peak_size) for dtype in ("float32", "bfloat16")}
-    peak = peaks[cfg.model.dtype]
-    print(json.dumps({
-        "benchmark": "train_step",
-        "preset": cfg.name,
-        "overrides": args.overrides,
-        "batch": args.batch,
-        "parcels": parcels,
-        "window": cfg.data.window,
-        "tokens_per_sample": int(task.tokens_per_sample()),
-        "params": count_params(abstract),
-        "dtype": cfg.model.dtype,
-        "attention": cfg.model.attention,
-        "remat": cfg.model.remat,
-        "compile_s": round(compile_s, 2),
-        "first_step_s": round(first_step_s, 3),
-        "median_step_s": round(median, 3),
-        "step_times_s": [round(t, 3) for t in step_times],
-        "forward_s": round(float(np.median(forward_times)), 3),
-        "samples_per_s": round(args.batch / median, 3),
-        "model_tflop_per_step": round(flops / 1e12, 4),
-        "xla_tflop_per_step": round(xla_flops / 1e12, 4),
-        "achieved_gflops": round(flops / median / 1e9, 1),
-        "peak_gflops_fp32": round(peaks["float32"] / 1e9, 1),
-        "peak_gflops_bf16": round(peaks["bfloat16"] / 1e9, 1),
-        "mfu": round(flops / median / peak, 4),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-        "device": str(jax.devices()[0].device_kind),
-        "cpu_count": __import__("os").cpu_count(),
-        "machine": platform.machine(),
-    }))
+    record = measure_step(cfg, args.batch, args.steps, args.parcels, args.peak_size, profile=args.profile)
+    print(json.dumps({"benchmark": "train_step", "overrides": args.overrides, **record}))
     return 0
 
 

@@ -1,41 +1,66 @@
 """The benchmark scripts run end to end on tiny inputs and print one JSON object with consistent figures.
 
-(Speed is measured by the benchmarks themselves, never asserted here.)
+(Speed is measured by the benchmarks themselves, never asserted here.) The figures are checked against the
+model's FLOP formula, the dataset's shapes and, for the scaling table, the runs' own ``metrics.jsonl``.
 """
 
 import dataclasses
+import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from brainjax.config import load_config
 from brainjax.models.brainlm import model_flops_per_sample
 
 REPO = Path(__file__).resolve().parent.parent
+# One step setup for train_step, sweep and loader_vs_step (160 = the parcels of `small_data`): they compile the
+# same programs, so the persistent compilation cache (conftest) compiles them once per test worker.
+STEP = ("--batch", "4", "--steps", "2", "--set", "model.dec_depth=2")
 
 
-def _run(script: str, *args: str) -> dict:
+def _run(script: str, *args: str, stderr: bool = False) -> dict | tuple[dict, str]:
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True,
                           text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stdout  # exactly one JSON object
-    return json.loads(lines[0])
+    out = json.loads(lines[0])
+    return (out, proc.stderr) if stderr else out
+
+
+def _script(name: str):
+    """A benchmark script imported as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    """Dosenbach-160, 6 subjects x 60 TRs: enough windows for a few tiny-preset batches."""
+    from brainjax.data.synthetic import SynthConfig, synthesize
+
+    path = tmp_path_factory.mktemp("bench") / "ds"
+    synthesize(path, SynthConfig(subjects=6, scans_per_subject=1, timepoints=60, atlas="dosenbach160"))
+    return path
 
 
 def test_train_step_benchmark_reports_consistent_figures():
-    out = _run("train_step.py", "--preset", "tiny", "--batch", "4", "--steps", "2", "--parcels", "12",
-               "--peak-size", "256", "--set", "model.dec_depth=2")
+    out = _run("train_step.py", "--preset", "tiny", *STEP, "--parcels", "160", "--peak-size", "256")
     cfg = load_config("tiny")
-    assert out["overrides"] == ["model.dec_depth=2"] and out["parcels"] == 12 and out["batch"] == 4
-    assert out["tokens_per_sample"] == 12 * cfg.data.window // cfg.model.patch
+    assert out["overrides"] == ["model.dec_depth=2"] and out["parcels"] == 160 and out["batch"] == 4
+    assert out["tokens_per_sample"] == 160 * cfg.data.window // cfg.model.patch
     model = dataclasses.replace(cfg.model, dec_depth=2)
-    expected = model_flops_per_sample(model, 12, cfg.data.window, cfg.mask) * 4 / 1e12
-    assert np.isclose(out["model_tflop_per_step"], round(expected, 4))
-    assert len(out["step_times_s"]) == 2  # printed times are rounded to ms
+    expected = model_flops_per_sample(model, 160, cfg.data.window, cfg.mask) * 4 / 1e12
+    assert np.isclose(out["model_tflop_per_step"], expected, rtol=1e-3)  # printed to 4 significant digits
+    assert len(out["step_times_s"]) == 2  # printed to 4 significant digits
     assert abs(out["median_step_s"] - float(np.median(out["step_times_s"]))) <= 1e-3
     assert out["samples_per_s"] > 0 and out["peak_gflops_fp32"] > 0 and out["peak_gflops_bf16"] > 0
     # MFU = achieved / peak of the compute dtype; achieved is printed rounded to 0.05 GFLOP/s
@@ -43,11 +68,109 @@ def test_train_step_benchmark_reports_consistent_figures():
     assert out["peak_rss_gib"] > 0
 
 
-def test_loader_benchmark_counts_windows(tmp_path):
-    from brainjax.data.synthetic import SynthConfig, synthesize
-
-    synthesize(tmp_path / "ds", SynthConfig(subjects=6, scans_per_subject=1, timepoints=60, atlas="dosenbach160"))
-    out = _run("loader.py", "--data", str(tmp_path / "ds"), "--window", "40", "--batch", "4", "--seconds", "1")
+def test_loader_benchmark_counts_windows(small_data):
+    out = _run("loader.py", "--data", str(small_data), "--window", "40", "--batch", "4", "--seconds", "1")
     assert out["windows_per_s"] > 0
     # MB/s counts float32 signal: windows/s x parcels x window x 4 bytes
     assert np.isclose(out["mb_per_s"], out["windows_per_s"] * 160 * 40 * 4 / 1e6, rtol=0.02)
+
+
+def test_sweep_keeps_a_failing_configuration_as_an_error_row():
+    out, err = _run("sweep.py", "--presets", "tiny,no_such_preset", "--dtypes", "float32", *STEP, "--parcels",
+                    "160", "--peak-size", "256", "--markdown", stderr=True)
+    good, bad = out["rows"]
+    cfg = load_config("tiny")
+    assert (good["preset"], good["dtype"], good["batch"], good["parcels"]) == ("tiny", "float32", 4, 160)
+    assert "error" not in good and good["tokens"] == 160 * cfg.data.window // cfg.model.patch
+    model = dataclasses.replace(cfg.model, dec_depth=2)  # --set reaches every configuration
+    expected = model_flops_per_sample(model, 160, cfg.data.window, cfg.mask) * 4 / 1e12
+    assert np.isclose(good["model_tflop_per_step"], expected, rtol=1e-3)
+    assert np.isclose(good["samples_per_s"], 4 / good["median_step_s"], rtol=2e-3)  # 4 significant digits
+    assert np.isclose(good["tokens_per_s"], good["tokens"] * good["samples_per_s"], rtol=1e-3)
+    peak = good["peak_gflops_fp32"]
+    assert abs(good["mfu"] - good["achieved_gflops"] / peak) <= 0.06 / peak + 1e-4  # achieved: 0.1 GFLOP/s steps
+    assert good["peak_rss_gib"] > 0
+    assert bad["preset"] == "no_such_preset" and "no_such_preset" in bad["error"] and "median_step_s" not in bad
+    table = [line for line in err.splitlines() if line.startswith("|")]
+    assert len(table) == 4 and table[2].startswith("| tiny | float32 | 4 | 160 |") and "no_such_preset" in table[3]
+
+
+def test_sweep_helpers_reject_empty_lists_and_format_rows():
+    sweep = _script("sweep")
+    with pytest.raises(ValueError, match="--dtypes is empty"):
+        sweep.split_list(" , ", "--dtypes")
+    assert sweep.split_list("tiny, default,", "--presets") == ["tiny", "default"]
+    record = {"preset": "p", "dtype": "bfloat16", "batch": 4, "parcels": 10, "tokens_per_sample": 20, "params": 7,
+              "median_step_s": 0.5, "samples_per_s": 8.0, "model_tflop_per_step": 0.1, "mfu": 0.2,
+              "peak_rss_gib": 1.0, "compile_s": 3.0}
+    row = sweep.row_from_record(record)
+    assert row["tokens"] == 20 and row["tokens_per_s"] == 160.0 and row["compile_s"] == 3.0
+    assert sweep.markdown([row, {"preset": "q", "dtype": "float32", "error": "a | b"}]).splitlines()[-1].endswith(
+        "| a / b |")  # a pipe inside a cell would split it
+
+
+def test_loader_vs_step_reports_both_rates_and_their_ratio(small_data):
+    out = _run("loader_vs_step.py", "--preset", "tiny", "--data", str(small_data), *STEP, "--threads", "2",
+               "--seconds", "1")
+    assert out["parcels"] == 160 and out["window"] == load_config("tiny").data.window and out["batch"] == 4
+    loader, step = out["loader"], out["step"]
+    assert loader["read_threads"] == 2 and loader["workers"] == 0 and loader["batch_size"] == 4
+    assert loader["data"] == str(small_data.resolve()) and loader["batches"] > 0
+    assert step["tokens_per_sample"] == 160 * out["window"] // load_config("tiny").model.patch
+    assert np.isclose(out["step_windows_per_s"], 4 / step["median_step_s"], rtol=1e-3)
+    assert np.isclose(out["loader_windows_per_s"], loader["windows_per_s"], rtol=1e-3)
+    assert np.isclose(out["ratio"], out["loader_windows_per_s"] / out["step_windows_per_s"], rtol=2e-3)
+
+
+def test_loader_vs_step_compare_rejects_a_loader_that_delivered_nothing():
+    compare = _script("loader_vs_step").compare
+    assert compare(30.0, 8, 0.5) == {"loader_windows_per_s": 30.0, "step_windows_per_s": 16.0, "ratio": 1.875}
+    with pytest.raises(ValueError, match="rates must be positive"):
+        compare(0.0, 8, 0.5)
+
+
+def test_scaling_matches_losses_across_devices_against_the_metrics_files(small_data, tmp_path):
+    out = _run("scaling.py", "--preset", "tiny", "--steps", "2", "--devices", "1,2", "--multi", "none",
+               "--data", str(small_data), "--set", "train.peak_flops=1e11", "--set", "data.eval_batches=1",
+               "--keep", str(tmp_path))
+    one, two = out["rows"]
+    assert (one["devices"], one["processes"], two["devices"], two["processes"]) == (1, 1, 2, 1)
+    assert "error" not in one and "error" not in two and out["batch"] == load_config("tiny").data.batch_size
+    runs = {}
+    for name in ("p1_d1", "p1_d2"):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        runs[name] = [json.loads(line) for line in lines]
+    losses = {name: np.array([r["loss"] for r in records]) for name, records in runs.items()}
+    assert [r["step"] for r in runs["p1_d2"]] == [1, 2] and one["steps_compared"] == 2
+    assert one["max_abs_loss_diff"] == 0.0
+    assert math.isfinite(two["max_abs_loss_diff"])
+    assert np.isclose(two["max_abs_loss_diff"], np.abs(losses["p1_d2"] - losses["p1_d1"]).max(), rtol=0, atol=1e-12)
+    assert two["max_abs_loss_diff"] < 1e-4  # same global batch and rng: only the reduction order differs
+    for row, name in ((one, "p1_d1"), (two, "p1_d2")):
+        rates = [r["steps_per_s"] for r in runs[name] if r["step"] >= 2]
+        assert np.isclose(row["step_s"], np.median(1 / np.array(rates)), rtol=1e-3)  # 4 significant digits
+        assert row["final_loss"] == losses[name][-1] and row["wall_s"] > row["step_s"]
+    assert one["overhead"] == 1.0 and abs(two["overhead"] - two["step_s"] / one["step_s"]) <= 5e-4
+
+
+def test_scaling_reports_a_failed_run_as_an_error_row(tmp_path):
+    out = _run("scaling.py", "--preset", "tiny", "--steps", "2", "--devices", "1", "--multi", "none",
+               "--data", str(tmp_path / "missing"))
+    (row,) = out["rows"]
+    assert row["devices"] == 1 and "exit status" in row["error"] and "missing" in row["error"]
+    assert "step_s" not in row and "overhead" not in row
+
+
+def test_scaling_summary_needs_every_reference_step():
+    scaling = _script("scaling")
+    records = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "steps_per_s": 4.0},
+               {"step": 3, "loss": 1.25, "steps_per_s": 2.0}, {"step": 4, "loss": 1.0, "steps_per_s": 1.0}]
+    row = scaling.summarize(records, {1: 2.5, 2: 1.5, 3: 1.0, 4: 1.0})
+    assert row == {"step_s": 0.5, "max_abs_loss_diff": 0.5, "steps_compared": 4, "final_loss": 1.0}
+    assert scaling.summarize(records, None)["max_abs_loss_diff"] == 0.0
+    with pytest.raises(ValueError, match=r"steps \[5\] of the 1-device run"):
+        scaling.summarize(records, {4: 1.0, 5: 1.0})
+    assert scaling.parse_multi("2x4") == (2, 4) and scaling.parse_multi("none") is None
+    for bad in ("2by4", "1x4"):
+        with pytest.raises(ValueError, match="--multi"):
+            scaling.parse_multi(bad)
