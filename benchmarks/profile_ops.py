@@ -7,8 +7,9 @@ Reads the newest ``perfetto_trace.json.gz`` under the trace directory (``jax.pro
 create_perfetto_trace=True)``, which ``train_step.py --profile`` uses), keeps the complete events of the threads
 that execute XLA programs (``tf_XLA*`` on CPU; the device streams' ``/device:*`` processes on GPU and TPU),
 and sums their durations by operation name (``fusion.12``, ``convolution``, ...; a trailing ``.N`` is kept so
-each fusion stays distinct). Nested events are counted where they run, so the shares add up to at most 1 per
-executing thread.
+each fusion stays distinct) and by kind (the name without ``.N``). The runtime's own bookkeeping events
+(C++ names with ``::``, e.g. ``ThunkExecutor::Execute``, which enclose the operations) are left out, so nothing
+is counted twice.
 """
 
 from __future__ import annotations
@@ -43,9 +44,18 @@ def op_times(events: list[dict]) -> tuple[dict[str, float], float]:
 
     totals: dict[str, float] = collections.defaultdict(float)
     for event in events:
-        if event.get("ph") == "X" and executes_xla(event):
+        if event.get("ph") == "X" and "::" not in event["name"] and executes_xla(event):
             totals[event["name"]] += float(event.get("dur", 0.0))
     return dict(totals), sum(totals.values())
+
+
+def by_kind(totals: dict[str, float]) -> dict[str, float]:
+    """Totals summed over the numbered instances of an operation: ``fusion.3`` and ``fusion.12`` -> ``fusion``."""
+    kinds: dict[str, float] = collections.defaultdict(float)
+    for name, us in totals.items():
+        stem, _, suffix = name.rpartition(".")
+        kinds[stem if stem and suffix.isdigit() else name] += us
+    return dict(kinds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,14 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"profile_ops: {err}", file=sys.stderr)
         return 2
     totals, total = op_times(events)
-    ranked = sorted(totals.items(), key=lambda item: -item[1])[:args.top]
-    print(json.dumps({
-        "benchmark": "profile_ops",
-        "trace": str(path),
-        "xla_busy_ms": round(total / 1e3, 3),
-        "ops": [{"name": name, "ms": round(us / 1e3, 3), "share": round(us / total, 4) if total else 0.0}
-                for name, us in ranked],
-    }))
+
+    def ranked(table: dict[str, float]) -> list[dict]:
+        top = sorted(table.items(), key=lambda item: -item[1])[:args.top]
+        return [{"name": name, "ms": round(us / 1e3, 3), "share": round(us / total, 4) if total else 0.0}
+                for name, us in top]
+    print(json.dumps({"benchmark": "profile_ops", "trace": str(path), "xla_busy_ms": round(total / 1e3, 3),
+                      "kinds": ranked(by_kind(totals)), "ops": ranked(totals)}))
     return 0
 
 

@@ -28,11 +28,14 @@ def test_sums_xla_thread_and_device_events_only(tmp_path):
            {"ph": "X", "pid": 1, "tid": 7, "name": "fusion.1", "dur": 10.0},
            {"ph": "X", "pid": 2, "tid": 3, "name": "convolution", "dur": 60.0},
            {"ph": "X", "pid": 1, "tid": 8, "name": "PjitFunction(step)", "dur": 500.0},  # host side: not counted
+           {"ph": "X", "pid": 1, "tid": 7, "name": "ThunkExecutor::Execute", "dur": 45.0},  # encloses the ops
            {"ph": "i", "pid": 1, "tid": 7, "name": "marker"}]
     _write(tmp_path / "a", meta + ops)
     _, events = profile_ops.load_events(tmp_path)
     totals, total = profile_ops.op_times(events)
     assert totals == {"fusion.1": 40.0, "convolution": 60.0} and total == 100.0
+    assert profile_ops.by_kind({"fusion.1": 4.0, "fusion.12": 6.0, "dot": 1.0, "copy.x": 2.0}) == \
+        {"fusion": 10.0, "dot": 1.0, "copy.x": 2.0}
 
 
 def test_real_trace_and_missing_trace(tmp_path):
