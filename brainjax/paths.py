@@ -62,21 +62,16 @@ def _installed(module: str) -> bool:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Replace the file at ``path`` with ``text`` so that readers see the old or the new content, never a mix.
-
-    Local: a temporary sibling renamed over the target. Remote: one object upload (atomic on close).
-    """
-    target = workdir_path(path)
-    if is_remote(target):
-        target.write_text(text)
-        return
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, target)
+    """Replace the file at ``path`` with ``text`` (UTF-8) so that readers see the old or the new content, never
+    a mix (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """:func:`atomic_write_text` for bytes (figures)."""
+    """Replace the file at ``path`` with ``data`` atomically.
+
+    Local: a temporary sibling renamed over the target. Remote: one object upload (atomic on close).
+    """
     target = workdir_path(path)
     if is_remote(target):
         target.write_bytes(data)
