@@ -1,7 +1,9 @@
 """BrainLM 650M-class model: ViT-H-like encoder (1280 x 32, 16 heads), decoder 512 x 8 (16 heads).
 
-bfloat16 compute, rematerialisation, and parameters sharded over the fsdp mesh axis (set mesh.fsdp to the
-number of devices of one host, e.g. ``--set mesh.fsdp=8``).
+bfloat16 compute and rematerialisation. The mesh is pure data parallelism (fsdp 1), which on 16 GiB chips
+leaves little margin (``brainjax plan --preset brainlm_650m --platform tpu --devices 256 --device-memory 16``:
+14.7 GiB); shard the parameters over one host's chips with ``--set mesh.fsdp=4`` (4 chips per TPU VM host), or
+use ``pod_650m``.
 """
 
 import dataclasses
