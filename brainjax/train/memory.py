@@ -50,7 +50,7 @@ from brainjax.config import Config, MeshConfig, ModelConfig
 from brainjax.nn.attention import resolve_impl
 from brainjax.nn.layers import DECODER_AXES, ENCODER_AXES, AxisNames
 from brainjax.nn.masking import visible_count
-from brainjax.train.sharding import logical_to_spec
+from brainjax.train.sharding import logical_to_spec, mesh_shape
 
 PLATFORMS = ("cpu", "gpu", "tpu")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
@@ -160,15 +160,10 @@ def sharded_param_count(cfg: ModelConfig, data: int, fsdp: int) -> int:
 
 
 def resolve_mesh(cfg: MeshConfig, n_devices: int) -> tuple[int, int]:
-    """(data, fsdp) for ``n_devices`` devices, resolving ``data = -1`` as :func:`sharding.make_mesh` does."""
+    """(data, fsdp) for ``n_devices`` devices, exactly as the trainer's mesh resolves them."""
     if n_devices < 1:
         raise ValueError(f"need at least one device, got {n_devices}")
-    if cfg.fsdp < 1:
-        raise ValueError(f"mesh.fsdp must be >= 1, got {cfg.fsdp}")
-    data = cfg.data if cfg.data > 0 else n_devices // cfg.fsdp
-    if data < 1 or data * cfg.fsdp > n_devices:
-        raise ValueError(f"mesh data={cfg.data} x fsdp={cfg.fsdp} needs more than the {n_devices} available devices")
-    return data, cfg.fsdp
+    return mesh_shape(cfg, n_devices)
 
 
 def attention_impl(impl: str, length: int, dtype: str, chunk: int, platform: str) -> str:

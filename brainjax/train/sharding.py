@@ -37,6 +37,18 @@ LOGICAL_RULES: Mapping[str, str | None] = {
 }
 
 
+def mesh_shape(cfg: MeshConfig, n_devices: int) -> tuple[int, int]:
+    """(data, fsdp) of the mesh ``cfg`` gives on ``n_devices`` devices (``data = -1``: every device the fsdp
+    axis leaves); ValueError when it needs more devices than there are."""
+    if cfg.fsdp < 1:
+        raise ValueError(f"mesh.fsdp must be >= 1, got {cfg.fsdp}")
+    data = cfg.data if cfg.data > 0 else n_devices // cfg.fsdp
+    if data < 1 or data * cfg.fsdp > n_devices:
+        raise ValueError(f"mesh data={cfg.data} x fsdp={cfg.fsdp} needs more than the {n_devices} available "
+                         f"devices")
+    return data, cfg.fsdp
+
+
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A ``(data, fsdp)`` mesh with Auto axis types over ``devices`` (default: all devices).
 
@@ -44,12 +56,7 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
     first ``data * fsdp`` devices (useful for comparisons); a larger one is an error.
     """
     devices = list(jax.devices() if devices is None else devices)
-    if cfg.fsdp < 1:
-        raise ValueError(f"mesh.fsdp must be >= 1, got {cfg.fsdp}")
-    data = cfg.data if cfg.data > 0 else len(devices) // cfg.fsdp
-    if data < 1 or data * cfg.fsdp > len(devices):
-        raise ValueError(f"mesh data={cfg.data} x fsdp={cfg.fsdp} needs more than the {len(devices)} available "
-                         f"devices")
+    data, _ = mesh_shape(cfg, len(devices))
     if data * cfg.fsdp < len(devices):
         warnings.warn(f"mesh data={data} x fsdp={cfg.fsdp} uses {data * cfg.fsdp} of {len(devices)} devices",
                       stacklevel=2)
