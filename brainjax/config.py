@@ -49,11 +49,21 @@ class ModelConfig:
     dec_depth: int = 2  # decoder layers
     dec_heads: int = 4  # decoder attention heads
     dec_mlp: int = 1024  # decoder MLP hidden size
+    decoder: str = "full"  # full (self-attention over every token, BrainLM) | cross (queries at every token
+    # attend only to the encoder's visible tokens, CrossMAE: O(L x V) instead of O(L^2))
     fourier_features: int = 4  # octaves per coordinate axis (wavelengths 200, 100, 50, 25 mm); finer ones
     # only hash the parcel identity and slowed learning (see experiments/default.py)
+    parcel_identity: bool = False  # add a learned embedding per parcel slot to the coordinate embedding: exact
+    # parcel identity for single-atlas runs (slot p = the dataset's parcel p; meaningless across atlases)
     time_embedding: str = "index"  # index (sinusoid) | learned (table) | seconds (onset in s)
     max_patches: int = 64  # rows of the learned time table: longest window / patch
     norm_targets: bool = False  # MSE against per-patch normalised targets (MAE paper option)
+    neighbour_context: bool = False  # each decoder query also embeds the raw values of its parcel's visible
+    # neighbouring patches in time (previous, next): the continuity that interpolation and AR baselines use
+    contrastive_weight: float = 0.0  # scan-level objective beside the MAE loss: InfoNCE between the CLS of two
+    # maskings of the same window (0 = off, BrainLM); gives the CLS an objective of its own
+    contrastive_dim: int = 64  # width of the projection head the InfoNCE loss compares
+    contrastive_temperature: float = 0.1  # softmax temperature of the InfoNCE logits (cosine similarities / t)
     dropout: float = 0.0  # dropout in attention output and MLP
     attention: str = "auto"  # auto | xla | chunked | cudnn | splash
     attention_chunk: int = 512  # query/key block for the chunked (memory-efficient) path

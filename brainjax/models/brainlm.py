@@ -20,10 +20,19 @@ from flax import nnx
 
 from brainjax.config import MaskConfig, ModelConfig
 from brainjax.nn.embeddings import SpatialEmbedding, TemporalEmbedding
-from brainjax.nn.layers import DECODER_AXES, ENCODER_AXES, Transformer, linear, logical
+from brainjax.nn.layers import (
+    DECODER_AXES,
+    ENCODER_AXES,
+    CrossDecoder,
+    FactorisedDecoder,
+    Transformer,
+    linear,
+    logical,
+)
 from brainjax.nn.masking import Masking, no_masking, sample_masking, visible_count
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DECODERS = ("full", "cross", "factorised")
 
 
 def _sanitize(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -42,15 +51,20 @@ def patchify(signal: jax.Array, patch: int) -> jax.Array:
     return signal.reshape(batch, parcels, length // patch, patch)
 
 
-def patch_decoder(cfg: ModelConfig, common: dict) -> tuple[nnx.Module, ...]:
+def patch_decoder(cfg: ModelConfig, common: dict, kind: str = "full") -> tuple[nnx.Module, ...]:
     """The decoder side shared by the MAE and the tokenizer: spatial and temporal position embeddings, the
-    transformer and the linear head to ``cfg.patch`` values. ``common`` holds the Transformer keywords
-    (dropout_rate, attn_impl, chunk, remat, dtype, rngs)."""
+    transformer (``kind`` full: self-attention; cross: :class:`CrossDecoder`; factorised:
+    :class:`FactorisedDecoder`) and the linear head to
+    ``cfg.patch`` values. ``common`` holds the Transformer keywords (dropout_rate, attn_impl, chunk, remat,
+    dtype, rngs)."""
+    if kind not in DECODERS:
+        raise ValueError(f"model.decoder must be one of {DECODERS}, got {kind!r}")
     dtype, rngs = common["dtype"], common["rngs"]
+    stack = {"full": Transformer, "cross": CrossDecoder, "factorised": FactorisedDecoder}[kind]
     return (SpatialEmbedding(cfg.fourier_features, cfg.dec_width, "dec_embed", dtype=dtype, rngs=rngs),
             TemporalEmbedding(cfg.time_embedding, cfg.dec_width, cfg.patch, cfg.max_patches, "dec_embed",
                               rngs=rngs),
-            Transformer(cfg.dec_depth, cfg.dec_width, cfg.dec_heads, cfg.dec_mlp, DECODER_AXES, **common),
+            stack(cfg.dec_depth, cfg.dec_width, cfg.dec_heads, cfg.dec_mlp, DECODER_AXES, **common),
             linear(cfg.dec_width, cfg.patch, ("dec_embed", "patch"), dtype=dtype, rngs=rngs))
 
 
@@ -74,11 +88,34 @@ class BrainLM(nnx.Module):
         self.dec_proj = linear(cfg.width, cfg.dec_width, ("embed", "dec_embed"), dtype=dtype, rngs=rngs)
         self.mask_token = nnx.Param(
             logical(token_init, ("dec_embed",))(rngs.params(), (cfg.dec_width,)))
-        self.dec_spatial, self.dec_temporal, self.decoder, self.head = patch_decoder(cfg, common)
+        self.dec_spatial, self.dec_temporal, self.decoder, self.head = patch_decoder(cfg, common, cfg.decoder)
+        self.neighbours = nnx.data(None)
+        if cfg.neighbour_context:  # [previous patch, seen?, next patch, seen?] -> decoder width
+            self.neighbours = linear(2 * cfg.patch + 2, cfg.dec_width, (None, "dec_embed"), dtype=dtype, rngs=rngs)
+        self.parcel_table = self.dec_parcel_table = nnx.data(None)
+        if cfg.parcel_identity:
+            self.parcel_table = nnx.Param(logical(token_init, (None, "embed"))(
+                rngs.params(), (cfg.max_parcels, cfg.width)))
+            self.dec_parcel_table = nnx.Param(logical(token_init, (None, "dec_embed"))(
+                rngs.params(), (cfg.max_parcels, cfg.dec_width)))
+        if cfg.contrastive_weight > 0:  # SimCLR's projection head: the loss acts on z, probes read the CLS
+            self.cls_proj1 = linear(cfg.width, cfg.width, ("embed", None), dtype=dtype, rngs=rngs)
+            self.cls_proj2 = linear(cfg.width, cfg.contrastive_dim, (None, None), dtype=dtype, rngs=rngs)
 
-    def _positions(self, spatial: SpatialEmbedding, temporal: TemporalEmbedding, coords, tr, n_patches):
-        """[B, P, N, width] spatial + temporal embedding in the compute dtype."""
-        space = spatial(coords).astype(jnp.float32)[:, :, None, :]
+    def project_cls(self, cls: jax.Array) -> jax.Array:
+        """CLS [B, width] -> projection [B, contrastive_dim] float32 (only with contrastive_weight > 0)."""
+        return self.cls_proj2(jax.nn.gelu(self.cls_proj1(cls.astype(self.dtype)))).astype(jnp.float32)
+
+    def _positions(self, spatial: SpatialEmbedding, temporal: TemporalEmbedding, coords, tr, n_patches,
+                   table: nnx.Param | None = None):
+        """[B, P, N, width] spatial + temporal embedding in the compute dtype (+ the parcel-slot ``table``)."""
+        space = spatial(coords).astype(jnp.float32)
+        if table is not None:
+            n_parcels = coords.shape[1]
+            if n_parcels > table.shape[0]:
+                raise ValueError(f"{n_parcels} parcels but model.max_parcels={table.shape[0]}")
+            space = space + table[...][:n_parcels][None]
+        space = space[:, :, None, :]
         time = temporal(n_patches, tr)[:, None, :, :]
         return (space + time).astype(self.dtype)
 
@@ -93,7 +130,8 @@ class BrainLM(nnx.Module):
         patches = patchify(signal, self.cfg.patch)
         batch_size, n_parcels, n_patches, _ = patches.shape
         tokens = self.patch_embed(patches.astype(self.dtype))
-        tokens = tokens + self._positions(self.spatial, self.temporal, coords, tr, n_patches)
+        tokens = tokens + self._positions(self.spatial, self.temporal, coords, tr, n_patches,
+                                          self.parcel_table)
         tokens = tokens.reshape(batch_size, n_parcels * n_patches, -1)
         visible = jnp.take_along_axis(tokens, masking.visible_idx[:, :, None], axis=1)
         visible = jnp.where(masking.visible_valid[:, :, None], visible, 0).astype(self.dtype)
@@ -123,17 +161,19 @@ class BrainLM(nnx.Module):
 
         projected = self.dec_proj(hidden)
         mask_token = self.mask_token[...].astype(self.dtype)
-        visible = jnp.where(masking.visible_valid[:, :, None], projected[:, 1:], mask_token)
-        rows = jnp.arange(batch_size)[:, None]
-        tokens = jnp.broadcast_to(mask_token, (batch_size, n_parcels * n_patches, self.cfg.dec_width))
-        tokens = tokens.at[rows, masking.visible_idx].set(visible.astype(self.dtype))
         _, _, coords, tr = _sanitize(batch)
-        positions = self._positions(self.dec_spatial, self.dec_temporal, coords, tr, n_patches)
-        tokens = tokens + positions.reshape(batch_size, n_parcels * n_patches, -1)
-        real = jnp.repeat(parcel_mask, n_patches, axis=1)
-        key_mask = jnp.concatenate([jnp.ones((batch_size, 1), bool), real], axis=1)
-        decoded = self.decoder(jnp.concatenate([projected[:, :1], tokens], axis=1), key_mask, keys[1])
-        pred = self.head(decoded[:, 1:]).astype(jnp.float32).reshape(batch_size, n_parcels, n_patches, patch)
+        positions = self._positions(self.dec_spatial, self.dec_temporal, coords, tr, n_patches,
+                                    self.dec_parcel_table)
+        if self.neighbours is not None:
+            positions = positions + self._neighbour_context(patches, masking, parcel_mask)
+        positions = positions.reshape(batch_size, n_parcels * n_patches, -1)
+        if self.cfg.decoder == "cross":
+            decoded = self._cross_decode(projected, positions, masking, mask_token, keys[1])
+        elif self.cfg.decoder == "factorised":
+            decoded = self._factorised_decode(projected, positions, masking, mask_token, n_parcels, keys[1])
+        else:
+            decoded = self._full_decode(projected, positions, masking, mask_token, parcel_mask, keys[1])
+        pred = self.head(decoded).astype(jnp.float32).reshape(batch_size, n_parcels, n_patches, patch)
 
         target = patches
         if self.cfg.norm_targets:
@@ -142,6 +182,57 @@ class BrainLM(nnx.Module):
         return {"pred": pred, "target": target,
                 "masked": masking.masked.reshape(batch_size, n_parcels, n_patches),
                 "cls": hidden[:, 0].astype(jnp.float32)}
+
+    def _neighbour_context(self, patches: jax.Array, masking: Masking, parcel_mask: jax.Array) -> jax.Array:
+        """[B, P, N, dw] embedding of each token's previous and next patch of the same parcel, where visible.
+
+        Hidden neighbours contribute zeros and a 0 flag, so nothing masked reaches the decoder this way.
+        """
+        batch_size, n_parcels, n_patches, _ = patches.shape
+        masked = masking.masked.reshape(batch_size, n_parcels, n_patches)
+        seen = (parcel_mask[:, :, None] & ~masked).astype(jnp.float32)[..., None]  # [B, P, N, 1]
+        values = jnp.where(seen > 0, patches, 0.0)
+
+        def shift(x, by):  # x[:, :, n - by] at position n (zeros where that patch does not exist)
+            pad = [(0, 0), (0, 0), (max(by, 0), max(-by, 0)), (0, 0)]
+            padded = jnp.pad(x, pad)
+            return padded[:, :, :n_patches] if by > 0 else padded[:, :, -n_patches:]
+
+        feats = jnp.concatenate([shift(values, 1), shift(seen, 1), shift(values, -1), shift(seen, -1)], -1)
+        return self.neighbours(feats.astype(self.dtype))
+
+    def _full_decode(self, projected, positions, masking: Masking, mask_token, parcel_mask, dropout_key):
+        """BrainLM's decoder: self-attention over CLS + every token (mask token where hidden) -> [B, L, dw]."""
+        batch_size, n_tokens, _ = positions.shape
+        visible = jnp.where(masking.visible_valid[:, :, None], projected[:, 1:], mask_token)
+        rows = jnp.arange(batch_size)[:, None]
+        tokens = jnp.broadcast_to(mask_token, (batch_size, n_tokens, self.cfg.dec_width))
+        tokens = tokens.at[rows, masking.visible_idx].set(visible.astype(self.dtype)) + positions
+        real = jnp.repeat(parcel_mask, n_tokens // parcel_mask.shape[1], axis=1)
+        key_mask = jnp.concatenate([jnp.ones((batch_size, 1), bool), real], axis=1)
+        return self.decoder(jnp.concatenate([projected[:, :1], tokens], axis=1), key_mask, dropout_key)[:, 1:]
+
+    def _cross_decode(self, projected, positions, masking: Masking, mask_token, dropout_key):
+        """CrossMAE decoder: a query per token (mask token + position) attends to CLS + visible tokens."""
+        batch_size = positions.shape[0]
+        seen = jnp.take_along_axis(positions, masking.visible_idx[:, :, None], axis=1)
+        memory = jnp.concatenate([projected[:, :1], projected[:, 1:] + seen], axis=1)
+        memory_mask = jnp.concatenate([jnp.ones((batch_size, 1), bool), masking.visible_valid], axis=1)
+        return self.decoder(mask_token + positions, memory, memory_mask, dropout_key)
+
+    def _factorised_decode(self, projected, positions, masking: Masking, mask_token, n_parcels, dropout_key):
+        """Every token (encoder output where visible, mask token where hidden) attends over time within its
+        parcel and across to CLS + the visible tokens, layer by layer -> [B, L, dw]."""
+        batch_size, n_tokens, width = positions.shape
+        visible = jnp.where(masking.visible_valid[:, :, None], projected[:, 1:], mask_token)
+        rows = jnp.arange(batch_size)[:, None]
+        tokens = jnp.broadcast_to(mask_token, (batch_size, n_tokens, width))
+        tokens = tokens.at[rows, masking.visible_idx].set(visible.astype(self.dtype)) + positions
+        seen = jnp.take_along_axis(positions, masking.visible_idx[:, :, None], axis=1)
+        memory = jnp.concatenate([projected[:, :1], projected[:, 1:] + seen], axis=1)
+        memory_mask = jnp.concatenate([jnp.ones((batch_size, 1), bool), masking.visible_valid], axis=1)
+        grid = tokens.reshape(batch_size, n_parcels, n_tokens // n_parcels, width)
+        return self.decoder(grid, memory, memory_mask, dropout_key).reshape(batch_size, n_tokens, width)
 
     def embed(self, batch: dict) -> dict:
         """Embeddings without masking: cls [B,width], mean over real tokens [B,width], tokens [B,P,N,width]."""
@@ -181,16 +272,38 @@ class BrainLM(nnx.Module):
                 "cls": jnp.where(parcel_mask[:, None], jnp.stack(cls, 1), 0.0)}
 
 
+def info_nce(z1: jax.Array, z2: jax.Array, valid: jax.Array, temperature: float) -> jax.Array:
+    """Symmetric InfoNCE (SimCLR's NT-Xent between two views, in-batch negatives) over ``valid`` rows.
+
+    z1, z2: [B, D] projections of two views of the same B windows; valid: bool [B]. Row i's positive is
+    z2[i]; its negatives are z2[j] (j != i) of valid rows, and symmetrically. Returns the mean over valid rows
+    of the two cross-entropies (0 when fewer than two rows are valid: nothing to contrast).
+    """
+    def unit(z):
+        return z / jnp.sqrt(jnp.sum(z * z, -1, keepdims=True) + 1e-12)
+
+    logits = unit(z1) @ unit(z2).T / temperature
+    logits = jnp.where(valid[None, :], logits, -1e9)
+    diag = jnp.diagonal(logits)
+    loss_12 = jax.nn.logsumexp(logits, axis=1) - diag
+    loss_21 = jax.nn.logsumexp(jnp.where(valid[:, None], logits, -1e9), axis=0) - diag
+    count = valid.sum()
+    total = jnp.sum(jnp.where(valid, loss_12 + loss_21, 0.0)) / 2
+    return jnp.where(count >= 2, total / jnp.maximum(count, 1), 0.0)
+
+
 def mae_loss(model: BrainLM, batch: dict, rng: jax.Array, mask_cfg: MaskConfig, *,
              deterministic: bool = False) -> tuple[jax.Array, dict]:
-    """Masked MSE of one batch and metric SUMS over masked values of real parcels.
+    """Masked MSE of one batch (+ ``contrastive_weight`` x InfoNCE) and metric SUMS over masked values.
 
-    Returns (loss, {"loss", "sse", "n", "sum_y", "sum_y2"}); ``n`` counts values (tokens x patch), so
-    sums add up exactly across micro-batches, devices and evaluation batches (see :func:`pooled_r2`).
+    Returns (loss, {"loss", "sse", "n", "sum_y", "sum_y2"} and, with the scan-level objective, "contrast"
+    (the batch's InfoNCE)); ``n`` counts values (tokens x patch), so sums add up exactly across
+    micro-batches, devices and evaluation batches (see :func:`pooled_r2`).
     """
-    mask_rng, dropout_rng = jax.random.split(rng)
+    mask_rng, dropout_rng, view_rng = jax.random.split(rng, 3)
     n_patches = batch["signal"].shape[-1] // model.cfg.patch
-    masking = sample_masking(mask_rng, mask_cfg, jnp.asarray(batch["parcel_mask"]).astype(bool), n_patches)
+    parcel_mask = jnp.asarray(batch["parcel_mask"]).astype(bool)
+    masking = sample_masking(mask_rng, mask_cfg, parcel_mask, n_patches)
     out = model(batch, masking, deterministic=deterministic, dropout_rng=dropout_rng)
     weight = out["masked"][..., None].astype(jnp.float32)
     target = out["target"].astype(jnp.float32)
@@ -199,6 +312,16 @@ def mae_loss(model: BrainLM, batch: dict, rng: jax.Array, mask_cfg: MaskConfig, 
     loss = sse / jnp.maximum(n, 1.0)
     sums = {"loss": loss, "sse": sse, "n": n, "sum_y": jnp.sum(weight * target),
             "sum_y2": jnp.sum(weight * target ** 2)}
+    if model.cfg.contrastive_weight > 0:
+        # A second, independent masking of the same windows: what both CLS share is the window's content
+        # beyond the visible tokens (its connectivity, its subject), not the tokens themselves.
+        k_mask, k_drop = jax.random.split(view_rng)
+        other = sample_masking(k_mask, mask_cfg, parcel_mask, n_patches)
+        hidden, _, _ = model._encode(batch, other, None if deterministic else k_drop)
+        contrast = info_nce(model.project_cls(out["cls"]), model.project_cls(hidden[:, 0]), parcel_mask.any(-1),
+                            model.cfg.contrastive_temperature)
+        loss = loss + model.cfg.contrastive_weight * contrast
+        sums.update(loss=loss, contrast=contrast)
     return loss, sums
 
 
@@ -226,9 +349,19 @@ def model_flops_per_sample(cfg: ModelConfig, n_parcels: int, window: int, mask_c
     tokens = n_parcels * n_patches
     visible = visible_count(mask_cfg, n_parcels, n_patches)
     spatial = lambda w: 2 * n_parcels * (6 * cfg.fourier_features * w + w * w)  # noqa: E731
-    forward = (2 * tokens * cfg.patch * cfg.width + spatial(cfg.width) + spatial(cfg.dec_width)
-               + _transformer_flops(visible + 1, cfg.width, cfg.mlp, cfg.depth)
-               + 2 * (visible + 1) * cfg.width * cfg.dec_width
-               + _transformer_flops(tokens + 1, cfg.dec_width, cfg.dec_mlp, cfg.dec_depth)
-               + 2 * tokens * cfg.dec_width * cfg.patch)
+    encoder = _transformer_flops(visible + 1, cfg.width, cfg.mlp, cfg.depth)
+    if cfg.decoder == "cross":  # per layer: q and output projections of every token, k/v of the memory
+        per_layer = (2 * tokens * (2 * cfg.dec_width ** 2 + 2 * cfg.dec_width * cfg.dec_mlp)
+                     + 4 * (visible + 1) * cfg.dec_width ** 2 + 4 * tokens * (visible + 1) * cfg.dec_width)
+        decoder = float(cfg.dec_depth * per_layer)
+    elif cfg.decoder == "factorised":  # cross layers as above + self-attention over N patches per parcel
+        per_layer = (2 * tokens * (2 * cfg.dec_width ** 2 + 2 * cfg.dec_width * cfg.dec_mlp)
+                     + 4 * (visible + 1) * cfg.dec_width ** 2 + 4 * tokens * (visible + 1) * cfg.dec_width)
+        time = n_parcels * _transformer_flops(n_patches, cfg.dec_width, cfg.dec_mlp, 1)
+        decoder = float(cfg.dec_depth * (per_layer + time))
+    else:
+        decoder = _transformer_flops(tokens + 1, cfg.dec_width, cfg.dec_mlp, cfg.dec_depth)
+    views = 2 if cfg.contrastive_weight > 0 else 1  # the scan-level objective encodes a second masking
+    forward = (views * (2 * tokens * cfg.patch * cfg.width + encoder) + spatial(cfg.width) + spatial(cfg.dec_width)
+               + 2 * (visible + 1) * cfg.width * cfg.dec_width + decoder + 2 * tokens * cfg.dec_width * cfg.patch)
     return 3.0 * forward

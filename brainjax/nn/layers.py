@@ -149,3 +149,101 @@ class Transformer(nnx.Module):
             maps.append(block.attention_weights(x, key_mask))
             x = block(x, key_mask)
         return maps
+
+
+class CrossBlock(nnx.Module):
+    """Pre-LN cross-attention block (CrossMAE, Fu et al. 2024): queries attend to a fixed memory and do not
+    attend to each other: ``q + Attn(LN(q), LN(memory))`` then ``q + MLP(LN(q))``.
+
+    With memory = the encoder's visible tokens, decoding L queries costs O(L * V) instead of the O(L^2) of a
+    self-attention decoder over every token.
+    """
+
+    def __init__(self, width: int, heads: int, mlp: int, axes: AxisNames, *, dropout_rate: float,
+                 attn_impl: str, chunk: int, dtype, rngs: nnx.Rngs):
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads, self.attn_impl, self.chunk, self.dropout_rate = heads, attn_impl, chunk, dropout_rate
+        self.norm_q = layer_norm(width, axes.embed, dtype=dtype, rngs=rngs)
+        self.norm_kv = layer_norm(width, axes.embed, dtype=dtype, rngs=rngs)
+        self.q = linear(width, width, (axes.embed, axes.qkv), dtype=dtype, rngs=rngs, use_bias=False)
+        self.kv = linear(width, 2 * width, (axes.embed, axes.qkv), dtype=dtype, rngs=rngs, use_bias=False)
+        self.out = linear(width, width, (axes.qkv, axes.embed), dtype=dtype, rngs=rngs)
+        self.norm2 = layer_norm(width, axes.embed, dtype=dtype, rngs=rngs)
+        self.fc1 = linear(width, mlp, (axes.embed, axes.mlp), dtype=dtype, rngs=rngs)
+        self.fc2 = linear(mlp, width, (axes.mlp, axes.embed), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, memory: jax.Array, memory_mask: jax.Array | None,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
+        """x: queries [B, L, W]; memory: [B, M, W]; memory_mask: bool [B, M] -> [B, L, W]."""
+        keys = (None,) * 3 if dropout_key is None else tuple(jax.random.split(dropout_key, 3))
+        batch, length, width = x.shape
+        head_dim = width // self.heads
+        q = self.q(self.norm_q(x)).reshape(batch, length, self.heads, head_dim)
+        k, v = jnp.split(self.kv(self.norm_kv(memory)).reshape(batch, memory.shape[1], 2, self.heads, head_dim),
+                         2, axis=2)
+        attended = attention(q, k[:, :, 0], v[:, :, 0], key_mask=memory_mask, impl=self.attn_impl,
+                             chunk=self.chunk)
+        x = x + dropout(self.out(attended.reshape(batch, length, width)), self.dropout_rate, keys[0])
+        hidden = dropout(jax.nn.gelu(self.fc1(self.norm2(x))), self.dropout_rate, keys[1])
+        return x + dropout(self.fc2(hidden), self.dropout_rate, keys[2])
+
+
+class CrossDecoder(nnx.Module):
+    """A stack of :class:`CrossBlock` s over one memory and a final LayerNorm (``remat`` as Transformer)."""
+
+    def __init__(self, depth: int, width: int, heads: int, mlp: int, axes: AxisNames, *, dropout_rate: float,
+                 attn_impl: str, chunk: int, remat: bool, dtype, rngs: nnx.Rngs):
+        self.remat = remat
+        self.blocks = nnx.List([CrossBlock(width, heads, mlp, axes, dropout_rate=dropout_rate,
+                                           attn_impl=attn_impl, chunk=chunk, dtype=dtype, rngs=rngs)
+                                for _ in range(depth)])
+        self.norm = layer_norm(width, axes.embed, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, memory: jax.Array, memory_mask: jax.Array | None,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
+        """x: [B, L, W] queries; memory: [B, M, W]; memory_mask: bool [B, M] -> [B, L, W]."""
+        def run(block, x, memory, memory_mask, key):
+            return block(x, memory, memory_mask, key)
+
+        if self.remat:
+            run = nnx.remat(run)
+        for i, block in enumerate(self.blocks):
+            key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+            x = run(block, x, memory, memory_mask, key)
+        return self.norm(x)
+
+
+class FactorisedDecoder(nnx.Module):
+    """Decoder layers that alternate attention over time within each parcel and cross-attention to a memory.
+
+    Layer i: a :class:`Block` over the N time patches of each parcel (every token, visible or not: a hidden
+    patch reads its own parcel's neighbours in time directly), then a :class:`CrossBlock` from every token to
+    the memory (the encoder's visible tokens: the other parcels). Cost O(P N^2 + P N V) per layer instead of
+    the O((P N)^2) of full self-attention.
+    """
+
+    def __init__(self, depth: int, width: int, heads: int, mlp: int, axes: AxisNames, *, dropout_rate: float,
+                 attn_impl: str, chunk: int, remat: bool, dtype, rngs: nnx.Rngs):
+        self.remat = remat
+        common = dict(dropout_rate=dropout_rate, attn_impl=attn_impl, chunk=chunk, dtype=dtype, rngs=rngs)
+        self.time_blocks = nnx.List([Block(width, heads, mlp, axes, **common) for _ in range(depth)])
+        self.cross_blocks = nnx.List([CrossBlock(width, heads, mlp, axes, **common) for _ in range(depth)])
+        self.norm = layer_norm(width, axes.embed, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, memory: jax.Array, memory_mask: jax.Array | None,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
+        """x: [B, P, N, W] tokens; memory: [B, M, W]; memory_mask: bool [B, M] -> [B, P, N, W]."""
+        batch, parcels, patches, width = x.shape
+
+        def layer(time_block, cross_block, x, memory, memory_mask, key):
+            keys = (None, None) if key is None else tuple(jax.random.split(key))
+            x = time_block(x.reshape(batch * parcels, patches, width), None, keys[0])
+            return cross_block(x.reshape(batch, parcels * patches, width), memory, memory_mask, keys[1])
+
+        if self.remat:
+            layer = nnx.remat(layer)
+        for i, (time_block, cross_block) in enumerate(zip(self.time_blocks, self.cross_blocks)):
+            key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+            x = layer(time_block, cross_block, x, memory, memory_mask, key)
+        return self.norm(x).reshape(batch, parcels, patches, width)
