@@ -234,3 +234,73 @@ def test_bad_input_raises():
         fb.train_lstm([good], 20, 10, steps=1)
     with pytest.raises(ValueError, match=r"\[N, P, H\]"):
         fb.forecast_errors(np.zeros((2, 3, 4)), np.zeros((2, 3, 5)))
+
+
+# ------------------------------------------------------------------------ bootstrap comparisons of forecasts
+def test_window_errors_pool_to_forecast_errors():
+    rng = np.random.default_rng(20)
+    pred, target = rng.normal(size=(2, 7, 5, 4))
+    mask = rng.random((7, 5)) < 0.8
+    mask[:, 0] = True
+    pred[~mask] = np.nan  # padded parcels: never read
+    count, sse = fb.window_errors(pred, target, mask)
+    np.testing.assert_array_equal(count, mask.sum(axis=1))
+    for n in range(7):
+        np.testing.assert_allclose(sse[n], ((pred[n, mask[n]] - target[n, mask[n]]) ** 2).sum(axis=0), rtol=1e-12)
+    pooled = fb.forecast_errors(pred, target, mask)
+    assert sse.sum() / (count.sum() * 4) == pytest.approx(pooled["mse"], rel=1e-12)
+    np.testing.assert_allclose(sse.sum(axis=0) / count.sum(), pooled["mse_per_step"], rtol=1e-12)
+    with pytest.raises(ValueError, match="NaN"):
+        fb.window_errors(pred, target)
+    with pytest.raises(ValueError, match="parcel_mask"):
+        fb.window_errors(target, target, mask[:, :2])
+
+
+def _planted_forecasts(rng: np.random.Generator, n: int = 80, p: int = 6, h: int = 6) -> tuple[np.ndarray, dict]:
+    """Target [N, P, H] and forecasts with known noise per step: the model's error is flat (sd 0.7); "good" is
+    better at early steps and worse later (sd 0.3 -> 1.3); "bad" is worse everywhere (sd 1.5)."""
+    target = rng.normal(size=(n, p, h)) + rng.normal(size=(n, 1, 1))  # a window offset, shared by all methods
+    sd = {"model": np.full(h, 0.7), "good": np.linspace(0.3, 1.3, h), "bad": np.full(h, 1.5)}
+    return target, {name: target + s * rng.normal(size=(n, p, h)) for name, s in sd.items()}
+
+
+def test_compare_forecasts_on_planted_errors():
+    rng = np.random.default_rng(21)
+    target, preds = _planted_forecasts(rng)
+    mask = np.ones(target.shape[:2], bool)
+    mask[::5, -2:] = False  # some windows from a smaller atlas
+    errors = {name: fb.window_errors(p, target, mask) for name, p in preds.items()}
+    out = fb.compare_forecasts(errors, n_boot=300, seed=3)
+    mse = {name: fb.forecast_errors(p, target, mask) for name, p in preds.items()}
+
+    assert set(out["vs"]) == {"good", "bad"}
+    for name in ("good", "bad"):
+        c = out["vs"][name]
+        assert c["diff"] == pytest.approx(mse["model"]["mse"] - mse[name]["mse"], rel=1e-10)
+        assert c["low"] <= c["diff"] <= c["high"] and c["metric"] == "mse" and c["n_units"] == 80
+    assert out["vs"]["bad"]["verdict"] == "beats"
+    best = min(("good", "bad"), key=lambda k: mse[k]["mse"])
+    assert out["comparison"] == out["vs"][best] and out["comparison"]["baseline"] == best
+
+    steps = out["per_step"]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
+    for h, s in enumerate(steps):
+        per_step = {k: mse[k]["mse_per_step"][h] for k in ("good", "bad")}
+        assert s["baseline"] == min(per_step, key=per_step.get) == "good"
+        assert s["diff"] == pytest.approx(mse["model"]["mse_per_step"][h] - per_step["good"], rel=1e-10)
+    # variances 0.09 .. 1.69 against 0.49: loses early, beats late, ties where the two are close
+    assert steps[0]["verdict"] == "loses" and steps[-1]["verdict"] == "beats"
+    assert [s["verdict"] for s in steps] == sorted((s["verdict"] for s in steps), key=["loses", "ties", "beats"].index)
+
+
+def test_compare_forecasts_identical_methods_tie_and_bad_input():
+    rng = np.random.default_rng(22)
+    target, preds = _planted_forecasts(rng, n=20)
+    errors = {"model": fb.window_errors(preds["model"], target), "copy": fb.window_errors(preds["model"], target)}
+    out = fb.compare_forecasts(errors, n_boot=100)
+    assert out["comparison"]["diff"] == out["comparison"]["low"] == out["comparison"]["high"] == 0.0
+    assert out["comparison"]["verdict"] == "ties" and all(s["verdict"] == "ties" for s in out["per_step"])
+    with pytest.raises(ValueError, match="no baseline"):
+        fb.compare_forecasts({"model": errors["model"]})
+    with pytest.raises(ValueError, match="aligned"):
+        fb.compare_forecasts({"model": errors["model"], "short": fb.window_errors(preds["good"][:5], target[:5])})

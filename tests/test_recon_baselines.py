@@ -11,6 +11,7 @@ from brainjax.eval.recon_baselines import (
     ParcelMoments,
     ReconMetrics,
     accumulate_moments,
+    compare_to_best,
     interp_baseline,
     mean_baseline,
     regression_baseline,
@@ -95,6 +96,74 @@ def test_regression_matches_per_tr_formula():
                 assert out[i, j, k, t % length] == pytest.approx(expected, rel=1e-9, abs=1e-9)
             for j in v:
                 assert out[i, j, k, t % length] == target[i, j, k, t % length]
+
+
+def _regression_per_slot(target, masked, parcel_mask, moments, lam):
+    """The unbatched reference: one ridge solve per (window, patch) straight from the docstring's formula."""
+    visible = ~masked & parcel_mask[:, :, None]
+    todo = masked & parcel_mask[:, :, None]
+    out = np.where(visible[..., None], target, 0.0).astype(np.float64)
+    mu, s = moments.mean, moments.cov
+    for i, k in zip(*np.nonzero(todo.any(axis=1))):
+        v, m = np.flatnonzero(visible[i, :, k]), np.flatnonzero(todo[i, :, k])
+        out[i, m, k] = mu[m, None]
+        if v.size and np.trace(s[np.ix_(v, v)]) > 0:
+            ridge = lam * np.trace(s[np.ix_(v, v)]) / v.size * np.eye(v.size)
+            weights = np.linalg.solve(s[np.ix_(v, v)] + ridge, s[np.ix_(v, m)])  # [V, M]
+            out[i, m, k] += weights.T @ (target[i, v, k] - mu[v, None])
+    return out
+
+
+def _mask_kinds(rng: np.random.Generator, b: int, p: int, n: int) -> dict[str, np.ndarray]:
+    """masked bool [B, P, N] as each masking strategy lays it out."""
+    block = np.zeros((b, p, n), bool)
+    for i in range(b):
+        start = rng.integers(0, n - 2)
+        block[i, :, start:start + 3] = True
+    future = np.zeros((b, p, n), bool)
+    future[:, :, -2:] = True
+    parcels = np.repeat(rng.random((b, p, 1)) < 0.6, n, axis=2)
+    mixture = parcels | (rng.random((b, p, n)) < 0.3)  # a strategy topped up with random tokens
+    return {"random": rng.random((b, p, n)) < 0.75, "parcels": parcels, "time_block": block, "future": future,
+            "mixture": mixture}
+
+
+@pytest.mark.parametrize("kind", ["random", "parcels", "time_block", "future", "mixture"])
+def test_regression_equals_per_slot_reference(kind):
+    rng = np.random.default_rng(11)
+    b, p, n, length, lam = 5, 40, 6, 4, 0.03
+    moments = _random_moments(rng, p)
+    cov = moments.cov.copy()
+    cov[7], cov[:, 7] = 0.0, 0.0  # a parcel with no training variance: alone it explains nothing
+    moments = ParcelMoments(mean=moments.mean, cov=cov, count=moments.count)
+    target = 3.0 * rng.normal(size=(b, p, n, length)) + 2.0
+    masked = _mask_kinds(rng, b, p, n)[kind]
+    parcel_mask = np.ones((b, p), bool)
+    parcel_mask[1, 30:] = False  # a window from a smaller atlas
+    parcel_mask[3, ::4] = False
+    masked[2, :, 0] = True  # a patch with nothing visible: the prior mean
+    masked[4, :, 1], masked[4, 7, 1] = True, False  # only the zero-variance parcel visible: the prior mean too
+    # one visible set in two windows with different hidden parcels (window 1 lacks parcels 30+, window 0 hides them)
+    masked[1, :, 3] = np.arange(p) % 3 == 0
+    masked[0, :, 3] = masked[1, :, 3] | (np.arange(p) >= 30)
+    out = regression_baseline(target, masked, parcel_mask, moments, lam=lam)
+    expected = _regression_per_slot(target, masked, parcel_mask, moments, lam)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-9 * np.abs(expected).max())
+    np.testing.assert_array_equal(out[2, parcel_mask[2], 0], np.repeat(moments.mean[parcel_mask[2], None], length, 1))
+    np.testing.assert_array_equal(out[4, parcel_mask[4] & (np.arange(p) != 7), 1],
+                                  np.repeat(moments.mean[parcel_mask[4] & (np.arange(p) != 7), None], length, 1))
+
+
+def test_regression_rejects_indefinite_covariance():
+    rng = np.random.default_rng(12)
+    target, masked, parcel_mask = _random_tokens(rng)
+    masked[:] = False
+    masked[0, 2, 0] = True  # parcels 0 and 1 visible beside it
+    cov = np.eye(target.shape[1])
+    cov[0, 1] = cov[1, 0] = 2.0  # eigenvalue -1 on (e0 - e1): no ridge of 1 % of the trace fixes that
+    bad = ParcelMoments(mean=np.zeros(target.shape[1]), cov=cov, count=10)
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        regression_baseline(target, masked, parcel_mask, bad)
 
 
 def test_regression_falls_back_to_mean_for_fully_masked_patch():
@@ -274,3 +343,49 @@ def test_recon_metrics_rejects_bad_input():
         acc.merge(other)
     # constant targets: zero variance, so R² is undefined rather than 1 or 0
     assert np.isnan(acc.result()["r2"]) and all(np.isnan(acc.result()["r2_per_parcel"]))
+
+
+def test_recon_metrics_update_returns_per_window_sums():
+    rng = np.random.default_rng(13)
+    pred, target, sel = _scored(rng)
+    acc = ReconMetrics()
+    sums = acc.update(pred, target, sel)
+    assert sums.shape == (6, 4)
+    full = np.broadcast_to(sel[..., None], target.shape)
+    for b in range(6):
+        y, yhat = target[b][full[b]], pred[b][full[b]]
+        np.testing.assert_allclose(sums[b], [y.size, ((yhat - y) ** 2).sum(), y.sum(), (y**2).sum()], rtol=1e-12)
+    res = acc.result()
+    assert sums[:, 0].sum() == res["n_values"] and sums[:, 1].sum() / sums[:, 0].sum() == pytest.approx(res["mse"])
+
+
+def _window_sums(target: np.ndarray, pred: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """Per-window (n, sse, sum_y, sum_y2) float [B, 4] of ``pred`` against ``target`` on ``sel``."""
+    return ReconMetrics().update(pred, target, sel)
+
+
+def test_compare_to_best_on_planted_baselines():
+    rng = np.random.default_rng(14)
+    target, masked, parcel_mask = _random_tokens(rng, b=40, p=8, n=4, length=5, frac=0.5)
+    target = target + rng.normal(size=(40, 1, 1, 1))  # window offsets, shared by every method
+    sel = masked & parcel_mask[:, :, None]
+    noisy = {name: target + sd * rng.normal(size=target.shape)
+             for name, sd in (("model", 0.5), ("weak", 1.2), ("fair", 0.8), ("sharp", 0.2))}
+    full = np.broadcast_to(sel[..., None], target.shape)
+    r2 = {name: r2_score(target[full], pred[full]) for name, pred in noisy.items()}
+
+    def compare(names, seed=0):
+        return compare_to_best({n: _window_sums(target, noisy[n], sel) for n in names}, n_boot=300, seed=seed)
+
+    c = compare(["model", "weak", "fair"])
+    assert c["baseline"] == "fair" and c["metric"] == "r2" and c["n_units"] == 40 and c["verdict"] == "beats"
+    assert c["diff"] == pytest.approx(r2["model"] - r2["fair"], rel=1e-10)
+    assert 0 < c["low"] <= c["diff"] <= c["high"]
+    assert compare(["model", "weak", "fair"], seed=0) == c  # seeded: the same draws
+    c = compare(["model", "fair", "sharp"])
+    assert c["baseline"] == "sharp" and c["verdict"] == "loses" and c["high"] < 0
+    same = compare_to_best({"model": _window_sums(target, noisy["fair"], sel),
+                            "fair": _window_sums(target, noisy["fair"], sel)}, n_boot=100)
+    assert same["diff"] == same["low"] == same["high"] == 0.0 and same["verdict"] == "ties"
+    flat = np.ones_like(target)
+    assert "skipped" in compare_to_best({"model": _window_sums(flat, flat, sel), "mean": _window_sums(flat, flat, sel)})

@@ -13,7 +13,8 @@ this module gives four of increasing capacity and one shared error report:
 Training series are a list of float [P, T_i] arrays (lengths may differ); lagged pairs never span two
 series, since the end of one scan says nothing about the start of the next. Evaluation contexts are
 [N, P, C] and every forecaster returns [N, P, H]. AR and VAR forecasts are iterated: each predicted TR is
-fed back as input for the next.
+fed back as input for the next. ``window_errors`` keeps error sums per window and ``compare_forecasts``
+turns them into paired bootstrap intervals of the model's MSE minus a baseline's, overall and per step.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import scipy.linalg
 import scipy.stats
 from flax import nnx
 from sklearn.metrics import r2_score
+
+from brainjax.eval.bootstrap import N_BOOT, paired_interval, verdict, weighted_mse
 
 
 def _check_series(series: Sequence[np.ndarray], min_len: int, name: str = "train") -> list[np.ndarray]:
@@ -323,3 +326,67 @@ def forecast_errors(pred: np.ndarray, target: np.ndarray, parcel_mask: np.ndarra
         "r2": float(r2_score(t.ravel(), p.ravel(), force_finite=False)),
         "pearson_r_per_step": np.atleast_1d(r).tolist(),
     }
+
+
+def window_errors(pred: np.ndarray, target: np.ndarray, parcel_mask: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-window error sums over real parcels, the units of a bootstrap over windows.
+
+    pred, target: float [N, P, H]; parcel_mask: bool [N, P] or None (all real). Returns (count float64 [N]:
+    real parcels per window, sse float64 [N, H]: squared error summed over them at each step); the pooled MSE
+    of :func:`forecast_errors` is sse.sum() / (count.sum() * H), that of step h sse[:, h].sum() / count.sum().
+    """
+    pred, target = np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    if pred.ndim != 3 or pred.shape != target.shape:
+        raise ValueError(f"pred and target must both be [N, P, H]; got {pred.shape} and {target.shape}")
+    real = np.ones(pred.shape[:2], bool) if parcel_mask is None else np.asarray(parcel_mask, bool)
+    if real.shape != pred.shape[:2]:
+        raise ValueError(f"parcel_mask must be {pred.shape[:2]}, got {real.shape}")
+    err = np.where(real[:, :, None], pred - target, 0.0)  # np.where: padded parcels may hold anything
+    if not np.all(np.isfinite(err)):
+        raise ValueError("pred or target contains NaN or inf at real parcels")
+    return real.sum(axis=1).astype(np.float64), (err**2).sum(axis=1)
+
+
+def _mse_interval(model: np.ndarray, base: np.ndarray, n_boot: int, seed: int, groups=None) -> dict:
+    """Bootstrap of MSE(model) - MSE(base) over windows (or over ``groups`` of them, e.g. scans) from (n, sse)
+    float [N, 2] each; lower is better."""
+    interval = paired_interval(lambda w: weighted_mse(w, model) - weighted_mse(w, base), len(model),
+                               groups=groups, n_boot=n_boot, seed=seed)
+    return {**interval, "verdict": verdict(interval, higher_is_better=False)}
+
+
+def compare_forecasts(errors: dict[str, tuple[np.ndarray, np.ndarray]], *, n_boot: int = N_BOOT, seed: int = 0,
+                      groups=None) -> dict:
+    """The model's forecast against the baselines by paired bootstraps over windows (diff = model MSE - baseline
+    MSE, so "beats" means a lower error).
+
+    errors: {"model": (count [N], sse [N, H]), baseline name: ..., ...} from :func:`window_errors`, rows
+    aligned (window n is the same window in every entry). Returns {"comparison": model vs the baseline of
+    lowest overall MSE, "per_step": list[H] of model vs the baseline of lowest MSE at that step (with "step",
+    1-based), "vs": {baseline: model vs it overall}}; each entry carries "baseline", "metric": "mse", "diff",
+    "low", "high", "level", "n_boot", "n_units", "verdict". Every interval uses the same draws of windows;
+    ``groups`` (one label per window, e.g. its scan) resamples whole groups, since windows of one scan are
+    not independent.
+    """
+    count, sse = (np.asarray(a, np.float64) for a in errors["model"])
+    if sse.ndim != 2 or count.shape != sse.shape[:1]:
+        raise ValueError(f"model errors: expected count [N] and sse [N, H], got {count.shape} and {sse.shape}")
+    baselines = {name: np.asarray(e[1], np.float64) for name, e in errors.items() if name != "model"}
+    if not baselines:
+        raise ValueError("compare_forecasts: no baseline to compare with")
+    for name, b_sse in baselines.items():
+        if b_sse.shape != sse.shape:
+            raise ValueError(f"{name}: sse {b_sse.shape} is not aligned with the model's {sse.shape}")
+    horizon = sse.shape[1]
+    overall = lambda s: np.stack([count * horizon, s.sum(axis=1)], axis=1)  # (n, sse) [N, 2]
+    step = lambda s, h: np.stack([count, s[:, h]], axis=1)
+    vs = {name: {"baseline": name, "metric": "mse", **_mse_interval(overall(sse), overall(b), n_boot, seed, groups)}
+          for name, b in baselines.items()}
+    best = min(baselines, key=lambda name: baselines[name].sum())
+    per_step = []
+    for h in range(horizon):
+        best_h = min(baselines, key=lambda name: baselines[name][:, h].sum())
+        per_step.append({"step": h + 1, "baseline": best_h, "metric": "mse",
+                         **_mse_interval(step(sse, h), step(baselines[best_h], h), n_boot, seed, groups)})
+    return {"comparison": vs[best], "per_step": per_step, "vs": vs}

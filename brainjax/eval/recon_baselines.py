@@ -1,4 +1,5 @@
-"""Baselines for masked reconstruction of parcel time series, and a batching-independent R² accumulator.
+"""Baselines for masked reconstruction of parcel time series, a batching-independent R² accumulator, and the
+paired scan bootstrap of the model's R² against the best baseline (``compare_to_best``).
 
 A BrainLM-style masked autoencoder sees parcel x time-patch tokens, some hidden, and reconstructs the hidden
 ones. Its R² only means something beside baselines that get exactly the same visible tokens:
@@ -22,6 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+from threadpoolctl import threadpool_limits
+
+from brainjax.eval.bootstrap import N_BOOT, paired_interval, pooled_r2, verdict
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: element-wise array equality has no single truth value
@@ -141,14 +145,15 @@ def interp_baseline(target: np.ndarray, masked: np.ndarray, parcel_mask: np.ndar
 
 
 def _factor(cov: np.ndarray, seen: np.ndarray, lam: float):
-    """Cholesky factor of S_vv + lam * mean(diag S_vv) * I, or None when the visible parcels carry no variance
-    (then S_mv = 0 for a PSD covariance and the conditional mean is the prior mean)."""
-    s_vv = cov[np.ix_(seen, seen)]
+    """Cholesky factor of S_vv + lam * mean(diag S_vv) * I for the parcels ``seen`` (bool [P]), or None when
+    they carry no variance (then S_mv = 0 for a PSD covariance and the conditional mean is the prior mean)."""
+    s_vv = cov[np.ix_(seen, seen)]  # a copy: the ridge goes onto its diagonal in place
     scale = np.trace(s_vv) / seen.sum()
     if not scale > 0:
         return None
+    s_vv[np.diag_indices_from(s_vv)] += lam * scale
     try:
-        return scipy.linalg.cho_factor(s_vv + lam * scale * np.eye(len(s_vv)))
+        return scipy.linalg.cho_factor(s_vv, overwrite_a=True, check_finite=False)
     except np.linalg.LinAlgError as err:
         raise ValueError("moments.cov is not positive semi-definite on the visible parcels") from err
 
@@ -169,23 +174,58 @@ def regression_baseline(target: np.ndarray, masked: np.ndarray, parcel_mask: np.
     x, visible, todo = _prepare(target, masked, parcel_mask, moments)
     mu, cov = moments.mean, moments.cov
     out = x.copy()
-    last_key, factor = None, None
-    for i, k in zip(*np.nonzero(todo.any(axis=1))):
-        seen, gaps = visible[i, :, k], todo[i, :, k]
-        pred = np.repeat(mu[gaps, None], x.shape[3], axis=1)
-        if seen.any():
-            # parcel masking repeats one visible set across a window's patches: reuse its factorisation
-            key = seen.tobytes()
-            if key != last_key:
-                last_key, factor = key, _factor(cov, seen, lam)
-            if factor is not None:
-                alpha = scipy.linalg.cho_solve(factor, x[i, seen, k] - mu[seen, None])
-                pred += cov[np.ix_(gaps, seen)] @ alpha
-        out[i, gaps, k] = pred
+    win, patch = np.nonzero(todo.any(axis=1))  # the K (window, patch) slots with something to predict
+    seen, gaps = visible[win, :, patch], todo[win, :, patch]  # [K, P]
+    resid = x[win, :, patch] - mu[None, :, None]  # [K, P, L]; only the visible rows are read
+    pred = np.broadcast_to(mu[None, :, None], resid.shape).copy()
+    # One factorisation per distinct visible set: parcel masking repeats a set across a window's patches,
+    # future / time-block masking across windows; every slot of a set is one more right-hand side.
+    sets, which = np.unique(seen, axis=0, return_inverse=True)
+    by_set = np.split(np.argsort(which.reshape(-1), kind="stable"), np.cumsum(np.bincount(which.reshape(-1)))[:-1])
+    # Single-threaded BLAS: the solves are many small ones, where OpenBLAS's threaded Cholesky spends far more
+    # time synchronising than computing (30x slower on a busy 2-core machine, and no faster on an idle one).
+    with threadpool_limits(limits=1, user_api="blas"):
+        for u in np.flatnonzero(sets.any(axis=1)):
+            v = sets[u]
+            factor = _factor(cov, v, lam)
+            if factor is None:
+                continue
+            slots = by_set[u]
+            rows = gaps[slots].any(axis=0)  # parcels hidden in any of these slots: the only ones predicted
+            rhs = resid[slots][:, v].transpose(1, 0, 2).reshape(v.sum(), -1)  # [V, slots * L]
+            alpha = scipy.linalg.cho_solve(factor, rhs, check_finite=False)
+            fit = (cov[np.ix_(rows, v)] @ alpha).reshape(rows.sum(), len(slots), -1)  # [M, slots, L]
+            pred[slots[:, None], np.flatnonzero(rows)[None, :]] += fit.transpose(1, 0, 2)
+    out[win, :, patch] = np.where(gaps[..., None], pred, out[win, :, patch])
     return out.astype(_out_dtype(target))
 
 
 BASELINES = {"parcel_mean": mean_baseline, "interpolation": interp_baseline, "regression": regression_baseline}
+
+
+def compare_to_best(sums: dict[str, np.ndarray], *, n_boot: int = N_BOOT, seed: int = 0, groups=None) -> dict:
+    """The model against the baseline with the best pooled R², by a paired bootstrap over windows.
+
+    sums: {"model": float [W, 4], baseline name: float [W, 4], ...} per-window (n, sse, sum_y, sum_y2) from
+    :meth:`ReconMetrics.update`, rows aligned (window w is the same window, masked alike, in every entry).
+    Returns {"baseline", "metric": "r2", "diff" (model R² - baseline R²), "low", "high", "level", "n_boot",
+    "n_units", "verdict"}, or {"skipped": why} when no baseline has a defined R². ``groups`` (one label per
+    window, e.g. its scan) resamples whole groups: windows of one scan are not independent.
+    """
+    model = np.asarray(sums["model"], np.float64)
+    ones = np.ones(len(model))
+    r2 = {name: pooled_r2(ones, s) for name, s in sums.items() if name != "model"}
+    finite = {name: value for name, value in r2.items() if np.isfinite(value)}
+    if not finite:
+        return {"skipped": "no baseline has a defined R² (constant targets?)"}
+    best = max(finite, key=finite.get)
+    base = np.asarray(sums[best], np.float64)
+    if base.shape != model.shape:
+        raise ValueError(f"window sums of the model {model.shape} and of {best} {base.shape} are not aligned")
+    # one draw reweights the same windows for both, so window difficulty cancels out of the difference
+    interval = paired_interval(lambda w: pooled_r2(w, model) - pooled_r2(w, base), len(model), groups=groups,
+                               n_boot=n_boot, seed=seed)
+    return {"baseline": best, "metric": "r2", **interval, "verdict": verdict(interval, higher_is_better=True)}
 
 
 class ReconMetrics:
@@ -200,10 +240,11 @@ class ReconMetrics:
         self.sse = self.sum_y = self.sum_y2 = 0.0
         self.n_p = self.sse_p = self.sum_y_p = self.sum_y2_p = None  # [P], sized by the first update
 
-    def update(self, pred: np.ndarray, target: np.ndarray, masked: np.ndarray) -> None:
+    def update(self, pred: np.ndarray, target: np.ndarray, masked: np.ndarray) -> np.ndarray:
         """Add the values selected by ``masked`` bool [B, P, N] (pass ``masked & parcel_mask[..., None]``).
 
-        pred, target: float [B, P, N, L]; unselected values are ignored (may be NaN).
+        pred, target: float [B, P, N, L]; unselected values are ignored (may be NaN). Returns this batch's
+        per-window sums float64 [B, 4] = (n, sse, sum_y, sum_y2), the units of a bootstrap over windows.
         """
         pred, target, masked = np.asarray(pred), np.asarray(target), np.asarray(masked, dtype=bool)
         if pred.shape != target.shape or target.ndim != 4:
@@ -217,14 +258,16 @@ class ReconMetrics:
         err = np.where(sel, pred, 0.0).astype(np.float64) - y
         if not (np.all(np.isfinite(y)) and np.all(np.isfinite(err))):
             raise ValueError("pred or target: scored (masked) values contain NaN or inf")
-        self._add(sel.sum(axis=(0, 2, 3)), (err**2).sum(axis=(0, 2, 3)), y.sum(axis=(0, 2, 3)),
-                  (y**2).sum(axis=(0, 2, 3)))
+        per_parcel = np.stack([sel.sum(axis=(2, 3)), (err**2).sum(axis=(2, 3)), y.sum(axis=(2, 3)),
+                               (y**2).sum(axis=(2, 3))], axis=-1)  # [B, P, 4]
+        self._add(*per_parcel.sum(axis=0).T)
+        return per_parcel.sum(axis=1)
 
     def _add(self, n_p: np.ndarray, sse_p: np.ndarray, sum_y_p: np.ndarray, sum_y2_p: np.ndarray) -> None:
         if self.n_p is None:
             self.n_p, self.sse_p = np.zeros(n_p.size, np.int64), np.zeros(n_p.size)
             self.sum_y_p, self.sum_y2_p = np.zeros(n_p.size), np.zeros(n_p.size)
-        self.n_p += n_p
+        self.n_p += n_p.astype(np.int64)
         self.sse_p += sse_p
         self.sum_y_p += sum_y_p
         self.sum_y2_p += sum_y2_p

@@ -31,22 +31,38 @@ def _mark_best(values: list[float | None], higher: bool = True) -> list[str]:
     return [_num(v) + ("*" if best is not None and v == best else "") for v in values]
 
 
+def _interval(comparison: dict) -> str:
+    """``diff [low, high]`` of a bootstrap comparison; undefined ends print as ``-``."""
+    return f"{_num(comparison['diff'])} [{_num(comparison['low'])}, {_num(comparison['high'])}]"
+
+
 def reconstruction_table(rec: dict) -> str:
     names = ["model", "parcel_mean", "interpolation", "regression"]
-    rows = [[s, *_mark_best([rec[s][n]["r2"] for n in names])] for s in rec if isinstance(rec[s], dict)
-            and "model" in rec[s]]
-    return _table(f"reconstruction: pooled R² on masked values ({rec['windows']} windows; * = best)",
-                  ["masking", *names], rows)
+    rows, level = [], 0.95
+    for s, result in rec.items():
+        if not (isinstance(result, dict) and "model" in result):
+            continue
+        c = result.get("comparison") or {}
+        verdict = [c["baseline"], _interval(c), c["verdict"]] if "diff" in c else ["-", "-", "-"]
+        level = c.get("level", level)
+        rows.append([s, *_mark_best([result[n]["r2"] for n in names]), *verdict])
+    return _table(f"reconstruction: pooled R² on masked values ({rec['windows']} windows; * = best; model - best "
+                  f"baseline with its {level:.0%} scan-bootstrap interval)",
+                  ["masking", *names, "best baseline", "model - best [CI]", "verdict"], rows)
 
 
 def probe_table(probe: dict) -> str:
     if "skipped" in probe:
         return f"probes: skipped ({probe['skipped']})"
+    names: list[str] = []  # feature sets in the order the probes ran (cls, mean, tokcov, fc)
+    for by_features in probe["phenotypes"].values():
+        names += [f for f in by_features if f not in names]
+    comparisons = probe.get("comparison", {})
     rows = []
     for pheno, by_features in probe["phenotypes"].items():
         for model in ("ridge", "logistic", "knn"):
             cells, metric = [], None
-            for features in ("cls", "mean", "fc"):
+            for features in names:
                 result = by_features.get(features, {})
                 entry = result.get("models", {}).get(model)
                 if entry is None:
@@ -55,13 +71,22 @@ def probe_table(probe: dict) -> str:
                 metric = "r2" if result["kind"] == "continuous" else "auroc"
                 cells.append(entry[metric])
             if metric is not None:
-                rows.append([pheno, model, metric, *_mark_best(cells)])
+                comparison = comparisons.get(pheno, {}).get(model) or {}
+                if "diff" in comparison:
+                    interval = f"{_num(comparison['diff'])} [{_num(comparison['low'])}, {_num(comparison['high'])}]"
+                    verdict = [comparison["features"], interval, comparison["verdict"]]
+                else:
+                    verdict = ["-", "-", "-"]
+                rows.append([pheno, model, metric, *_mark_best(cells), *verdict])
         skipped = {f: r["skipped"] for f, r in by_features.items() if "skipped" in r}
         if skipped:
-            rows.append([pheno, "-", "-", *(skipped.get(f, "") and "skipped" for f in ("cls", "mean", "fc"))])
+            rows.append([pheno, "-", "-", *(skipped.get(f, "") and "skipped" for f in names), "", "", ""])
+    level = next((c["level"] for by_model in comparisons.values() for c in by_model.values()
+                  if isinstance(c, dict) and c.get("level")), 0.95)
     return _table(f"probes: subject-level {probe.get('folds', '')}-fold CV over {probe['n_scans']} scans "
-                  "(cls/mean = embeddings, fc = connectivity baseline)",
-                  ["phenotype", "probe", "metric", "cls", "mean", "fc"], rows)
+                  "(cls/mean = embeddings, tokcov = token covariance readout, fc = connectivity baseline; "
+                  f"best readout - fc with its {level:.0%} subject-bootstrap interval)",
+                  ["phenotype", "probe", "metric", *names, "best", "best - fc [CI]", "verdict"], rows)
 
 
 def forecast_table(fc: dict) -> str:
@@ -72,9 +97,21 @@ def forecast_table(fc: dict) -> str:
     last = _mark_best([m["mse_per_step"][-1] for m in methods.values()], higher=False)
     rows = [[name, mse[i], r2[i], first[i], last[i]] for i, name in enumerate(methods)]
     kind = "fine-tuned" if fc.get("finetuned") else "zero-shot"
-    return _table(f"forecast ({kind}): {fc['context_trs']} TRs context -> {fc['horizon_trs']} TRs "
-                  f"({fc['windows']} windows)", ["method", "MSE", "R²", "MSE step 1", f"MSE step {fc['horizon_trs']}"],
-                  rows)
+    table = _table(f"forecast ({kind}): {fc['context_trs']} TRs context -> {fc['horizon_trs']} TRs "
+                   f"({fc['windows']} windows)", ["method", "MSE", "R²", "MSE step 1", f"MSE step {fc['horizon_trs']}"],
+                   rows)
+    c = fc.get("comparison")
+    if not c:
+        return table
+    lines = [table, f"MSE model - {c['baseline']} (best baseline): {_interval(c)} ({c['level']:.0%} scan-bootstrap "
+             f"interval; < 0 = model better): {c['verdict']}"]
+    if fc.get("vs"):
+        lines.append("model vs each baseline: " + ", ".join(f"{v['verdict']} {name}" for name, v in fc["vs"].items()))
+    if fc.get("per_step"):
+        said = [step["verdict"] for step in fc["per_step"]]
+        lines.append(f"per step vs the best baseline at that step: steps beaten: {said.count('beats')}/{len(said)}, "
+                     f"tied {said.count('ties')}, lost {said.count('loses')}")
+    return "\n".join(lines)
 
 
 def networks_table(net: dict) -> str:
@@ -86,9 +123,14 @@ def networks_table(net: dict) -> str:
     cls = _mark_best([s["classification"]["accuracy"] for s in sources.values()])
     chance = next(iter(sources.values()))["classification"]["chance"]
     rows = [[name, ari[i], acc[i], cls[i]] for i, name in enumerate(sources)]
-    return _table(f"networks: {net['n_networks']} atlas networks; clustering ARI / matched accuracy, "
-                  f"CV classification accuracy (chance {_num(chance)})",
-                  ["source", "ARI", "matched acc", "classif. acc"], rows)
+    table = _table(f"networks: {net['n_networks']} atlas networks; clustering ARI / matched accuracy, "
+                   f"CV classification accuracy (chance {_num(chance)})",
+                   ["source", "ARI", "matched acc", "classif. acc"], rows)
+    c = net.get("comparison")
+    if not c:
+        return table
+    return (f"{table}\nARI {c['source']} - {c['baseline']}: {_num(c['diff'])} [{_num(c['low'])}, {_num(c['high'])}] "
+            f"({c['level']:.0%} parcel-bootstrap interval): {c['verdict']}")
 
 
 def head_table(head: dict) -> str:
