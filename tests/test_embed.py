@@ -1,5 +1,6 @@
 """``brainjax embed`` and eval-only checkpoint loading: a checkpoint trained on a 2 x 4 mesh loads onto 8
-devices on the data axis, and per-scan embeddings equal the encoder run window by window by hand."""
+devices on the data axis, and per-scan embeddings (and the token covariance readout) equal the encoder run
+window by window by hand."""
 
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from _trainer_utils import WINDOW, cli_env, make_trainer, tiny_config, tiny_dataset
+from _trainer_utils import PARCELS, WINDOW, cli_env, make_trainer, tiny_config, tiny_dataset
 from jax.sharding import NamedSharding, PartitionSpec
 
 from brainjax.commands.embed import embed_dataset
@@ -15,6 +16,17 @@ from brainjax.data.dataset import Dataset
 from brainjax.eval.restore import NoCheckpointError, load_for_eval
 
 assert jax.device_count() >= 8, f"needs 8 simulated devices (tests/conftest.py), found {jax.device_count()}"
+
+
+def _tokcov_by_hand(tokens: np.ndarray) -> np.ndarray:
+    """Window mean of the Fisher-z correlations of parcels' tokens centred over patches, upper triangle.
+
+    tokens: [windows, P, N, W]. Once each dimension is centred over patches, Pearson correlation of the
+    flattened [P, N * W] rows (np.corrcoef) is the readout's mean-over-n-and-w covariance normalised.
+    """
+    centred = tokens - tokens.mean(2, keepdims=True)
+    z = [np.arctanh(np.clip(np.corrcoef(c.reshape(c.shape[0], -1)), -0.999999, 0.999999)) for c in centred]
+    return np.mean(z, 0)[np.triu_indices(tokens.shape[1], k=1)]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +59,12 @@ def test_embeddings_equal_windowwise_encoder_means(trained):
         assert arrays["windows"][k] == n
         np.testing.assert_allclose(arrays["cls"][k], params["cls"].mean(0), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(arrays["mean"][k], params["mean"].mean(0), rtol=1e-4, atol=1e-5)
+        want = _tokcov_by_hand(np.asarray(params["tokens"], np.float64))
+        assert arrays["tokcov"].dtype == np.float32 and arrays["tokcov"].shape[1] == PARCELS * (PARCELS - 1) // 2
+        np.testing.assert_allclose(arrays["tokcov"][k], want, rtol=1e-3, atol=1e-3)
+    without = embed_dataset(loaded, str(data), ("val",), batch_size=3, tokcov=False)
+    assert "tokcov" not in without
+    np.testing.assert_allclose(without["cls"], arrays["cls"][arrays["split"] == "val"], rtol=1e-5, atol=1e-6)
 
 
 def test_cli_writes_npz_and_reports_missing_checkpoints(trained, tmp_path):
@@ -59,6 +77,7 @@ def test_cli_writes_npz_and_reports_missing_checkpoints(trained, tmp_path):
     with np.load(out, allow_pickle=False) as npz:
         assert set(npz["split"]) == {"val"} and npz["cls"].shape[0] == npz["scan_id"].shape[0] > 0
         assert int(npz["step"]) == 2 and npz["cls"].dtype == np.float32
+        assert npz["tokcov"].shape == (npz["scan_id"].shape[0], PARCELS * (PARCELS - 1) // 2)
     with pytest.raises(NoCheckpointError, match="no checkpoints"):
         load_for_eval(tmp_path)
     with pytest.raises(NoCheckpointError, match="no step 7"):

@@ -31,8 +31,15 @@ def test_report_has_every_task_and_its_figures(evaluated):
     assert list(report["tasks"]) == ["reconstruct", "probe", "forecast", "networks"]
     rec = report["tasks"]["reconstruct"]
     for strategy in ("random", "parcels", "time_block", "future"):
-        assert set(rec[strategy]) == {"model", "parcel_mean", "interpolation", "regression"}
+        assert set(rec[strategy]) == {"model", "parcel_mean", "interpolation", "regression", "comparison"}
         assert len(rec[strategy]["model"]["r2_per_parcel"]) == 160
+        c = rec[strategy]["comparison"]
+        baselines = {name: rec[strategy][name]["r2"] for name in ("parcel_mean", "interpolation", "regression")}
+        assert c["metric"] == "r2" and c["n_units"] == rec["windows"] and c["n_boot"] == 1000
+        # the best baseline by the report's own pooled R², and the difference of the report's own numbers
+        assert baselines[c["baseline"]] >= max(v for v in baselines.values() if v is not None) - 1e-12
+        assert c["diff"] == pytest.approx(rec[strategy]["model"]["r2"] - baselines[c["baseline"]], abs=1e-9)
+        _check_interval(c, higher_is_better=True)
     figures = [*rec["figures"].values(), *report["tasks"]["forecast"]["figures"].values(),
                *report["tasks"]["networks"]["figures"].values()]
     for path in figures:
@@ -41,6 +48,18 @@ def test_report_has_every_task_and_its_figures(evaluated):
     text = format_report(report)
     for title in ("reconstruction", "probes", "forecast", "networks"):
         assert title in text
+    assert "model - best [CI]" in text and "scan-bootstrap interval" in text and "steps beaten: " in text
+
+
+def _check_interval(c: dict, higher_is_better: bool) -> None:
+    """A comparison's interval brackets its difference and its verdict reads the interval (JSON: NaN = None)."""
+    assert c["level"] == 0.95 and c["verdict"] in ("beats", "ties", "loses")
+    if c["low"] is None or c["high"] is None:
+        assert c["verdict"] == "ties"
+        return
+    assert c["low"] <= c["diff"] <= c["high"]
+    good, bad = (c["low"] > 0, c["high"] < 0) if higher_is_better else (c["high"] < 0, c["low"] > 0)
+    assert c["verdict"] == ("beats" if good else "loses" if bad else "ties")
 
 
 def test_windows_and_forecast_baseline_recomputed(evaluated):
@@ -58,6 +77,22 @@ def test_windows_and_forecast_baseline_recomputed(evaluated):
     assert fc["methods"]["persistence"]["mse"] == pytest.approx(errors.mean(), rel=1e-5)
     np.testing.assert_allclose(fc["methods"]["persistence"]["mse_per_step"], errors.mean((0, 1)), rtol=1e-5)
     assert set(fc["methods"]) == {"model", "persistence", "ar3", "var1", "lstm"}
+    # bootstrap comparisons: model MSE - baseline MSE over the same windows, lower is better
+    baselines = {name: m for name, m in fc["methods"].items() if name != "model"}
+    assert set(fc["vs"]) == set(baselines)
+    for name, c in fc["vs"].items():
+        assert c["baseline"] == name and c["metric"] == "mse" and c["n_units"] == len(windows)
+        assert c["diff"] == pytest.approx(fc["methods"]["model"]["mse"] - baselines[name]["mse"], rel=1e-6, abs=1e-9)
+        _check_interval(c, higher_is_better=False)
+    best = min(baselines, key=lambda name: baselines[name]["mse"])
+    assert fc["comparison"] == fc["vs"][best]
+    assert [s["step"] for s in fc["per_step"]] == list(range(1, 17))
+    for h, c in enumerate(fc["per_step"]):
+        at_h = {name: m["mse_per_step"][h] for name, m in baselines.items()}
+        assert at_h[c["baseline"]] == pytest.approx(min(at_h.values()), rel=1e-9)
+        assert c["diff"] == pytest.approx(fc["methods"]["model"]["mse_per_step"][h] - at_h[c["baseline"]], rel=1e-6,
+                                          abs=1e-9)
+        _check_interval(c, higher_is_better=False)
 
 
 def test_probes_align_scans_with_their_labels(evaluated):
@@ -76,7 +111,8 @@ def test_networks_against_atlas_labels(evaluated):
     net = report["tasks"]["networks"]
     truth, names = Dataset(data).atlas.network_ids()
     assert net["n_networks"] == len(names) == 6
-    assert set(net["sources"]) == {"embedding", "attention_last", "attention_mean", "fc_baseline"}
+    assert set(net["sources"]) == {"embedding", "attention_last", "attention_mean", "tokcov", "tokcov_spectral",
+                                   "fc_baseline", "fc_rows"}
     majority = np.bincount(truth[truth >= 0]).max() / (truth >= 0).sum()
     for source in net["sources"].values():
         assert source["classification"]["chance"] == pytest.approx(majority)

@@ -9,6 +9,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from brainjax.eval.networks import (
     agreement,
+    ari_difference,
     classify_networks,
     cluster_affinity,
     cluster_features,
@@ -208,6 +209,37 @@ def test_classify_rejects_bad_input():
         classify_networks(x, true, folds=1)
     with pytest.raises(ValueError, match="NaN"):
         classify_networks(np.where(x > 2, np.nan, x), true)
+
+
+# ------------------------------------------------------------------------------------ ARI bootstrap
+
+def test_ari_difference_by_parcel_bootstrap():
+    rng = np.random.default_rng(6)
+    true = np.repeat(np.arange(4), 15)
+    true[[3, 40]] = -1  # unlabelled: neither scored nor resampled
+    good = np.where(rng.random(60) < 0.9, np.maximum(true, 0), rng.integers(0, 4, 60))  # ~90 % right
+    bad = rng.integers(0, 4, 60)
+    out = ari_difference(true, good, bad, n_boot=300, seed=1)
+    keep = true >= 0
+    want = adjusted_rand_score(true[keep], good[keep]) - adjusted_rand_score(true[keep], bad[keep])
+    assert out["diff"] == pytest.approx(want) and out["n_units"] == 58
+    assert out["low"] <= out["diff"] <= out["high"] and out["low"] > 0 and out["verdict"] == "beats"
+    assert ari_difference(true, bad, good, n_boot=300, seed=1)["verdict"] == "loses"
+    same = ari_difference(true, good, good, n_boot=100)
+    assert same["diff"] == same["low"] == same["high"] == 0.0 and same["verdict"] == "ties"
+    # relabelling clusters changes nothing: only the partition is scored
+    assert ari_difference(true, (good + 1) % 4, bad, n_boot=300, seed=1) == out
+
+
+def test_ari_difference_interval_covers_the_spread_of_resampled_parcels():
+    """Two clusterings equally good on different networks: their gap is zero on average, and parcel
+    resampling must say "ties" rather than pick a side."""
+    true = np.repeat(np.arange(4), 20)
+    first = np.where(true < 2, true, 2)  # merges networks 2 and 3
+    second = np.where(true >= 2, true, 0)  # merges networks 0 and 1
+    out = ari_difference(true, first, second, n_boot=400, seed=2)
+    assert out["diff"] == pytest.approx(0.0, abs=1e-12) and out["low"] < 0 < out["high"]
+    assert out["verdict"] == "ties"
 
 
 # ------------------------------------------------------------------------------------- end to end, figure

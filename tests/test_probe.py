@@ -12,6 +12,8 @@ from threadpoolctl import threadpool_limits
 from brainjax.eval import probe as probe_mod
 from brainjax.eval.probe import (
     classification_metrics,
+    compare,
+    compare_all,
     fc_features,
     phenotype_kind,
     probe,
@@ -309,3 +311,80 @@ def test_row_space_projection_leaves_the_probes_unchanged():
             projected = make_pipeline(StandardScaler(), RowSpace(), clone(model)).fit(x_train, y)
             np.testing.assert_allclose(getattr(projected, method)(x_test), getattr(plain, method)(x_test),
                                        atol=atol)
+
+
+def test_probe_keeps_its_out_of_fold_predictions():
+    """The stored predictions are the ones scored: sklearn on them gives the reported metrics."""
+    from sklearn.metrics import r2_score, roc_auc_score
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(40, 5))
+    groups = _subjects(10, 4)
+    values = [f"{v:.6f}" for v in x[:, 0] + 0.3 * rng.normal(size=40)]
+    values[6] = "n/a"
+    reg = probe(x, values, groups, folds=3)
+    pred = reg["predictions"]
+    assert pred["rows"] == [i for i in range(40) if i != 6] and pred["subjects"] == [groups[i] for i in pred["rows"]]
+    assert pred["y"] == [float(values[i]) for i in pred["rows"]]
+    for model in ("ridge", "knn"):
+        assert r2_score(pred["y"], pred[model]) == pytest.approx(reg["models"][model]["r2"])
+    clf = probe(x, ["a" if v > 0 else "b" for v in x[:, 1]], groups, folds=3)
+    prob = np.asarray(clf["predictions"]["logistic"])
+    assert prob.shape == (40, 2) and np.allclose(prob.sum(1), 1.0)
+    assert roc_auc_score(clf["predictions"]["y"], prob[:, 1]) == pytest.approx(clf["models"]["logistic"]["auroc"])
+    json.dumps(clf)  # still JSON-able
+
+
+def _check_comparison(c: dict, by_features: dict, model: str) -> None:
+    """A comparison agrees with itself and with the probe results it summarises."""
+    assert c["low"] <= c["diff"] <= c["high"]
+    assert c["verdict"] == ("beats" if c["low"] > 0 else "loses" if c["high"] < 0 else "ties")
+    scores = {k: r["models"][model][c["metric"]] for k, r in by_features.items() if k != c["baseline"]}
+    assert c["candidates"] == scores and c["score"] == max(scores.values()) == scores[c["features"]]
+    assert c["baseline_score"] == by_features[c["baseline"]]["models"][model][c["metric"]]
+    # the bootstrap's point estimate (all weights 1) rescored the stored predictions: sklearn's numbers
+    assert c["diff"] == pytest.approx(c["score"] - c["baseline_score"], abs=1e-12)
+
+
+def test_compare_by_subject_bootstrap(monkeypatch):
+    rng = np.random.default_rng(12)
+    n_subjects, per = 24, 3
+    groups = _subjects(n_subjects, per)
+    signal = np.repeat(rng.normal(size=n_subjects), per) + 0.2 * rng.normal(size=n_subjects * per)
+    strong = signal[:, None] * rng.normal(size=(1, 4)) + 0.1 * rng.normal(size=(n_subjects * per, 4))
+    noise, other_noise = rng.normal(size=(2, n_subjects * per, 4))
+    manifest = [{"subject": g, "age": f"{50 + 10 * v:.4f}", "sex": "F" if v > 0 else "M"}
+                for g, v in zip(groups, signal)]
+    manifest[5]["age"] = "n/a"
+    drawn_groups = []
+    real_interval = probe_mod.paired_interval
+
+    def recording(difference, n_units, **kwargs):
+        drawn_groups.append((n_units, list(kwargs["groups"])))
+        return real_interval(difference, n_units, **kwargs)
+
+    monkeypatch.setattr(probe_mod, "paired_interval", recording)
+    wins = probe_all({"mean": noise, "tokcov": strong, "fc": other_noise}, manifest, ["age", "sex"], folds=4)
+    comparisons = compare_all(wins, n_boot=300, seed=1)
+    for pheno, model in (("age", "ridge"), ("age", "knn"), ("sex", "logistic"), ("sex", "knn")):
+        c = comparisons[pheno][model]
+        assert c["features"] == "tokcov" and c["baseline"] == "fc" and c["verdict"] == "beats"
+        _check_comparison(c, wins[pheno], model)
+    assert comparisons["age"]["ridge"]["metric"] == "r2" and comparisons["sex"]["logistic"]["metric"] == "auroc"
+    # subjects are resampled, not scans: the groups are the subject of every labelled scan
+    assert drawn_groups[0] == (71, [g for i, g in enumerate(groups) if i != 5])
+    assert comparisons["age"]["ridge"]["n_units"] == 71 and comparisons["age"]["ridge"]["n_subjects"] == 24
+
+    loses = probe_all({"mean": noise, "fc": strong}, manifest, ["sex"], folds=4)
+    c = compare(loses["sex"], n_boot=300)["logistic"]
+    assert c["verdict"] == "loses" and c["features"] == "mean"
+    _check_comparison(c, loses["sex"], "logistic")
+    same = probe_all({"copy": strong, "fc": strong}, manifest, ["age"], folds=4)
+    c = compare(same["age"], n_boot=300)["ridge"]
+    assert c["diff"] == c["low"] == c["high"] == 0.0 and c["verdict"] == "ties"
+
+    skipped = {"fc": {"kind": "binary", "skipped": "too few"}, "mean": wins["sex"]["mean"]}
+    assert "baseline 'fc'" in compare(skipped)["skipped"]
+    assert "no feature set" in compare({"fc": wins["sex"]["fc"]})["skipped"]
+    with pytest.raises(ValueError, match="other scans"):
+        compare({"fc": wins["sex"]["fc"], "mean": wins["age"]["mean"]})

@@ -2,9 +2,12 @@
 
 Per parcel, the unmasked encoder's token embeddings are averaged over patches and windows ([P, width]); the
 parcel-to-parcel attention (:meth:`BrainLM.attention_maps`) is averaged over windows, for the last layer
-and over all layers ([P, P]). Each is clustered into as many groups as the atlas has networks and also used
-to classify parcels into networks (:mod:`brainjax.eval.networks`); the baseline is the same on the rows
-of the split's group functional connectivity.
+and over all layers ([P, P]); the token covariance readout (:mod:`brainjax.eval.readouts`, Fisher-z [P, P])
+is averaged over each scan's windows, then over the split's scans. Each is clustered into as many groups as
+the atlas has networks and also used to classify parcels into networks (:mod:`brainjax.eval.networks`).
+The baselines are the split's group functional connectivity, spectrally clustered as an affinity
+("fc_baseline") and k-means clustered on its rows ("fc_rows", as the token covariance). The best
+model-derived source (by ARI) is compared with the best FC one by a parcel bootstrap of the ARI difference.
 """
 
 from __future__ import annotations
@@ -18,22 +21,28 @@ from flax import nnx
 from brainjax.data.dataset import Dataset
 from brainjax.eval import networks as nw
 from brainjax.eval.inputs import normalized_scans, split_windows
+from brainjax.eval.readouts import ScanMeans, square, token_covariance, upper_triangle
 from brainjax.eval.restore import encoder
 
 
 def parcel_representations(loaded, data: str, split: str, *, batch_size: int = 16, max_windows: int = 0,
                            attention_batch: int = 2) -> dict:
     """Window-averaged parcel features: embedding [P, width], attention_last / attention_mean [P, P],
-    cls_attention [P] (float64), and the number of windows."""
+    cls_attention [P] (float64), and the number of windows; tokcov [P, P] (float64, Fisher-z) is the mean over
+    scans of each scan's window mean, absent when a window holds a single time patch."""
     model = encoder(loaded)
-    embed = nnx.jit(lambda m, b: m.embed(b)["tokens"].mean(2))
+    tokcov = loaded.cfg.data.window // loaded.cfg.model.patch >= 2
+    embed = nnx.jit(lambda m, b: _parcel_readouts(m, b, tokcov))
     attend = nnx.jit(lambda m, b: m.attention_maps(b))
-    sums, windows = {}, 0
+    sums, windows, covariances = {}, 0, ScanMeans(np.float32)  # float32: P(P-1)/2 per scan held until the end
     for host, batch in split_windows(loaded, data, split, batch_size, max_windows):
         rows = np.flatnonzero(host["valid"])
         windows += rows.size
-        tokens = np.asarray(jax.device_get(embed(model, batch)), np.float64)[rows]
+        out = jax.device_get(embed(model, batch))
+        tokens = np.asarray(out["embedding"], np.float64)[rows]
         sums["embedding"] = sums.get("embedding", 0.0) + tokens.sum(0)
+        if tokcov:
+            covariances.add(host["scan"][rows], upper_triangle(out["tokcov"][rows]))
         # dense [L, L] attention: a few windows at a time keeps memory at a few hundred MB at BrainLM sizes
         for start in range(0, rows.size, attention_batch):
             part = rows[start:start + attention_batch]
@@ -44,7 +53,20 @@ def parcel_representations(loaded, data: str, split: str, *, batch_size: int = 1
             sums["cls_attention"] = sums.get("cls_attention", 0.0) + cls.mean(1).sum(0)
     if windows == 0:
         raise ValueError(f"{data}: split {split!r} has no whole window of {loaded.cfg.data.window} TRs")
-    return {**{k: v / windows for k, v in sums.items()}, "windows": windows}
+    reps = {**{k: v / windows for k, v in sums.items()}, "windows": windows}
+    if tokcov:
+        _, per_scan = covariances.means()
+        reps["tokcov"] = square(per_scan.astype(np.float64).mean(0), len(sums["embedding"]))
+    return reps
+
+
+def _parcel_readouts(model, batch: dict, tokcov: bool) -> dict:
+    """embedding [B, P, width] (tokens averaged over patches) and optionally tokcov [B, P, P] of one batch."""
+    tokens = model.embed(batch)["tokens"]
+    out = {"embedding": tokens.mean(2)}
+    if tokcov:
+        out["tokcov"] = token_covariance(tokens, batch["parcel_mask"])
+    return out
 
 
 def _host_inputs(host: dict) -> dict:
@@ -53,9 +75,11 @@ def _host_inputs(host: dict) -> dict:
 
 def evaluate_networks(loaded, data: str, split: str, *, batch_size: int = 16, max_windows: int = 0,
                       seed: int = 0, max_scans: int = 200, figure_dir: Path | None = None) -> dict:
-    """Network identification per source (embedding, attention_last, attention_mean, fc baseline).
+    """Network identification per source (embedding, attention_last, attention_mean, tokcov (k-means on its
+    rows), tokcov_spectral; fc_baseline (spectral) and fc_rows (k-means)) and the bootstrap of the best model source's ARI minus the best FC source's.
 
-    Returns {"n_networks", "networks", "windows", "sources": {name: identify() result}}; ``skipped`` when the
+    Returns {"n_networks", "networks", "windows", "sources": {name: identify() result}, "comparison":
+    {"source", "baseline", "metric": "ari", "diff", "low", "high", ..., "verdict"}}; ``skipped`` when the
     atlas has no network labels.
     """
     dataset = Dataset(data)
@@ -65,17 +89,22 @@ def evaluate_networks(loaded, data: str, split: str, *, batch_size: int = 16, ma
     n_parcels = dataset.atlas.n_parcels
     reps = parcel_representations(loaded, data, split, batch_size=batch_size, max_windows=max_windows)
     scans, _ = normalized_scans(dataset, split, max_scans)
+    fc = nw.group_fc(scans)
     sources = {"embedding": ("features", reps["embedding"][:n_parcels]),
                "attention_last": ("affinity", reps["attention_last"][:n_parcels, :n_parcels]),
-               "attention_mean": ("affinity", reps["attention_mean"][:n_parcels, :n_parcels]),
-               "fc_baseline": ("affinity", nw.group_fc(scans))}
+               "attention_mean": ("affinity", reps["attention_mean"][:n_parcels, :n_parcels])}
+    if "tokcov" in reps:  # clustered both ways FC is: k-means on its rows and spectral on the matrix
+        sources["tokcov"] = ("features", reps["tokcov"][:n_parcels, :n_parcels])
+        sources["tokcov_spectral"] = ("affinity", reps["tokcov"][:n_parcels, :n_parcels])
+    model_sources = list(sources)
+    sources.update(fc_baseline=("affinity", fc), fc_rows=("features", fc))
     results = {name: nw.identify(values, truth, names, kind=kind, seed=seed)
                for name, (kind, values) in sources.items()}
-    report = {"n_networks": len(names), "networks": names, "windows": reps["windows"], "sources": results}
+    report = {"n_networks": len(names), "networks": names, "windows": reps["windows"], "sources": results,
+              "comparison": _compare(results, model_sources, ["fc_baseline", "fc_rows"], truth, seed)}
     if figure_dir is not None:
         figure_dir.mkdir(parents=True, exist_ok=True)
-        best = max(("embedding", "attention_last", "attention_mean"),
-                   key=lambda k: results[k]["clustering"]["ari"])
+        best = report["comparison"]["source"]
         paths = {"atlas": figure_dir / "networks_atlas.png", best: figure_dir / f"networks_{best}.png"}
         nw.save_network_figure(paths["atlas"], dataset.atlas.xyz, truth, names, "atlas networks")
         assigned = np.asarray(results[best]["assignment"])
@@ -84,3 +113,18 @@ def evaluate_networks(loaded, data: str, split: str, *, batch_size: int = 16, ma
                                f"clusters of {best} (ARI {results[best]['clustering']['ari']:.2f})")
         report["figures"] = {k: str(v) for k, v in paths.items()}
     return report
+
+
+def _compare(results: dict, model_sources: list[str], fc_sources: list[str], truth: np.ndarray, seed: int) -> dict:
+    """Parcel bootstrap of ARI(best model source) - ARI(best FC source), each picked by its ARI.
+
+    Picking the better FC clustering too keeps the comparison from flattering the model by choosing its
+    best source against a weaker baseline.
+    """
+    def best(names: list[str]) -> str:
+        return max(names, key=lambda k: results[k]["clustering"]["ari"])
+
+    source, baseline = best(model_sources), best(fc_sources)
+    interval = nw.ari_difference(truth, np.asarray(results[source]["assignment"]),
+                                 np.asarray(results[baseline]["assignment"]), seed=seed)
+    return {"source": source, "baseline": baseline, "metric": "ari", **interval}

@@ -9,7 +9,7 @@ the same procedure on group functional connectivity (``group_fc``), either as an
 features, so a model is only interesting where it beats plain correlation.
 
 Unlabelled parcels carry label -1: they may be clustered (they are part of the brain) but are excluded from
-every score.
+every score. ``ari_difference`` puts a parcel-bootstrap interval on the ARI gap between two clusterings.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from sklearn.metrics import accuracy_score, adjusted_rand_score, balanced_accura
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from brainjax.eval.bootstrap import N_BOOT, paired_interval, verdict
 
 # Perfectly correlated distinct parcels would give arctanh(1) = inf; clipping keeps the mean finite.
 _MAX_R = 1.0 - 1e-7
@@ -157,6 +159,26 @@ def agreement(true: np.ndarray, pred: np.ndarray) -> dict:
     return {"accuracy": matched_accuracy(true, pred), "ari": float(adjusted_rand_score(t, p)),
             "nmi": float(normalized_mutual_info_score(t, p)), "n_networks": int(np.unique(t).size),
             "n_parcels_scored": int(t.size)}
+
+
+def ari_difference(true: np.ndarray, pred: np.ndarray, baseline: np.ndarray, *, n_boot: int = N_BOOT,
+                   seed: int = 0) -> dict:
+    """Paired bootstrap over labelled parcels of ARI(pred) - ARI(baseline), both against ``true``.
+
+    The clusterings are fixed; each draw resamples the labelled parcels with replacement (a parcel drawn k
+    times is repeated k times) and rescores both on the same resampled parcels, so parcels that every method
+    gets right or wrong cancel. true, pred, baseline: int [P] (true -1 = unlabelled, not resampled).
+    Returns ``bootstrap.paired_interval``'s dict ("diff", "low", "high", ...) plus "verdict".
+    """
+    t, p = _scored(true, pred)
+    _, b = _scored(true, baseline)
+
+    def difference(weights: np.ndarray) -> float:
+        drawn = np.repeat(np.arange(t.size), np.rint(weights).astype(np.int64))
+        return float(adjusted_rand_score(t[drawn], p[drawn]) - adjusted_rand_score(t[drawn], b[drawn]))
+
+    interval = paired_interval(difference, t.size, n_boot=n_boot, seed=seed)
+    return {**interval, "verdict": verdict(interval)}
 
 
 def classify_networks(features: np.ndarray, true: np.ndarray, *, folds: int = 5, seed: int = 0) -> dict:

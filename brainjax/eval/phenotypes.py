@@ -1,10 +1,12 @@
 """What a checkpoint's embeddings predict about each phenotype, beside functional connectivity, and how a
 fine-tuned head does on held-out scans.
 
-Probes: per-scan CLS and mean embeddings (encoder unmasked, averaged over a scan's windows) and FC features
-(Fisher-z correlations of the same scans) go through the same subject-level cross-validated linear and
-k-NN probes (:mod:`brainjax.eval.probe`). The pretraining objective never sees a phenotype, so probing
-across every split is not leakage; the folds keep each subject's scans together.
+Probes: per-scan CLS and mean embeddings and the token covariance readout (:mod:`brainjax.eval.readouts`;
+encoder unmasked, averaged over a scan's windows) and FC features (Fisher-z correlations of the same scans)
+go through the same subject-level cross-validated linear and k-NN probes (:mod:`brainjax.eval.probe`). The
+pretraining objective never sees a phenotype, so probing across every split is not leakage; the folds keep
+each subject's scans together. Per phenotype and probe model, the best model-derived readout is compared
+with FC by a paired bootstrap over subjects (:func:`brainjax.eval.probe.compare`).
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from flax import nnx
 
 from brainjax.data.dataset import MISSING, Dataset
 from brainjax.eval.inputs import split_windows
-from brainjax.eval.probe import classification_metrics, fc_features, probe_all, regression_metrics
+from brainjax.eval.probe import classification_metrics, compare_all, fc_features, probe_all, regression_metrics
 
 
 def evaluate_probes(loaded, data: str, splits: tuple[str, ...], *, batch_size: int = 16, folds: int = 5,
                     seed: int = 0) -> dict:
-    """{phenotype: {"cls" | "mean" | "fc": probe result}} plus "n_scans"; "skipped" without phenotypes."""
+    """{"phenotypes": {phenotype: {"cls" | "mean" | "tokcov" | "fc": probe result}}, "comparison": {phenotype:
+    {probe model: best readout vs fc}}, "n_scans", "splits"}; "skipped" without phenotypes. "tokcov" is absent
+    when the checkpoint's windows hold a single time patch."""
     from brainjax.commands.embed import embed_dataset
 
     dataset = Dataset(data)
@@ -31,9 +35,10 @@ def evaluate_probes(loaded, data: str, splits: tuple[str, ...], *, batch_size: i
     rows = [index[s] for s in arrays["scan_id"]]
     fc = fc_features([dataset.normalize(dataset.read(i)) for i in rows])
     manifest = [dataset.manifest[i] for i in rows]
-    results = probe_all({"cls": arrays["cls"], "mean": arrays["mean"], "fc": fc}, manifest, dataset.phenotypes,
-                        folds=folds, seed=seed)
-    return {"n_scans": len(rows), "splits": list(splits), "phenotypes": results}
+    readouts = {name: arrays[name] for name in ("cls", "mean", "tokcov") if name in arrays}
+    results = probe_all({**readouts, "fc": fc}, manifest, dataset.phenotypes, folds=folds, seed=seed)
+    return {"n_scans": len(rows), "splits": list(splits), "phenotypes": results,
+            "comparison": compare_all(results, "fc", seed=seed)}
 
 
 def evaluate_head(loaded, data: str, split: str, *, batch_size: int = 16, max_windows: int = 0) -> dict:

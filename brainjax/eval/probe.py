@@ -14,6 +14,10 @@ numbers are honest:
 
 ``probe`` returns a reason instead of raising when a phenotype cannot be probed (too few scans, subjects or
 subjects per class), so a sweep over many phenotypes survives the unusable ones.
+
+``compare`` asks whether the best model-derived feature set beats a baseline (FC) on one phenotype: a paired
+bootstrap that resamples subjects over the out-of-fold predictions that ``probe`` keeps, so both feature
+sets are scored on the same resampled scans.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from brainjax.eval.bootstrap import N_BOOT, paired_interval, verdict, weighted_auroc, weighted_r2_score
 
 ALPHAS = np.logspace(-2, 5, 15)  # ridge penalties tried by the inner CV
 CS = np.logspace(-3, 3, 7)  # logistic inverse penalties tried by the inner CV
@@ -255,8 +261,8 @@ def _check_once(counts: np.ndarray) -> None:
 
 
 def _regress(x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits: list, seed: int,
-             notes: list[str]) -> tuple[dict, dict]:
-    """Out-of-fold ridge / kNN / training-mean predictions -> (models, chance)."""
+             notes: list[str]) -> tuple[dict, dict, dict]:
+    """Out-of-fold ridge / kNN / training-mean predictions -> (models, chance, predictions float [N] per model)."""
     names = ("ridge", "knn")
     preds = {name: np.zeros(len(y)) for name in names}
     baseline, counts = np.zeros(len(y)), np.zeros(len(y), dtype=int)
@@ -279,7 +285,7 @@ def _regress(x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits: list, see
     _check_once(counts)
     out = _summaries(regression_metrics, y, preds, fold_r2)
     out["ridge"]["alpha"] = alphas
-    return out, regression_metrics(y, baseline)
+    return out, regression_metrics(y, baseline), preds
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int):
@@ -312,8 +318,8 @@ def _choose_c(pipe, x: np.ndarray, y: np.ndarray, inner: list) -> tuple[object, 
 
 
 def _classify(x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits: list, n_classes: int, seed: int,
-              notes: list[str]) -> tuple[dict, dict]:
-    """Out-of-fold logistic / kNN class probabilities -> (models, chance)."""
+              notes: list[str]) -> tuple[dict, dict, dict]:
+    """Out-of-fold logistic / kNN class probabilities -> (models, chance, probabilities float [N, K] per model)."""
     names = ("logistic", "knn")
     probs = {name: np.zeros((len(y), n_classes)) for name in names}
     counts = np.zeros(len(y), dtype=int)
@@ -342,7 +348,7 @@ def _classify(x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits: list, n_
     out = _summaries(classification_metrics, y, probs, fold_auc)
     out["logistic"]["C"] = cs
     majority = float(np.bincount(y, minlength=n_classes).max() / len(y))
-    return out, {"accuracy": majority, "balanced_accuracy": 1.0 / n_classes, "auroc": 0.5}
+    return out, {"accuracy": majority, "balanced_accuracy": 1.0 / n_classes, "auroc": 0.5}, probs
 
 
 def _checked_features(features: np.ndarray, n_rows: int, name: str) -> np.ndarray:
@@ -362,7 +368,9 @@ def probe(features: np.ndarray, values: Sequence[str], groups: Sequence[str], *,
     groups: [N] subject ids. Continuous kinds get "ridge" and "knn" regressors, binary/categorical kinds
     "logistic" and "knn" classifiers (labels mapped to 0..K-1 in sorted order, names in "classes").
     Returns a JSON-able dict {"kind", "n_scans", "n_subjects", "folds", ["classes"], "models": {name:
-    {metrics..., "fold_mean", "fold_std", "alpha"|"C" per fold}}, "chance": {...}, "notes": [...]}, or
+    {metrics..., "fold_mean", "fold_std", "alpha"|"C" per fold}}, "chance": {...}, "notes": [...],
+    "predictions": {"rows": int [M] labelled rows of the input, "subjects": [M], "y": [M] (float values or
+    class indices), name: out-of-fold prediction per model ([M] values or [M, K] probabilities)}}, or
     {"kind", "skipped": reason} when the phenotype is constant or has too few scans/subjects.
     """
     n = len(values)
@@ -377,7 +385,7 @@ def probe(features: np.ndarray, values: Sequence[str], groups: Sequence[str], *,
         return {"kind": kind, "skipped": "at most one distinct non-missing value"}
     labelled = np.array([not _is_missing(v) for v in values])
     kept = [str(v).strip() for v, keep in zip(values, labelled) if keep]
-    x, subjects = x[labelled], subjects[labelled]
+    rows, x, subjects = np.flatnonzero(labelled), x[labelled], subjects[labelled]
     n_subjects = int(np.unique(subjects).size)
     if len(kept) < 2 * folds:
         return {"kind": kind, "skipped": f"{len(kept)} labelled scans, need at least {2 * folds}"}
@@ -396,13 +404,15 @@ def probe(features: np.ndarray, values: Sequence[str], groups: Sequence[str], *,
     splits = list(GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(x, y, subjects))
     notes: list[str] = []
     if kind == "continuous":
-        models, chance = _regress(x, y, subjects, splits, seed, notes)
+        models, chance, preds = _regress(x, y, subjects, splits, seed, notes)
     else:
-        models, chance = _classify(x, y, subjects, splits, len(classes), seed, notes)
+        models, chance, preds = _classify(x, y, subjects, splits, len(classes), seed, notes)
     result = {"kind": kind, "n_scans": len(kept), "n_subjects": n_subjects, "folds": n_splits}
     if classes is not None:
         result["classes"] = classes
-    return {**result, "models": models, "chance": chance, "notes": notes}
+    predictions = {"rows": rows.tolist(), "subjects": subjects.tolist(), "y": y.tolist(),
+                   **{name: pred.tolist() for name, pred in preds.items()}}
+    return {**result, "models": models, "chance": chance, "notes": notes, "predictions": predictions}
 
 
 def probe_all(feature_sets: Mapping[str, np.ndarray], manifest: Sequence[Mapping[str, str]],
@@ -428,3 +438,56 @@ def probe_all(feature_sets: Mapping[str, np.ndarray], manifest: Sequence[Mapping
         values = [row.get(pheno, "") for row in rows]
         results[pheno] = {name: probe(x, values, subjects, folds=folds, seed=seed) for name, x in checked.items()}
     return results
+
+
+def _difference(kind: str, y: np.ndarray, pred: np.ndarray, base: np.ndarray):
+    """weights [M] -> score of ``pred`` minus score of ``base``, out-of-fold predictions of the same scans:
+    R² for continuous phenotypes ([M] predictions), AUROC otherwise ([M, K] probabilities)."""
+    if kind == "continuous":
+        return lambda w: weighted_r2_score(w, y, pred) - weighted_r2_score(w, y, base)
+    return lambda w: weighted_auroc(w, y, pred) - weighted_auroc(w, y, base)
+
+
+def compare(by_features: Mapping[str, dict], baseline: str = "fc", *, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """Best feature set versus ``baseline`` on one phenotype, per probe model, by a subject bootstrap.
+
+    by_features: feature set name -> ``probe`` result, all of one phenotype (same labelled scans). For each
+    model (ridge / logistic / knn), the candidate is the non-baseline set with the highest score over all
+    out-of-fold predictions (R² for continuous, AUROC otherwise); its out-of-fold predictions and the
+    baseline's are rescored on the same draws of subjects (``bootstrap.paired_interval`` with groups =
+    subject ids), and the interval of (candidate - baseline) gives the verdict "beats" / "ties" / "loses".
+    Choosing the candidate on the same scans favours it slightly; with few sets (cls, mean, tokcov) little.
+    Returns {model: {"metric", "features", "baseline", "score", "baseline_score", "candidates": {name:
+    score}, "diff", "low", "high", "level", "n_boot", "n_units" (scans), "n_subjects", "verdict"}}, or
+    {"skipped": reason} when the baseline or every candidate was skipped.
+    """
+    base = by_features.get(baseline)
+    if base is None or "skipped" in base:
+        return {"skipped": f"baseline {baseline!r} was not probed"}
+    usable = {name: r for name, r in by_features.items() if name != baseline and "skipped" not in r}
+    if not usable:
+        return {"skipped": "no feature set besides the baseline was probed"}
+    truth = base["predictions"]
+    for name, result in usable.items():
+        if result["predictions"]["rows"] != truth["rows"] or result["predictions"]["y"] != truth["y"]:
+            raise ValueError(f"compare: feature set {name!r} was probed on other scans than {baseline!r}")
+    y, groups = np.asarray(truth["y"]), truth["subjects"]
+    out = {}
+    metric = "r2" if base["kind"] == "continuous" else "auroc"
+    for model in base["models"]:
+        scores = {name: r["models"][model][metric] for name, r in usable.items()}
+        finite = {name: v for name, v in scores.items() if np.isfinite(v)}
+        best = max(finite, key=finite.get) if finite else next(iter(scores))
+        difference = _difference(base["kind"], y, np.asarray(usable[best]["predictions"][model]),
+                                 np.asarray(truth[model]))
+        interval = paired_interval(difference, len(y), groups=groups, n_boot=n_boot, seed=seed)
+        out[model] = {"metric": metric, "features": best, "baseline": baseline, "score": scores[best],
+                      "baseline_score": base["models"][model][metric], "candidates": scores, **interval,
+                      "n_subjects": base["n_subjects"], "verdict": verdict(interval)}
+    return out
+
+
+def compare_all(results: Mapping[str, Mapping[str, dict]], baseline: str = "fc", *, n_boot: int = N_BOOT,
+                seed: int = 0) -> dict:
+    """``compare`` for every phenotype of a ``probe_all`` result: {phenotype: {model: comparison}}."""
+    return {pheno: compare(by_features, baseline, n_boot=n_boot, seed=seed) for pheno, by_features in results.items()}

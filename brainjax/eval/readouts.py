@@ -1,0 +1,110 @@
+"""Second-order readouts of a BrainLM encoder: connectivity computed from the model's token embeddings.
+
+A mean of token embeddings is a first-order summary: it cannot express how two parcels co-vary over time,
+which is where functional connectivity (and the phenotypes carried by it) lives. ``token_covariance`` reads
+the unmasked encoder's tokens [B, P, N, W] as P parcel trajectories over N time patches in a W-dimensional
+space and correlates them, giving a model-derived connectivity [B, P, P] in the same Fisher-z units as
+:func:`brainjax.eval.probe.fc_features`. Per-scan readouts average the per-window matrices over the scan's
+windows in Fisher-z space (as per-scan CLS / mean embeddings average over windows).
+
+An attention readout is not offered here: parcel-to-parcel attention needs the dense [L, L] attention of
+every layer (L = P x N tokens), far too costly to run for every window of every scan; the network maps
+already use it on one split.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+R_CLIP = 0.999999  # as fc_features: identical parcels give a large finite z rather than inf
+# a parcel whose tokens vary less than this (relative to their mean square) is constant up to float32 rounding
+_FLAT = 1e-10
+
+
+def token_covariance(tokens: jax.Array | np.ndarray, parcel_mask: jax.Array | np.ndarray) -> jax.Array:
+    """Fisher-z correlation between parcels of their token trajectories, one matrix per window.
+
+    tokens: float [B, P, N, W] encoder outputs (N >= 2 time patches); parcel_mask: bool [B, P] (False on
+    padded parcels). Each parcel's tokens are centred over the N patches (per embedding dimension), the
+    covariance of parcels p, q is the mean over n and w of the product of their centred tokens, normalised by
+    the diagonal into a correlation r, clipped to +-0.999999 and Fisher-z transformed (arctanh).
+    Returns float32 [B, P, P], symmetric; the diagonal, padded parcels' rows / columns and those of parcels
+    whose tokens do not vary over patches (correlation undefined) are 0. Traceable under jit.
+    """
+    tokens = jnp.asarray(tokens, jnp.float32)
+    if tokens.ndim != 4:
+        raise ValueError(f"token_covariance: tokens must be [B, P, N, W], got shape {tokens.shape}")
+    batch, parcels, patches, width = tokens.shape
+    if patches < 2:
+        raise ValueError(f"token_covariance: needs at least 2 time patches per window to centre over, got "
+                         f"N={patches} (window / patch); use a longer window or a shorter patch")
+    mask = jnp.asarray(parcel_mask).astype(bool)
+    if mask.shape != (batch, parcels):
+        raise ValueError(f"token_covariance: parcel_mask must be [B={batch}, P={parcels}], got {mask.shape}")
+    centred = tokens - tokens.mean(2, keepdims=True)
+    # HIGHEST: TPU / GPU default f32 matmuls round inputs to bf16 / tf32, too coarse for correlations near 1
+    cov = jnp.einsum("bpnw,bqnw->bpq", centred, centred, precision=jax.lax.Precision.HIGHEST) / (patches * width)
+    var = jnp.diagonal(cov, axis1=1, axis2=2)
+    varies = mask & (var > _FLAT * jnp.mean(tokens**2, axis=(2, 3)))
+    scale = jnp.sqrt(jnp.where(varies, var, 1.0))
+    r = jnp.clip(cov / (scale[:, :, None] * scale[:, None, :]), -R_CLIP, R_CLIP)
+    keep = varies[:, :, None] & varies[:, None, :] & ~jnp.eye(parcels, dtype=bool)
+    return jnp.where(keep, jnp.arctanh(r), 0.0)
+
+
+def upper_triangle(matrix: np.ndarray, n_parcels: int | None = None) -> np.ndarray:
+    """Row-major upper triangle without the diagonal (the order of ``fc_features``).
+
+    matrix: [..., P, P]; n_parcels: keep only the first n_parcels (the dataset's real parcels when the
+    model's inputs were padded). Returns [..., n(n-1)/2] in matrix's dtype.
+    """
+    matrix = np.asarray(matrix)
+    n = matrix.shape[-1] if n_parcels is None else n_parcels
+    if matrix.ndim < 2 or matrix.shape[-2] != matrix.shape[-1] or not 2 <= n <= matrix.shape[-1]:
+        raise ValueError(f"upper_triangle: need [..., P, P] with 2 <= n_parcels <= P, got {matrix.shape}, {n}")
+    rows, cols = np.triu_indices(n, k=1)
+    return matrix[..., rows, cols]
+
+
+def square(triangle: np.ndarray, n_parcels: int) -> np.ndarray:
+    """Inverse of ``upper_triangle``: [..., n(n-1)/2] -> symmetric [..., n, n] with a zero diagonal."""
+    triangle = np.asarray(triangle)
+    if triangle.shape[-1] != n_parcels * (n_parcels - 1) // 2:
+        raise ValueError(f"square: {triangle.shape[-1]} entries is not the upper triangle of {n_parcels} parcels")
+    out = np.zeros((*triangle.shape[:-1], n_parcels, n_parcels), triangle.dtype)
+    rows, cols = np.triu_indices(n_parcels, k=1)
+    out[..., rows, cols] = triangle
+    out[..., cols, rows] = triangle
+    return out
+
+
+class ScanMeans:
+    """Per-scan means of per-window values, added batch by batch (windows of a scan may span batches).
+
+    Sums are kept per scan seen, in ``dtype``: float32 is enough for the readouts (a scan has tens of windows,
+    the output is float32) and halves the memory of P(P-1)/2-long rows.
+    """
+
+    def __init__(self, dtype=np.float64):
+        self.dtype = dtype
+        self.sums: dict[int, np.ndarray] = {}
+        self.counts: dict[int, int] = {}
+
+    def add(self, scans: np.ndarray, values: np.ndarray) -> None:
+        """scans: int [B] scan index per window; values: float [B, ...] one value per window."""
+        for scan, value in zip(np.asarray(scans).tolist(), np.asarray(values)):
+            if scan in self.sums:
+                self.sums[scan] += value
+                self.counts[scan] += 1
+            else:
+                self.sums[scan] = value.astype(self.dtype, copy=True)
+                self.counts[scan] = 1
+
+    def means(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scan indices int64 [S] sorted, their mean values [S, ...] in ``dtype``)."""
+        scans = np.array(sorted(self.sums), np.int64)
+        if scans.size == 0:
+            raise ValueError("ScanMeans: no window was added")
+        return scans, np.stack([self.sums[s] / self.counts[s] for s in scans.tolist()]).astype(self.dtype)
