@@ -174,3 +174,30 @@ def test_scaling_summary_needs_every_reference_step():
     for bad in ("2by4", "1x4"):
         with pytest.raises(ValueError, match="--multi"):
             scaling.parse_multi(bad)
+
+
+def test_quality_rows_restate_the_evaluation_report(small_data, tmp_path):
+    out = _run("quality.py", "--presets", "tiny", "--data", str(small_data), "--root", str(tmp_path),
+               "--set", "train.steps=3", "--set", "train.figure=false",
+               "--eval-args", "--tasks reconstruct,forecast --lstm-steps 0 --max-windows 8")
+    assert out["cpu"] and set(out["presets"]) == {"tiny"}
+    entry = out["presets"]["tiny"]
+    assert entry["steps"] == 3 and entry["train_s"] > 0 and entry["eval_s"] > 0
+    report = json.loads((tmp_path / "tiny" / "eval" / "report.json").read_text())
+    rows = {row["task"]: row for row in entry["rows"]}
+    assert {f"reconstruct/{s}" for s in ("random", "parcels", "time_block", "future")} <= set(rows)
+    for strategy in ("random", "future"):
+        row, rec = rows[f"reconstruct/{strategy}"], report["tasks"]["reconstruct"][strategy]
+        assert row["model"] == rec["model"]["r2"] and row["baseline_value"] == rec[row["baseline"]]["r2"]
+        assert np.isclose(row["diff"], row["model"] - row["baseline_value"], atol=1e-9)
+    forecast = report["tasks"]["forecast"]
+    row = rows["forecast"]
+    assert row["model"] == forecast["methods"]["model"]["mse"]
+    assert sum(row["steps"].values()) == forecast["horizon_trs"] == len(forecast["per_step"])
+    for row in entry["rows"]:
+        finite = all(isinstance(row[k], float) and math.isfinite(row[k]) for k in ("low", "high"))
+        if finite:
+            assert row["low"] <= row["diff"] <= row["high"]
+            good = row["low"] > 0 if row["metric"] != "mse" else row["high"] < 0
+            bad = row["high"] < 0 if row["metric"] != "mse" else row["low"] > 0
+            assert row["verdict"] == ("beats" if good else "loses" if bad else "ties")
