@@ -76,7 +76,8 @@ def _host_inputs(host: dict) -> dict:
 def evaluate_networks(loaded, data: str, split: str, *, batch_size: int = 16, max_windows: int = 0,
                       seed: int = 0, max_scans: int = 200, figure_dir: Path | None = None) -> dict:
     """Network identification per source (embedding, attention_last, attention_mean, tokcov (k-means on its
-    rows), tokcov_spectral; fc_baseline (spectral) and fc_rows (k-means)) and the bootstrap of the best model source's ARI minus the best FC source's.
+    rows), tokcov_spectral; fc_baseline (spectral) and fc_rows (k-means)) and the bootstrap of the best model
+    source's ARI minus the best FC source's.
 
     Returns {"n_networks", "networks", "windows", "sources": {name: identify() result}, "comparison":
     {"source", "baseline", "metric": "ari", "diff", "low", "high", ..., "verdict"}}; ``skipped`` when the
