@@ -38,12 +38,21 @@ Hypotheses, kept (+) or rejected (-):
   (ties), time_block +0.019 and future +0.058 (beat every baseline), forecast MSE 0.545 ties AR(3) 0.544
   and beats VAR(1) 0.569; per step it beats 7 of 20, ties 11 and loses steps 1-2 (step-1 MSE 0.307 vs
   VAR(1) 0.237).
+- (-) a second cross-attention decoder layer (``model.dec_depth=2``), 1,500 steps against one layer: val
+  R² 0.416 vs 0.420, eval random 0.516 vs 0.519, future -0.024 vs -0.043, forecast MSE 0.659 vs 0.672
+  (step 1 0.434 vs 0.474): a little better at forecasting, no better at reconstruction, more compute.
 - (-) forecast fine-tuning of this model (``brainjax finetune --task forecast``, 300 steps of future
   masking with the whole context visible, 406 s): MSE 0.554 (worse), step 1 0.271 (better, still > 0.237).
 - (+) second-order readout ``tokcov`` (encoder tokens' correlation between parcels over time patches,
   brainjax.eval.readouts): probes against FC 0.889 / 0.963 / 0.986: age R² 0.887 (ties), diagnosis AUROC
   0.948 (ties), sex 0.977 (-0.010, loses); the CLS / mean embeddings reach -0.02 R² and 0.52-0.66 AUROC.
   The default preset's tokcov: 0.769 / 0.907 / 0.951 (2 patches per window instead of 4).
+- (-) H2, the scan-level objective (``model.contrastive_weight=0.1``: InfoNCE between the CLS of two maskings
+  of each window), on this recipe at 1,500 steps, test-split probes against the same recipe without it:
+  CLS age R² -0.023 vs -0.024, diagnosis AUROC 0.680 vs 0.655, sex 0.563 vs 0.479 (still near chance);
+  val R² 0.350 vs 0.420 and tokcov 0.708 / 0.910 / 0.939 vs 0.886 / 0.941 / 0.974: it costs the
+  reconstruction and the readout and does not give the CLS the phenotypes. Two maskings of one window share
+  its exact values, so InfoNCE is solved by window identity, not connectivity.
 - (+) networks: spectral clustering of the group tokcov matrix (as FC gets) 0.774 ARI, k-means on its rows
   0.563, attention (mean over layers) 0.610, against FC spectral 0.818 (-0.044 [-0.088, -0.008], loses).
 """
