@@ -11,8 +11,8 @@ import pytest
 from _trainer_utils import PARCELS, WINDOW, cli_env, make_trainer, tiny_config, tiny_dataset
 from jax.sharding import NamedSharding, PartitionSpec
 
-from brainjax.commands.embed import embed_dataset
 from brainjax.data.dataset import Dataset
+from brainjax.eval.embeddings import embed_dataset
 from brainjax.eval.restore import NoCheckpointError, load_for_eval
 
 assert jax.device_count() >= 8, f"needs 8 simulated devices (tests/conftest.py), found {jax.device_count()}"

@@ -20,6 +20,7 @@ from flax import nnx
 from brainjax.data.dataset import Dataset
 from brainjax.eval import forecast_baselines as fb
 from brainjax.eval.bootstrap import N_BOOT
+from brainjax.eval.figures import save_forecast_errors
 from brainjax.eval.inputs import normalized_scans, split_windows
 from brainjax.eval.reconstruct import strategy_config
 from brainjax.eval.restore import encoder
@@ -84,7 +85,6 @@ def evaluate_forecast(loaded, data: str, split: str, *, future_patches: int = 1,
               "var_order": var_order, "lstm_steps": lstm_steps, "methods": methods,
               **fb.compare_forecasts(errors, n_boot=n_boot, seed=seed, groups=scans)}
     if figure_dir is not None:
-        from brainjax.eval.figures import save_forecast_errors
         figure_dir.mkdir(parents=True, exist_ok=True)
         path = figure_dir / "forecast_mse_by_horizon.png"
         save_forecast_errors(path, {k: v["mse_per_step"] for k, v in methods.items()}, tr,

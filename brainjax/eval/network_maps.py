@@ -21,7 +21,7 @@ from flax import nnx
 from brainjax.data.dataset import Dataset
 from brainjax.eval import networks as nw
 from brainjax.eval.inputs import normalized_scans, split_windows
-from brainjax.eval.readouts import ScanMeans, square, token_covariance, upper_triangle
+from brainjax.eval.readouts import ScanMeans, has_time_patches, square, upper_triangle, window_readouts
 from brainjax.eval.restore import encoder
 
 
@@ -31,15 +31,15 @@ def parcel_representations(loaded, data: str, split: str, *, batch_size: int = 1
     cls_attention [P] (float64), and the number of windows; tokcov [P, P] (float64, Fisher-z) is the mean over
     scans of each scan's window mean, absent when a window holds a single time patch."""
     model = encoder(loaded)
-    tokcov = loaded.cfg.data.window // loaded.cfg.model.patch >= 2
-    embed = nnx.jit(lambda m, b: _parcel_readouts(m, b, tokcov))
+    tokcov = has_time_patches(loaded.cfg)
+    embed = nnx.jit(lambda m, b: window_readouts(m, b, tokcov))
     attend = nnx.jit(lambda m, b: m.attention_maps(b))
     sums, windows, covariances = {}, 0, ScanMeans(np.float32)  # float32: P(P-1)/2 per scan held until the end
     for host, batch in split_windows(loaded, data, split, batch_size, max_windows):
         rows = np.flatnonzero(host["valid"])
         windows += rows.size
         out = jax.device_get(embed(model, batch))
-        tokens = np.asarray(out["embedding"], np.float64)[rows]
+        tokens = np.asarray(out["parcel"], np.float64)[rows]
         sums["embedding"] = sums.get("embedding", 0.0) + tokens.sum(0)
         if tokcov:
             covariances.add(host["scan"][rows], upper_triangle(out["tokcov"][rows]))
@@ -58,15 +58,6 @@ def parcel_representations(loaded, data: str, split: str, *, batch_size: int = 1
         _, per_scan = covariances.means()
         reps["tokcov"] = square(per_scan.astype(np.float64).mean(0), len(sums["embedding"]))
     return reps
-
-
-def _parcel_readouts(model, batch: dict, tokcov: bool) -> dict:
-    """embedding [B, P, width] (tokens averaged over patches) and optionally tokcov [B, P, P] of one batch."""
-    tokens = model.embed(batch)["tokens"]
-    out = {"embedding": tokens.mean(2)}
-    if tokcov:
-        out["tokcov"] = token_covariance(tokens, batch["parcel_mask"])
-    return out
 
 
 def _host_inputs(host: dict) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from brainjax.data.dataset import MISSING, Dataset
+from brainjax.eval.embeddings import embed_dataset
 from brainjax.eval.inputs import split_windows
 from brainjax.eval.probe import classification_metrics, compare_all, fc_features, probe_all, regression_metrics
 
@@ -25,8 +26,6 @@ def evaluate_probes(loaded, data: str, splits: tuple[str, ...], *, batch_size: i
     """{"phenotypes": {phenotype: {"cls" | "mean" | "tokcov" | "fc": probe result}}, "comparison": {phenotype:
     {probe model: best readout vs fc}}, "n_scans", "splits"}; "skipped" without phenotypes. "tokcov" is absent
     when the checkpoint's windows hold a single time patch."""
-    from brainjax.commands.embed import embed_dataset
-
     dataset = Dataset(data)
     if not dataset.phenotypes:
         return {"skipped": f"{data}: the manifest has no phenotype columns"}

@@ -80,6 +80,22 @@ def square(triangle: np.ndarray, n_parcels: int) -> np.ndarray:
     return out
 
 
+def has_time_patches(cfg) -> bool:
+    """Whether a run's windows hold at least 2 time patches (``token_covariance`` needs them)."""
+    return cfg.data.window // cfg.model.patch >= 2
+
+
+def window_readouts(model, batch: dict, tokcov: bool) -> dict:
+    """The unmasked encoder's readouts of one batch (traceable; tokens never leave the device):
+    cls, mean float32 [B, width]; parcel [B, P, width] (tokens averaged over patches); with ``tokcov``,
+    tokcov [B, P, P] (:func:`token_covariance`)."""
+    out = model.embed(batch)
+    readouts = {"cls": out["cls"], "mean": out["mean"], "parcel": out["tokens"].mean(2)}
+    if tokcov:
+        readouts["tokcov"] = token_covariance(out["tokens"], batch["parcel_mask"])
+    return readouts
+
+
 class ScanMeans:
     """Per-scan means of per-window values, added batch by batch (windows of a scan may span batches).
 

@@ -20,9 +20,11 @@ from flax import nnx
 from brainjax.config import MaskConfig
 from brainjax.data.dataset import Dataset
 from brainjax.eval.bootstrap import N_BOOT
+from brainjax.eval.figures import save_parcel_values
 from brainjax.eval.inputs import normalized_scans, split_windows
 from brainjax.eval.recon_baselines import BASELINES, ReconMetrics, accumulate_moments, compare_to_best
 from brainjax.eval.restore import encoder
+from brainjax.train.tasks import save_reconstruction_figure
 
 STRATEGIES = ("random", "parcels", "time_block", "future")
 
@@ -88,9 +90,6 @@ def evaluate_reconstruction(loaded, data: str, split: str, *, strategies=STRATEG
 
 
 def _figures(figure_dir: Path, example, r2_per_parcel, dataset: Dataset, strategy: str) -> dict:
-    from brainjax.eval.figures import save_parcel_values
-    from brainjax.train.tasks import save_reconstruction_figure
-
     figure_dir.mkdir(parents=True, exist_ok=True)
     traces = figure_dir / f"reconstruction_{strategy}.png"
     save_reconstruction_figure(traces, *example)

@@ -201,36 +201,41 @@ class BrainLM(nnx.Module):
         feats = jnp.concatenate([shift(values, 1), shift(seen, 1), shift(values, -1), shift(seen, -1)], -1)
         return self.neighbours(feats.astype(self.dtype))
 
-    def _full_decode(self, projected, positions, masking: Masking, mask_token, parcel_mask, dropout_key):
-        """BrainLM's decoder: self-attention over CLS + every token (mask token where hidden) -> [B, L, dw]."""
-        batch_size, n_tokens, _ = positions.shape
+    def _token_grid(self, projected, positions, masking: Masking, mask_token):
+        """Every token for the decoder [B, L, dw]: the encoder output where visible, the mask token where
+        hidden, plus its position."""
+        batch_size, n_tokens, width = positions.shape
         visible = jnp.where(masking.visible_valid[:, :, None], projected[:, 1:], mask_token)
         rows = jnp.arange(batch_size)[:, None]
-        tokens = jnp.broadcast_to(mask_token, (batch_size, n_tokens, self.cfg.dec_width))
-        tokens = tokens.at[rows, masking.visible_idx].set(visible.astype(self.dtype)) + positions
-        real = jnp.repeat(parcel_mask, n_tokens // parcel_mask.shape[1], axis=1)
-        key_mask = jnp.concatenate([jnp.ones((batch_size, 1), bool), real], axis=1)
+        tokens = jnp.broadcast_to(mask_token, (batch_size, n_tokens, width))
+        return tokens.at[rows, masking.visible_idx].set(visible.astype(self.dtype)) + positions
+
+    def _visible_memory(self, projected, positions, masking: Masking):
+        """What cross-attention reads: CLS + the visible tokens with their positions [B, 1 + V, dw], and its
+        key mask bool [B, 1 + V]."""
+        seen = jnp.take_along_axis(positions, masking.visible_idx[:, :, None], axis=1)
+        memory = jnp.concatenate([projected[:, :1], projected[:, 1:] + seen], axis=1)
+        ones = jnp.ones((positions.shape[0], 1), bool)
+        return memory, jnp.concatenate([ones, masking.visible_valid], axis=1)
+
+    def _full_decode(self, projected, positions, masking: Masking, mask_token, parcel_mask, dropout_key):
+        """BrainLM's decoder: self-attention over CLS + every token (mask token where hidden) -> [B, L, dw]."""
+        tokens = self._token_grid(projected, positions, masking, mask_token)
+        real = jnp.repeat(parcel_mask, tokens.shape[1] // parcel_mask.shape[1], axis=1)
+        key_mask = jnp.concatenate([jnp.ones((tokens.shape[0], 1), bool), real], axis=1)
         return self.decoder(jnp.concatenate([projected[:, :1], tokens], axis=1), key_mask, dropout_key)[:, 1:]
 
     def _cross_decode(self, projected, positions, masking: Masking, mask_token, dropout_key):
         """CrossMAE decoder: a query per token (mask token + position) attends to CLS + visible tokens."""
-        batch_size = positions.shape[0]
-        seen = jnp.take_along_axis(positions, masking.visible_idx[:, :, None], axis=1)
-        memory = jnp.concatenate([projected[:, :1], projected[:, 1:] + seen], axis=1)
-        memory_mask = jnp.concatenate([jnp.ones((batch_size, 1), bool), masking.visible_valid], axis=1)
+        memory, memory_mask = self._visible_memory(projected, positions, masking)
         return self.decoder(mask_token + positions, memory, memory_mask, dropout_key)
 
     def _factorised_decode(self, projected, positions, masking: Masking, mask_token, n_parcels, dropout_key):
         """Every token (encoder output where visible, mask token where hidden) attends over time within its
         parcel and across to CLS + the visible tokens, layer by layer -> [B, L, dw]."""
         batch_size, n_tokens, width = positions.shape
-        visible = jnp.where(masking.visible_valid[:, :, None], projected[:, 1:], mask_token)
-        rows = jnp.arange(batch_size)[:, None]
-        tokens = jnp.broadcast_to(mask_token, (batch_size, n_tokens, width))
-        tokens = tokens.at[rows, masking.visible_idx].set(visible.astype(self.dtype)) + positions
-        seen = jnp.take_along_axis(positions, masking.visible_idx[:, :, None], axis=1)
-        memory = jnp.concatenate([projected[:, :1], projected[:, 1:] + seen], axis=1)
-        memory_mask = jnp.concatenate([jnp.ones((batch_size, 1), bool), masking.visible_valid], axis=1)
+        tokens = self._token_grid(projected, positions, masking, mask_token)
+        memory, memory_mask = self._visible_memory(projected, positions, masking)
         grid = tokens.reshape(batch_size, n_parcels, n_tokens // n_parcels, width)
         return self.decoder(grid, memory, memory_mask, dropout_key).reshape(batch_size, n_tokens, width)
 

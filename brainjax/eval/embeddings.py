@@ -1,0 +1,58 @@
+"""Per-scan embeddings of a dataset: the unmasked encoder's readouts averaged over each scan's windows.
+
+Every scan is cut into non-overlapping windows of the checkpoint's ``data.window`` TRs (the tail shorter than
+a window is left out). ``brainjax embed`` writes the result as an npz; the probes read it directly.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+
+from brainjax.data.dataset import Dataset
+from brainjax.data.pipeline import eval_batches, to_global
+from brainjax.eval.inputs import MODEL_KEYS, device_batch_size
+from brainjax.eval.readouts import ScanMeans, has_time_patches, upper_triangle, window_readouts
+from brainjax.eval.restore import encoder
+
+
+def embed_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int, *, tokcov: bool = True) -> dict:
+    """Average the unmasked encoder embeddings of every window of each scan in ``splits``.
+
+    tokcov: also average the token covariance readout (Fisher-z, over the dataset's real parcels); it is
+    left out when a window holds fewer than 2 time patches (nothing to correlate over).
+    Returns, scans in manifest order: scan_id, subject, split str [N]; cls, mean float32 [N, width]; tokcov
+    float32 [N, P(P-1)/2] (when computed); windows int32 [N] (windows averaged); step int.
+    """
+    dataset = Dataset(data)
+    model = encoder(loaded)  # a fine-tuned head model embeds with its backbone
+    window = loaded.cfg.data.window
+    tokcov = tokcov and has_time_patches(loaded.cfg)
+    embed = nnx.jit(lambda model, batch: window_readouts(model, batch, tokcov))
+    n_parcels = dataset.atlas.n_parcels  # batches may pad beyond them (mixed atlases): those are dropped
+    # float32 sums for tokcov: P(P-1)/2 per scan held until the end, and a scan has only tens of windows
+    means = {"cls": ScanMeans(), "mean": ScanMeans(), "tokcov": ScanMeans(np.float32)}
+    batch_size = device_batch_size(batch_size, loaded.mesh.size)
+    for split in [s for s in splits if dataset.indices(s)]:  # a dataset may lack a split (e.g. no test)
+        for batch in eval_batches([data], split, window, batch_size, process_index=0, process_count=1):
+            out = jax.device_get(embed(model, to_global({k: batch[k] for k in MODEL_KEYS}, loaded.mesh)))
+            rows = np.flatnonzero(batch["valid"])
+            scans = batch["scan"][rows]
+            means["cls"].add(scans, out["cls"][rows])
+            means["mean"].add(scans, out["mean"][rows])
+            if tokcov:
+                means["tokcov"].add(scans, upper_triangle(out["tokcov"][rows], n_parcels))
+    if not means["cls"].counts:
+        raise ValueError(f"{data}: no scan of splits {','.join(splits)} has a whole window of {window} TRs")
+    rows, cls = means["cls"].means()
+    manifest = dataset.manifest
+    arrays = {"scan_id": np.array([manifest[i]["scan_id"] for i in rows]),
+              "subject": np.array([manifest[i]["subject"] for i in rows]),
+              "split": np.array([manifest[i]["split"] for i in rows]),
+              "cls": cls.astype(np.float32), "mean": means["mean"].means()[1].astype(np.float32),
+              "windows": np.array([means["cls"].counts[s] for s in rows.tolist()], np.int32),
+              "step": np.int64(loaded.step)}
+    if tokcov:
+        arrays["tokcov"] = means["tokcov"].means()[1].astype(np.float32)
+    return arrays
