@@ -70,10 +70,10 @@ def measure_step(cfg, batch: int, steps: int, parcels: int | None = None, peak_s
     from flax import nnx
 
     from brainjax.models.brainlm import count_params
+    from brainjax.tasks import BrainLMTask
     from brainjax.train.logging import measure_peak_flops
     from brainjax.train.optim import make_optimizer
     from brainjax.train.step import init_train_state, train_step
-    from brainjax.train.tasks import BrainLMTask
 
     if batch < 1 or steps < 1:
         raise ValueError(f"batch and steps must be >= 1, got batch={batch}, steps={steps}")

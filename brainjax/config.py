@@ -1,8 +1,15 @@
 """Typed, frozen run configuration: presets from ``experiments/*.py`` and ``section.field=value`` overrides.
 
-A config is a tree of frozen dataclasses. Presets are small Python files under ``experiments/`` whose
-``config()`` returns a :class:`Config`; ``--set model.width=512`` style overrides are parsed against the
-field's annotated type, so a typo or a wrong type fails loudly before any work starts.
+A config is a tree of frozen dataclasses: common sections (data, optim, train, mesh) and one section per
+objective (mask + model: the MAE; quantizer: the tokenizer; finetune: heads; language: fMRI-LM). Presets are
+small Python files under ``experiments/`` whose ``config()`` returns a :class:`Config`; ``--set
+model.width=512`` style overrides are parsed against the field's annotated type, so a typo or a wrong type
+fails loudly before any work starts.
+
+What a run *derived* (class lists, target statistics, the language model's architecture) and where its
+weights came from is not a hyperparameter: it is the run's :class:`Lineage`, saved as its own checkpoint item.
+A field whose value the parameters depend on is declared with ``shapes_params()``: resuming a checkpoint with
+another value of such a field is refused (:func:`param_fields`).
 """
 
 from __future__ import annotations
@@ -16,6 +23,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from brainjax.errors import ConfigError
+
+
+def shapes_params(default: Any = dataclasses.MISSING, **kwargs) -> Any:
+    """A config field the model's parameters depend on (their shapes or their meaning): a checkpoint trained
+    with another value cannot be resumed or warm-started into this run."""
+    return field(default=default, metadata={"shapes_params": True}, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -39,30 +54,30 @@ class MaskConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    patch: int = 20  # TRs per token
-    max_parcels: int = 424  # upper bound on parcels (padding for mixed atlases)
-    width: int = 256  # encoder width
-    depth: int = 4  # encoder layers
-    heads: int = 4  # encoder attention heads
-    mlp: int = 1024  # encoder MLP hidden size
-    dec_width: int = 256  # decoder width
-    dec_depth: int = 2  # decoder layers
-    dec_heads: int = 4  # decoder attention heads
-    dec_mlp: int = 1024  # decoder MLP hidden size
-    decoder: str = "full"  # full (self-attention over every token, BrainLM) | cross (queries at every token
-    # attend only to the encoder's visible tokens, CrossMAE: O(L x V) instead of O(L^2))
-    fourier_features: int = 4  # octaves per coordinate axis (wavelengths 200, 100, 50, 25 mm); finer ones
-    # only hash the parcel identity and slowed learning (see experiments/default.py)
-    parcel_identity: bool = False  # add a learned embedding per parcel slot to the coordinate embedding: exact
-    # parcel identity for single-atlas runs (slot p = the dataset's parcel p; meaningless across atlases)
-    time_embedding: str = "index"  # index (sinusoid) | learned (table) | seconds (onset in s)
-    max_patches: int = 64  # rows of the learned time table: longest window / patch
-    norm_targets: bool = False  # MSE against per-patch normalised targets (MAE paper option)
-    neighbour_context: bool = False  # each decoder query also embeds the raw values of its parcel's visible
-    # neighbouring patches in time (previous, next): the continuity that interpolation and AR baselines use
-    contrastive_weight: float = 0.0  # scan-level objective beside the MAE loss: InfoNCE between the CLS of two
-    # maskings of the same window (0 = off, BrainLM); gives the CLS an objective of its own
-    contrastive_dim: int = 64  # width of the projection head the InfoNCE loss compares
+    patch: int = shapes_params(20)  # TRs per token
+    max_parcels: int = shapes_params(424)  # upper bound on parcels (padding for mixed atlases)
+    width: int = shapes_params(256)  # encoder width
+    depth: int = shapes_params(4)  # encoder layers
+    heads: int = shapes_params(4)  # encoder attention heads
+    mlp: int = shapes_params(1024)  # encoder MLP hidden size
+    dec_width: int = shapes_params(256)  # decoder width
+    dec_depth: int = shapes_params(2)  # decoder layers
+    dec_heads: int = shapes_params(4)  # decoder attention heads
+    dec_mlp: int = shapes_params(1024)  # decoder MLP hidden size
+    decoder: str = shapes_params("full")  # full (self-attention over every token, BrainLM) | cross (queries at every
+    # token attend only to the encoder's visible tokens, CrossMAE: O(L x V) instead of O(L^2))
+    fourier_features: int = shapes_params(4)  # octaves per coordinate axis (wavelengths 200, 100, 50, 25 mm); finer
+    # ones only hash the parcel identity and slowed learning (see experiments/default.py)
+    parcel_identity: bool = shapes_params(False)  # add a learned embedding per parcel slot to the coordinate embedding:
+    # exact parcel identity for single-atlas runs (slot p = the dataset's parcel p; meaningless across atlases)
+    time_embedding: str = shapes_params("index")  # index (sinusoid) | learned (table) | seconds (onset in s)
+    max_patches: int = shapes_params(64)  # rows of the learned time table: longest window / patch
+    norm_targets: bool = shapes_params(False)  # MSE against per-patch normalised targets (MAE paper option)
+    neighbour_context: bool = shapes_params(False)  # each decoder query also embeds the raw values of its parcel's
+    # visible neighbouring patches in time (previous, next): the continuity that interpolation and AR baselines use
+    contrastive_weight: float = shapes_params(0.0)  # scan-level objective beside the MAE loss: InfoNCE between the CLS
+    # of two maskings of the same window (0 = off, BrainLM); gives the CLS an objective of its own
+    contrastive_dim: int = shapes_params(64)  # width of the projection head the InfoNCE loss compares
     contrastive_temperature: float = 0.1  # softmax temperature of the InfoNCE logits (cosine similarities / t)
     dropout: float = 0.0  # dropout in attention output and MLP
     attention: str = "auto"  # auto | xla | chunked | cudnn | splash
@@ -109,53 +124,45 @@ class MeshConfig:
 class QuantizerConfig:
     """The neural tokenizer's quantizer (``objective = "tokenizer"``); its ViT shape comes from ``model``."""
 
-    kind: str = "vq"  # vq (L2-normalised codebook, EMA updates) | fsq (finite scalar quantisation)
-    codebook_size: int = 512  # VQ codes (fMRI-LM: 8192)
-    code_dim: int = 32  # VQ code dimension (fMRI-LM: 128)
-    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ levels per channel (codebook = their product)
-    commitment: float = 0.25  # weight of the commitment loss (VQ)
-    decay: float = 0.99  # EMA decay of the codebook statistics (VQ)
-    kmeans_iters: int = 10  # Lloyd iterations of the k-means initialisation on the first batch (VQ)
-    dead_threshold: float = 0.03  # codes used below this fraction of uniform usage are restarted (VQ)
-    spectrum_weight: float = 0.0  # weight of an amplitude-spectrum reconstruction loss (NeuroLM option)
-    domain_weight: float = 0.0  # domain-adversarial alignment with the LM's input embeddings (0 = off)
-    text_weight: float = 0.0  # SigLIP alignment with descriptor text (0 = off)
-    lm_width: int = 0  # the LM's hidden size H (set by `brainjax tokenizer train --lm`)
-    word_samples: int = 16  # LM embedding rows per window for the domain loss
+    kind: str = shapes_params("vq")  # vq (L2-normalised codebook, EMA updates) | fsq (finite scalar quantisation)
+    codebook_size: int = shapes_params(512)  # VQ codes (fMRI-LM: 8192)
+    code_dim: int = shapes_params(32)  # VQ code dimension (fMRI-LM: 128)
+    fsq_levels: tuple[int, ...] = shapes_params((8, 5, 5, 5))  # FSQ levels per channel (codebook = their product)
+    commitment: float = shapes_params(0.25)  # weight of the commitment loss (VQ)
+    decay: float = shapes_params(0.99)  # EMA decay of the codebook statistics (VQ)
+    kmeans_iters: int = shapes_params(10)  # Lloyd iterations of the k-means initialisation on the first batch (VQ)
+    dead_threshold: float = shapes_params(0.03)  # codes used below this fraction of uniform usage are restarted (VQ)
+    spectrum_weight: float = shapes_params(0.0)  # weight of an amplitude-spectrum reconstruction loss (NeuroLM option)
+    domain_weight: float = shapes_params(0.0)  # domain-adversarial alignment with the LM's input embeddings (0 = off)
+    text_weight: float = shapes_params(0.0)  # SigLIP alignment with descriptor text (0 = off)
+    lm_width: int = shapes_params(0)  # the LM's hidden size H (set by `brainjax tokenizer train --lm`)
+    word_samples: int = shapes_params(16)  # LM embedding rows per window for the domain loss
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Set by ``brainjax finetune`` (empty ``task`` = a pretraining run); saved with every checkpoint."""
+    """Set by ``brainjax finetune`` (empty ``task`` = a pretraining run); the classes or target statistics it
+    derives from the data are the run's :class:`Lineage`."""
 
-    task: str = ""  # "" (pretraining) | regress | classify | forecast
-    target: str = ""  # manifest phenotype column (regress / classify)
-    classes: tuple[str, ...] = ()  # class labels in output order (classify)
-    target_mean: float = 0.0  # regression target mean over the training split (heads predict standardised values)
-    target_std: float = 1.0  # and its standard deviation
-    pool: str = "cls"  # embedding the head reads: cls | mean
+    task: str = shapes_params("")  # "" (pretraining) | regress | classify | forecast
+    target: str = shapes_params("")  # manifest phenotype column (regress / classify)
+    pool: str = shapes_params("cls")  # embedding the head reads: cls | mean
     freeze_backbone: bool = False  # train the head only (linear probe through the trainer)
     head_dropout: float = 0.0  # dropout on the pooled embedding before the head
-    init_from: str = ""  # the pretraining work dir the backbone came from (provenance)
-    init_step: int = -1  # its checkpoint step
 
 
 @dataclass(frozen=True)
 class LanguageConfig:
     """fMRI-LM stages 2 (``objective = "adapt"``) and 3 (``"instruct"``): a language model reading tokenizer
-    features of scans next to text. Set by ``brainjax adapt`` / ``brainjax instruct``; saved with every checkpoint."""
+    features of scans next to text. Set by ``brainjax adapt`` / ``brainjax instruct``; which language model and
+    which tokenizer run it started from are the run's :class:`Lineage`."""
 
-    lm_path: str = ""  # local Hugging Face LM directory the run started from ("" = the embedded default LM)
-    architecture: str = ""  # that LM's architecture (LMConfig fields as JSON): the checkpoint rebuilds from it
-    tokenizer_workdir: str = ""  # the stage-1 tokenizer run whose encoder features and codes are used
-    tokenizer_step: int = -1  # its checkpoint step
-    init_from: str = ""  # stage 3: the stage-2 work dir it continues
-    init_step: int = -1  # its checkpoint step
-    train_lm: str = "lora"  # lora | full | frozen: what of the language model trains (projector, parcel
-    # embedding and fMRI head always train; the tokenizer never does)
-    lora_rank: int = 16  # rank r of the adapters
-    lora_alpha: float = 32.0  # adapter output scaled by alpha / r
-    lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")  # projections given adapters
+    train_lm: str = shapes_params("lora")  # lora | full | frozen: what of the language model trains (projector,
+    # parcel embedding and fMRI head always train; the tokenizer never does)
+    lora_rank: int = shapes_params(16)  # rank r of the adapters
+    lora_alpha: float = shapes_params(32.0)  # adapter output scaled by alpha / r
+    lora_targets: tuple[str, ...] = shapes_params(("q", "k", "v", "o", "gate", "up", "down"))  # projections given
+    # adapters
     text_len: int = 160  # text tokens per sample (prompt + answer; longer answers are cut)
     lm_len: int = 128  # tokens of the text-only sequence per sample (stage 2)
     text_weight: float = 1.0  # fMRI -> text loss (answer tokens only)
@@ -170,7 +177,8 @@ class LanguageConfig:
 @dataclass(frozen=True)
 class Config:
     name: str = "default"
-    objective: str = "mae"  # mae (BrainLM masked autoencoder) | tokenizer (fMRI-LM stage-1 neural tokenizer)
+    objective: str = shapes_params("mae")  # mae (BrainLM masked autoencoder, and its fine-tuning) | tokenizer
+    # (fMRI-LM stage-1 neural tokenizer) | adapt | instruct (fMRI-LM stages 2 and 3)
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -182,8 +190,20 @@ class Config:
     language: LanguageConfig = field(default_factory=LanguageConfig)
 
 
-class ConfigError(ValueError):
-    """A preset, file or override that does not fit the config schema."""
+@dataclass(frozen=True)
+class Lineage:
+    """What a run derived from its data and where its weights came from: saved beside every checkpoint (item
+    ``lineage``), written by the command that starts the run, never set with ``--set``."""
+
+    parent: str = ""  # the work dir whose checkpoint the parameters were warm-started from ("" = from scratch)
+    parent_step: int = -1  # that checkpoint's step
+    classes: tuple[str, ...] = shapes_params(())  # classify heads: class labels in output order
+    target_mean: float = 0.0  # regress heads: training-split mean of the target (heads predict standardised values)
+    target_std: float = 1.0  # and its standard deviation
+    lm_path: str = ""  # language runs: the Hugging Face LM directory the run started from
+    lm_architecture: str = shapes_params("")  # that LM's LMConfig as JSON: the checkpoint rebuilds from it
+    tokenizer: str = ""  # language runs: the stage-1 tokenizer work dir whose encoder and codes are used
+    tokenizer_step: int = -1  # its checkpoint step
 
 
 def experiments_dir() -> Path:
@@ -266,6 +286,18 @@ def _set(node: Any, path: list[str], raw: str, key: str) -> Any:
     return dataclasses.replace(node, **{path[0]: _set(current, path[1:], raw, key)})
 
 
+def with_steps(cfg: Config, steps: int) -> Config:
+    """``cfg`` training for ``steps`` updates, evaluating and checkpointing at least once (at the end)."""
+    train = dataclasses.replace(cfg.train, steps=steps, eval_every=max(1, min(cfg.train.eval_every, steps)),
+                                checkpoint_every=max(1, min(cfg.train.checkpoint_every, steps)))
+    return dataclasses.replace(cfg, train=train)
+
+
+def with_data(cfg: Config, path: str) -> Config:
+    """``cfg`` reading the dataset dir(s) ``path`` (comma-separated, already resolved)."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=path))
+
+
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -291,3 +323,43 @@ def from_dict(data: dict, cls: type = Config) -> Any:
 
 def to_json(cfg: Config) -> str:
     return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def param_fields(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"section.field": value}`` of every field declared with :func:`shapes_params` in ``node`` (a Config or
+    a Lineage), recursively: what a checkpoint's parameters depend on."""
+    out = {}
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(param_fields(value, f"{prefix}{f.name}."))
+        elif f.metadata.get("shapes_params"):
+            out[prefix + f.name] = value
+    return out
+
+
+# Fields that configs written before the Lineage item held, and where each went: (section, old) -> new.
+_LEGACY_LINEAGE = {("finetune", "classes"): "classes", ("finetune", "target_mean"): "target_mean",
+                   ("finetune", "target_std"): "target_std", ("finetune", "init_from"): "parent",
+                   ("finetune", "init_step"): "parent_step", ("language", "lm_path"): "lm_path",
+                   ("language", "architecture"): "lm_architecture", ("language", "tokenizer_workdir"): "tokenizer",
+                   ("language", "tokenizer_step"): "tokenizer_step", ("language", "init_from"): "parent",
+                   ("language", "init_step"): "parent_step"}
+
+
+def from_saved(config: dict, lineage: dict | None = None) -> tuple[Config, Lineage]:
+    """The Config and Lineage of a checkpoint's ``config`` (and ``lineage``) items, from any brainjax version.
+
+    Checkpoints written before the lineage item kept it inside the config (``finetune.classes``,
+    ``language.architecture``...): those fields are moved out, so old work dirs load and resume unchanged.
+    """
+    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
+    moved: dict[str, Any] = {}
+    for (section, old), new in _LEGACY_LINEAGE.items():
+        if old in config.get(section, {}):
+            value = config[section].pop(old)
+            if new not in moved or value not in ("", -1):  # an unset field never hides one that is set
+                moved[new] = value
+    if not moved.get("parent") and moved.get("tokenizer"):  # a stage-2 run: its parent is the tokenizer run
+        moved.update(parent=moved["tokenizer"], parent_step=moved.get("tokenizer_step", -1))
+    return from_dict(config), from_dict({**moved, **(lineage or {})}, Lineage)

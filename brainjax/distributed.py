@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import jax
-import numpy as np
 
 T = TypeVar("T")
 
@@ -39,25 +38,3 @@ def main_first(name: str, make: Callable[[], T], read: Callable[[], T]) -> T:
     value = make() if is_main() else None
     barrier(name)
     return value if is_main() else read()
-
-
-def run_on_mesh(fn: Callable, batch: dict, mesh) -> np.ndarray:
-    """``fn(global_batch)`` where every process holds the same full ``batch`` (dict of [N, ...] arrays, N a
-    multiple of the mesh size); returns the full result (numpy, leading dim N) on every process.
-
-    Each process feeds only its own rows to the global array (a batch replicated by every process would be
-    ``process_count`` times too large), and the result is gathered back from all processes.
-    """
-    from brainjax.data.pipeline import to_global
-
-    count, index = jax.process_count(), jax.process_index()
-    rows = len(next(iter(batch.values())))
-    if rows % count:
-        raise ValueError(f"batch of {rows} rows cannot be split over {count} processes")
-    share = rows // count
-    local = {k: np.asarray(v)[index * share:(index + 1) * share] for k, v in batch.items()}
-    out = fn(to_global(local, mesh))
-    if count == 1:
-        return np.asarray(jax.device_get(out))
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(out, tiled=True))

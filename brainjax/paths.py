@@ -12,14 +12,26 @@ ones for both (``gcloud auth application-default login``, or the VM's service ac
 Atomic writes: locally a file is written under a temporary name and renamed (``os.replace``), so a reader
 never sees half a file. Object stores need no such dance: an object only becomes visible once its upload
 finishes (when the file handle is closed), and it replaces the previous version whole; there is no rename
-to do atomically anyway (a GCS "rename" is a copy plus a delete).
+to do atomically anyway (a GCS "rename" is a copy plus a delete). A file that a reader may
+open while it is being replaced is written through :func:`atomic_path` (or its shorthands
+:func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`write_json`); whole-directory swaps (a saved
+model, a cache entry, a dataset part) rename by themselves.
+
+JSON reports are strict (:func:`strict_json`): NaN and infinities become null, so any JSON parser reads them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
+import math
 import os
 import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from etils import epath
 
@@ -76,9 +88,55 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     if is_remote(target):
         target.write_bytes(data)
         return
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary local file to write in place of ``path``: when the block ends without an error it replaces
+    ``path`` whole; when the block raises it is removed. Readers see the old file or the new one, never a part.
+
+    Local: the sibling ``<name>.tmp<pid>``, renamed over ``path`` (``os.replace``, atomic on one file system).
+    Remote: a local temporary file, uploaded as one object. The temporary name has no extension of ``path``'s:
+    writers that pick a format from the name (``np.save`` appends ``.npy``, matplotlib) need a file object or
+    an explicit format.
+    """
+    target = workdir_path(path)
+    remote = is_remote(target)
+    if remote:
+        handle, name = tempfile.mkstemp(prefix="brainjax-upload-")
+        os.close(handle)
+        tmp = Path(name)
+    else:
+        tmp = Path(os.fspath(target.with_name(target.name + f".tmp{os.getpid()}")))
+    try:
+        yield tmp
+        if remote:
+            target.write_bytes(tmp.read_bytes())
+        else:
+            os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)  # left only when the block (or the upload) failed
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` as plain JSON data: keys as strings, tuples as lists, numpy/JAX scalars and arrays as Python
+    numbers and lists, and every NaN or infinity as None, so ``json.dumps(..., allow_nan=False)`` holds."""
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    if hasattr(value, "tolist"):
+        return strict_json(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 1) -> None:
+    """Write ``value`` to ``path`` as strict JSON (:func:`strict_json`) and a final newline, atomically."""
+    atomic_write_text(path, json.dumps(strict_json(value), allow_nan=False, indent=indent) + "\n")
 
 
 def move_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:

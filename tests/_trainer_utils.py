@@ -59,18 +59,20 @@ def tiny_config(steps: int = 6, **sections) -> Config:
 def make_trainer(cfg: Config, data: Path, workdir: Path, mesh=None):
     """A Trainer over the real pipeline and the config's task (as `brainjax pretrain` builds it)."""
     from brainjax.data.pipeline import LoaderSpec, eval_batches, make_loader, to_global
-    from brainjax.train.finetune import task_for_config
+    from brainjax.eval.figures import reconstruction_hook
+    from brainjax.tasks import task_for
     from brainjax.train.trainer import Trainer
 
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(data)))
     loader = make_loader(LoaderSpec(paths=(str(data),), split="train", window=cfg.data.window,
                                     batch_size=cfg.data.batch_size, seed=cfg.train.seed, read_threads=1))
-    task = task_for_config(cfg, loader.n_parcels)  # the MAE, or the tokenizer for objective="tokenizer"
+    task = task_for(cfg, n_parcels=loader.n_parcels)  # the MAE, or the tokenizer for objective="tokenizer"
 
     def validation():
         return eval_batches((str(data),), "val", cfg.data.window, cfg.data.batch_size, read_threads=1)
 
-    return Trainer(cfg, task, workdir, loader, validation, to_global, mesh=mesh)
+    finish = reconstruction_hook(task, workdir) if cfg.train.figure else None
+    return Trainer(cfg, task, workdir, loader, validation, to_global, mesh=mesh, on_finish=finish)
 
 
 def write_config_file(path: Path, cfg: Config) -> Path:

@@ -20,7 +20,8 @@ from brainjax.config import ModelConfig, QuantizerConfig
 from brainjax.data.dataset import Dataset
 from brainjax.models.tokenizer import NeuralTokenizer, tokenizer_loss
 from brainjax.nn.alignment import domain_loss, reverse_gradient, siglip_loss
-from brainjax.train.tasks import PatchTask, TokenizerTask
+from brainjax.tasks.base import PatchTask
+from brainjax.tasks.tokenizer import TokenizerTask
 
 SMALL = ModelConfig(patch=8, max_parcels=5, width=8, depth=1, heads=2, mlp=16, dec_width=8, dec_depth=1, dec_heads=2,
                     dec_mlp=16, attention="xla")
@@ -186,13 +187,14 @@ def test_command_inputs_defaults_and_resume_exact_word_rows(setup):
     assert (np.abs(rows).max(-1).min(-1) == 0).all()
 
 
+@pytest.mark.slow
 def test_aligned_tokenizer_trains_reports_and_restores(setup):
     from brainjax.commands.tokenizer import alignment_batches
     from brainjax.config import MeshConfig, load_config, override
     from brainjax.data.pipeline import LoaderSpec, MappedLoader, eval_batches, make_loader, mapped_passes, to_global
-    from brainjax.eval.restore import load_for_eval
-    from brainjax.train.checkpoint import CheckpointMismatchError
-    from brainjax.train.sharding import make_mesh
+    from brainjax.errors import CheckpointMismatchError
+    from brainjax.run import load_model
+    from brainjax.sharding import make_mesh
     from brainjax.train.trainer import Trainer
 
     root, data, config = setup
@@ -218,11 +220,11 @@ def test_aligned_tokenizer_trains_reports_and_restores(setup):
     logs = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert all(f"train_{n}" in m for m in logs if "train_mse" in m for n in names)
     saved = json.loads((workdir / "config.json").read_text())
-    trainer._check_config(saved, 3)
+    trainer._check_config(saved, {}, 3)
     del saved["quantizer"]["word_samples"]  # a checkpoint from before the field: read as its default (16)
     with pytest.raises(CheckpointMismatchError, match="word_samples: checkpoint 16 vs now 5"):
-        trainer._check_config(saved, 3)
-    loaded = load_for_eval(workdir)
+        trainer._check_config(saved, {}, 3)
+    loaded = load_model(workdir)
     assert loaded.cfg.quantizer.lm_width == H and loaded.model.alignment is not None
     restored = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(loaded.model, nnx.Param)))
     jax.tree.map(np.testing.assert_array_equal, restored, jax.tree.map(np.asarray, nnx.to_pure_dict(result.params)))

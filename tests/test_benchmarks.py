@@ -52,6 +52,7 @@ def small_data(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_reports_consistent_figures():
     out = _run("train_step.py", "--preset", "tiny", *STEP, "--parcels", "160", "--peak-size", "256")
     cfg = load_config("tiny")
@@ -75,6 +76,7 @@ def test_loader_benchmark_counts_windows(small_data):
     assert np.isclose(out["mb_per_s"], out["windows_per_s"] * 160 * 40 * 4 / 1e6, rtol=0.02)
 
 
+@pytest.mark.slow
 def test_sweep_keeps_a_failing_configuration_as_an_error_row():
     out, err = _run("sweep.py", "--presets", "tiny,no_such_preset", "--dtypes", "float32", *STEP, "--parcels",
                     "160", "--peak-size", "256", "--markdown", stderr=True)
@@ -109,6 +111,7 @@ def test_sweep_helpers_reject_empty_lists_and_format_rows():
         "| a / b |")  # a pipe inside a cell would split it
 
 
+@pytest.mark.slow
 def test_loader_vs_step_reports_both_rates_and_their_ratio(small_data):
     out = _run("loader_vs_step.py", "--preset", "tiny", "--data", str(small_data), *STEP, "--threads", "2",
                "--seconds", "1")
@@ -129,6 +132,7 @@ def test_loader_vs_step_compare_rejects_a_loader_that_delivered_nothing():
         compare(0.0, 8, 0.5)
 
 
+@pytest.mark.slow
 def test_scaling_matches_losses_across_devices_against_the_metrics_files(small_data, tmp_path):
     out = _run("scaling.py", "--preset", "tiny", "--steps", "2", "--devices", "1,2", "--multi", "none",
                "--data", str(small_data), "--set", "train.peak_flops=1e11", "--set", "data.eval_batches=1",
@@ -153,6 +157,7 @@ def test_scaling_matches_losses_across_devices_against_the_metrics_files(small_d
     assert one["overhead"] == 1.0 and abs(two["overhead"] - two["step_s"] / one["step_s"]) <= 5e-4
 
 
+@pytest.mark.slow
 def test_scaling_reports_a_failed_run_as_an_error_row(tmp_path):
     out = _run("scaling.py", "--preset", "tiny", "--steps", "2", "--devices", "1", "--multi", "none",
                "--data", str(tmp_path / "missing"))
@@ -176,6 +181,7 @@ def test_scaling_summary_needs_every_reference_step():
             scaling.parse_multi(bad)
 
 
+@pytest.mark.slow
 def test_quality_rows_restate_the_evaluation_report(small_data, tmp_path):
     out = _run("quality.py", "--presets", "tiny", "--data", str(small_data), "--root", str(tmp_path),
                "--set", "train.steps=3", "--set", "train.figure=false",

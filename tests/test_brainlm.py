@@ -76,6 +76,7 @@ def test_padded_parcels_do_not_affect_loss_or_embeddings():
         np.testing.assert_allclose(np.asarray(emb_b[key]), np.asarray(emb_a[key]), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradient_reaches_mask_token_not_padded_inputs():
     model, batch = _model(), _batch()
     _, grads = _grads(model, batch)
@@ -129,6 +130,7 @@ def test_norm_targets_are_per_patch_standardised():
     np.testing.assert_allclose(target[0], expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bfloat16_close_to_float32():
     batch, rng = _batch(), jax.random.key(5)
     loss32, _ = mae_loss(_model(), batch, rng, MASK)
@@ -137,6 +139,7 @@ def test_bfloat16_close_to_float32():
     assert _model(dtype="bfloat16").head.kernel[...].dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_remat_and_chunked_attention_give_same_loss_and_grads():
     batch = _batch()
     loss_ref, grads_ref = _grads(_model(), batch)
@@ -183,7 +186,7 @@ def test_flops_positive_and_grow_with_window():
 
 @pytest.mark.parametrize("name,low,high", [("tiny", 1e4, 1e5), ("ref_small", 4e6, 6e6),
                                            ("brainlm_13m", 1.1e7, 1.6e7), ("brainlm_111m", 1.0e8, 1.25e8),
-                                           ("brainlm_650m", 6.0e8, 7.0e8)])
+                                           pytest.param("brainlm_650m", 6.0e8, 7.0e8, marks=pytest.mark.slow)])
 def test_preset_parameter_counts(name, low, high):
     cfg = load_config(name)
     model = nnx.eval_shape(lambda: BrainLM(cfg.model, rngs=nnx.Rngs(0)))

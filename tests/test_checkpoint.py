@@ -9,9 +9,10 @@ from _trainer_utils import make_trainer, tiny_config, tiny_dataset
 from flax import nnx
 
 from brainjax.config import MeshConfig
-from brainjax.train.checkpoint import Checkpointer, CheckpointMismatchError
+from brainjax.errors import CheckpointMismatchError
+from brainjax.sharding import make_mesh
+from brainjax.train.checkpoint import Checkpointer
 from brainjax.train.logging import read_metrics
-from brainjax.train.sharding import make_mesh
 
 # tests/conftest.py simulates 8 CPU devices; fail loudly (not skip) if that did not take effect
 assert jax.device_count() >= 8, f"needs 8 simulated devices (tests/conftest.py), found {jax.device_count()}"
@@ -51,6 +52,7 @@ def test_retention_keeps_latest_and_every_kth(tmp_path):
         Checkpointer(tmp_path / "other", keep_last=0)
 
 
+@pytest.mark.slow
 def test_resume_reproduces_uninterrupted_run_bitwise(data, reference, tmp_path):
     _, ref_records, ref_params = reference
     first = make_trainer(tiny_config(STEPS), data, tmp_path).run(until=3)
@@ -65,6 +67,7 @@ def test_resume_reproduces_uninterrupted_run_bitwise(data, reference, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_to_previous(data, reference, tmp_path):
     make_trainer(tiny_config(STEPS), data, tmp_path).run(until=4)  # checkpoints at 2 and 4
     state_dir = tmp_path / "checkpoints" / "4" / "state"
@@ -81,6 +84,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(data, reference, tmp_p
     assert _losses(read_metrics(tmp_path)) == _losses(reference[1])
 
 
+@pytest.mark.slow
 def test_restore_onto_another_mesh(data, reference, tmp_path):
     """A checkpoint written on data=4 x fsdp=2 restores onto 1 device, and one from 1 device onto 8."""
     workdir, _, ref_params = reference
@@ -111,6 +115,7 @@ def test_restore_onto_another_mesh(data, reference, tmp_path):
         np.testing.assert_array_equal(np.asarray(a), b)
 
 
+@pytest.mark.slow
 def test_changed_model_config_is_refused(data, reference):
     workdir = reference[0]
     cfg = tiny_config(STEPS + 2)

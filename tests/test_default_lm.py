@@ -92,6 +92,7 @@ def test_packing_puts_eos_between_documents(corpus, tokenizer):
         dlm.pack_documents(texts[:1], tokenizer, seq_len=10_000)
 
 
+@pytest.mark.slow
 def test_train_lm_lowers_the_loss(corpus, tokenizer):
     model, history = dlm.train_lm(corpus, tokenizer, TINY, steps=40, batch_size=8, seq_len=32, lr=1e-2, seed=0)
     assert history.shape == (40,) and np.all(np.isfinite(history))
@@ -115,6 +116,7 @@ def built(tmp_path_factory):
                                 seq_len=32, lr=1e-2)
 
 
+@pytest.mark.slow
 def test_build_default_lm_loads_and_generates(built):
     model, tokenizer = from_pretrained(built)
     record = json.loads((built / "brainjax_lm.json").read_text())
@@ -129,6 +131,7 @@ def test_build_default_lm_loads_and_generates(built):
     assert isinstance(tokenizer.decode(out[0].tolist()), str)
 
 
+@pytest.mark.slow
 def test_default_lm_builds_once_and_is_reused(built, tmp_path, monkeypatch):
     calls = []
 

@@ -12,8 +12,11 @@ from _trainer_utils import PARCELS, WINDOW, cli_env, make_trainer, tiny_config, 
 from jax.sharding import NamedSharding, PartitionSpec
 
 from brainjax.data.dataset import Dataset
+from brainjax.errors import NoCheckpointError
 from brainjax.eval.embeddings import embed_dataset
-from brainjax.eval.restore import NoCheckpointError, load_for_eval
+from brainjax.run import load_model
+
+pytestmark = pytest.mark.slow  # trains a model, then embeds through the API and the CLI
 
 assert jax.device_count() >= 8, f"needs 8 simulated devices (tests/conftest.py), found {jax.device_count()}"
 
@@ -39,7 +42,7 @@ def trained(tmp_path_factory):
 
 def test_embeddings_equal_windowwise_encoder_means(trained):
     data, workdir = trained
-    loaded = load_for_eval(workdir)
+    loaded = load_model(workdir)
     assert loaded.step == 2 and dict(loaded.mesh.shape) == {"data": 8, "fsdp": 1}
     arrays = embed_dataset(loaded, str(data), ("train", "val"), batch_size=3)
     ds = Dataset(data)
@@ -79,8 +82,8 @@ def test_cli_writes_npz_and_reports_missing_checkpoints(trained, tmp_path):
         assert int(npz["step"]) == 2 and npz["cls"].dtype == np.float32
         assert npz["tokcov"].shape == (npz["scan_id"].shape[0], PARCELS * (PARCELS - 1) // 2)
     with pytest.raises(NoCheckpointError, match="no checkpoints"):
-        load_for_eval(tmp_path)
+        load_model(tmp_path)
     with pytest.raises(NoCheckpointError, match="no step 7"):
-        load_for_eval(workdir, step=7)
+        load_model(workdir, step=7)
     bad = subprocess.run(cmd[:-2] + ["--splits", "dev"], env=cli_env(1), capture_output=True, text=True)
     assert bad.returncode == 2 and "--splits" in bad.stderr

@@ -13,6 +13,7 @@ from brainjax.eval.probe import fc_features, probe
 from brainjax.eval.report import format_report
 
 WINDOW = 32
+pytestmark = pytest.mark.slow  # pretrains on 160 parcels, then a full `brainjax evaluate`
 
 
 @pytest.fixture(scope="module")

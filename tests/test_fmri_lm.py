@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from brainjax.config import Config, LanguageConfig, ModelConfig, QuantizerConfig
+from brainjax.config import Config, LanguageConfig, Lineage, ModelConfig, QuantizerConfig
 from brainjax.lm.evaluate import constrained_choice
-from brainjax.lm.objective import FMRILMTask, fmri_lm_loss
-from brainjax.lm.sequences import SequenceSpec, layout, stack, text_row
 from brainjax.models.fmri_lm import FMRILM
 from brainjax.models.lm import LMConfig
+from brainjax.models.sequences import SequenceSpec, layout, stack, text_row
+from brainjax.tasks.fmri_lm import FMRILMTask, fmri_lm_loss
 
 LM = LMConfig(family="qwen3", vocab_size=40, hidden=16, layers=2, heads=2, kv_heads=1, head_dim=8, intermediate=32,
               max_positions=256, norm_eps=1e-6)
@@ -127,8 +127,8 @@ def test_losses_match_numpy_and_codes_of_each_patch_encoded_alone():
 @pytest.mark.parametrize("train_lm", ["lora", "full", "frozen"])
 def test_frozen_mask_freezes_the_tokenizer_always_and_the_lm_by_mode(train_lm):
     model = _model(train_lm)
-    task = FMRILMTask(Config(objective="adapt", language=LanguageConfig(
-        train_lm=train_lm, lora_rank=2, architecture=_architecture())), SPEC)
+    task = FMRILMTask(Config(objective="adapt", language=LanguageConfig(train_lm=train_lm, lora_rank=2)),
+                      Lineage(lm_architecture=_architecture()), SPEC)
     params = nnx.state(model, nnx.Param)
     flat = {"/".join(map(str, k)): v for k, v in nnx.to_flat_state(task.frozen_mask(params))}
     flat = {k: bool(v.get_value() if hasattr(v, "get_value") else v) for k, v in flat.items()}
@@ -151,9 +151,9 @@ def _architecture() -> str:
 
 
 def test_code_loss_needs_two_patches():
-    cfg = Config(objective="adapt", language=LanguageConfig(architecture=_architecture()))
+    cfg = Config(objective="adapt", language=LanguageConfig())
     with pytest.raises(ValueError, match="2 time patches"):
-        FMRILMTask(cfg, SequenceSpec(n_parcels=3, n_patches=1))
+        FMRILMTask(cfg, Lineage(lm_architecture=_architecture()), SequenceSpec(n_parcels=3, n_patches=1))
 
 
 def test_constrained_choice_is_greedy_over_the_label_trie():

@@ -10,6 +10,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from brainjax.config import MaskConfig, ModelConfig
@@ -44,6 +45,7 @@ def test_attention_weights_reproduce_the_attention_output():
     np.testing.assert_allclose(np.asarray(by_hand), np.asarray(attn(x, key_mask)), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_parcel_attention_is_the_token_attention_aggregated():
     model, batch = BrainLM(CFG, rngs=nnx.Rngs(0)), _batch()
     maps = jax.tree.map(np.asarray, model.attention_maps(batch))
@@ -68,6 +70,7 @@ def test_parcel_attention_is_the_token_attention_aggregated():
                                        1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_future_masked_forecast_does_not_read_the_future():
     model, batch = BrainLM(CFG, rngs=nnx.Rngs(0)), _batch()
     mask_cfg = MaskConfig(strategy="future", future_patches=1)

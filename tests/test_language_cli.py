@@ -15,12 +15,14 @@ from safetensors.numpy import load_file
 
 from brainjax.cli import main as cli
 from brainjax.config import QuantizerConfig
-from brainjax.eval.restore import load_for_eval
 from brainjax.lm.default_lm import offline_corpus, train_text_tokenizer
 from brainjax.models.lm import DecoderLM, LMConfig
 from brainjax.models.lm_loading import from_pretrained
 from brainjax.models.lm_saving import save_pretrained
+from brainjax.run import load_model
 from brainjax.train.logging import read_metrics
+
+pytestmark = pytest.mark.slow  # stage-1 tokenizer training plus adapt / instruct / ask runs
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +58,10 @@ def _params(model) -> dict:
 def test_adapt_trains_only_what_it_should_and_resumes(stage2):
     root, data = stage2
     assert (data / "descriptors" / "descriptors.jsonl").exists()  # computed because it was missing
-    run = load_for_eval(root / "adapt")
+    run = load_model(root / "adapt")
     assert run.step == 5 and run.cfg.objective == "adapt"
     trained = _params(run.model)
-    tokenizer = _params(load_for_eval(root / "tok").model)
+    tokenizer = _params(load_model(root / "tok").model)
     for name, value in tokenizer.items():  # frozen stage 1, carried over exactly
         np.testing.assert_array_equal(trained["tokenizer/" + name], value)
     lm, _ = from_pretrained(root / "lm")
@@ -87,9 +89,9 @@ def test_instruct_then_ask(stage2, capsys):
         ("age", "zero-shot", "generate")}
     assert rows[("sex", "zero-shot", "logprob")]["tuned"] and not rows[("age", "zero-shot", "generate")]["tuned"]
     assert all(r["n"] == 3 for r in report["rows"])
-    run = load_for_eval(out)
+    run = load_model(out)
     assert run.cfg.language.targets == ("sex", "diagnosis") and run.cfg.language.code_weight == 0.0
-    stage2_tokenizer = _params(load_for_eval(root / "adapt").model)
+    stage2_tokenizer = _params(load_model(root / "adapt").model)
     for name, value in _params(run.model).items():
         if name.startswith("tokenizer/"):
             np.testing.assert_array_equal(value, stage2_tokenizer[name])

@@ -57,6 +57,7 @@ def test_cross_decoder_queries_do_not_interact():
     np.testing.assert_allclose(np.asarray(decoder(queries, poisoned, memory_mask)), whole, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cross_model_depends_only_on_visible_tokens_and_trains():
     model, batch = BrainLM(CFG, rngs=nnx.Rngs(0)), _batch()
     rng = jax.random.key(4)
@@ -77,6 +78,7 @@ def test_cross_model_depends_only_on_visible_tokens_and_trains():
     assert losses[-1] < 0.7 * losses[0]
 
 
+@pytest.mark.slow
 def test_contrastive_objective_adds_weighted_info_nce_and_reaches_the_cls():
     cfg = dataclasses.replace(CFG, contrastive_weight=0.5, contrastive_temperature=0.2)
     model, batch = BrainLM(cfg, rngs=nnx.Rngs(0)), _batch()
@@ -109,6 +111,7 @@ def test_flops_count_the_second_view(decoder):
         assert one < model_flops_per_sample(dataclasses.replace(base, decoder="full"), 7, 30, MASK)
 
 
+@pytest.mark.slow
 def test_factorised_decoder_keeps_parcels_apart_until_the_memory():
     from brainjax.nn.layers import FactorisedDecoder
     decoder = FactorisedDecoder(2, 8, 2, 16, DECODER_AXES, dropout_rate=0.0, attn_impl="xla", chunk=64,
@@ -127,6 +130,7 @@ def test_factorised_decoder_keeps_parcels_apart_until_the_memory():
     np.testing.assert_allclose(moved[:, :2], whole[:, :2], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_factorised_model_sees_only_visible_tokens():
     cfg = dataclasses.replace(CFG, decoder="factorised", parcel_identity=True)
     model, batch = BrainLM(cfg, rngs=nnx.Rngs(0)), _batch()

@@ -25,13 +25,13 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from brainjax import cli
+from brainjax import cli, sharding
 from brainjax.config import Config, DataConfig, MaskConfig, MeshConfig, ModelConfig, load_config, override
 from brainjax.models.brainlm import BrainLM, count_params
-from brainjax.train import memory, sharding
+from brainjax.tasks import BrainLMTask
+from brainjax.train import memory
 from brainjax.train.optim import make_optimizer
 from brainjax.train.step import init_train_state
-from brainjax.train.tasks import BrainLMTask
 from brainjax.train.trainer import Trainer
 
 PARCELS = 32
@@ -106,6 +106,7 @@ def test_parameter_terms_scale_as_one_over_fsdp_and_activations_do_not():
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.slow
 def test_estimate_agrees_with_xla_memory_analysis(measured, name):
     est, stats, inputs = measured[name]
     # arguments are the state and the batch, give or take the step counters, the rng key and ``tr`` (unused by
@@ -117,6 +118,7 @@ def test_estimate_agrees_with_xla_memory_analysis(measured, name):
     assert 2 / 3 <= stats.temp_size_in_bytes / (max(est.backward, est.update) + est.batch) <= 1.5
 
 
+@pytest.mark.slow
 def test_remat_attention_and_batch_move_estimate_and_xla_together(measured):
     (base, xla_base, _), (remat, xla_remat, _) = measured["xla"], measured["remat"]
     assert remat.total < base.total and xla_remat.temp_size_in_bytes < xla_base.temp_size_in_bytes

@@ -91,6 +91,7 @@ def runs(tmp_path_factory):
             "two_checkpoints": two_checkpoints}
 
 
+@pytest.mark.slow
 def test_two_processes_reproduce_one_process_losses(runs):
     reference, mixed = _losses(runs["reference"]), _losses(runs["mixed"])
     assert sorted(reference) == sorted(mixed) == list(range(1, STEPS + 1))
@@ -99,6 +100,7 @@ def test_two_processes_reproduce_one_process_losses(runs):
     assert len(set(reference.values())) == STEPS  # the losses move, so agreement is not trivial
 
 
+@pytest.mark.slow
 def test_only_process_zero_logs(runs):
     first, second = runs["two_out"]
     # the trainer's own lines; Gloo's connection messages interleave in both processes' stdout and can leave
@@ -110,6 +112,7 @@ def test_only_process_zero_logs(runs):
     assert "parameters:" not in second and "validation:" not in second
 
 
+@pytest.mark.slow
 def test_two_process_checkpoint_restores_into_one_process_and_back(runs):
     # one Orbax checkpoint per step, written jointly by both processes (step 6), read by a single process
     assert runs["two_checkpoints"] == [FIRST, SECOND]
@@ -141,6 +144,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_each_training_window_of_an_epoch_is_read_once_across_processes(runs):
     from brainjax.data.pipeline import LoaderSpec, make_loader
 

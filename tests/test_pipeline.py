@@ -174,7 +174,7 @@ def test_no_shuffle_keeps_canonical_order(data):
     assert got == sorted(all_stride_windows(ds, "train", WINDOW, STRIDE))
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_state_restore_is_exact(data, workers):
     path = data["a"].path
     per_epoch = len(all_stride_windows(data["a"], "train", WINDOW, STRIDE))

@@ -110,6 +110,7 @@ def brainspace_raw():
     return lh, rh, np.loadtxt(str(BRAINSPACE / f"{RUN}_confounds.txt"))
 
 
+@pytest.mark.slow
 def test_brainspace_surface_run(tmp_path, brainspace_raw):
     lh, rh, confounds = brainspace_raw
     assert lh.shape == rh.shape == (10242, 652) and confounds.shape == (652, 29)

@@ -9,6 +9,7 @@ import pytest
 from _trainer_utils import cli, cli_env, tiny_config, tiny_dataset, write_config_file
 
 STEPS = 200
+pytestmark = pytest.mark.slow  # `brainjax pretrain` subprocesses of up to STEPS steps
 
 
 @pytest.fixture(scope="module")

@@ -103,6 +103,18 @@ def test_atomic_write_and_move_local(tmp_path):
         paths.move_tree(tmp_path / "new", "gs://b/elsewhere")
 
 
+def test_atomic_path_keeps_the_old_file_on_error_and_json_is_strict(tmp_path):
+    target = tmp_path / "r.json"
+    paths.write_json(target, {"a": float("nan"), "b": (np.float32(1.5), np.inf), 3: np.arange(2)})
+    assert target.read_text().endswith("}\n")
+    assert json.loads(target.read_text()) == {"a": None, "b": [1.5, None], "3": [0, 1]}
+    with pytest.raises(RuntimeError, match="half"), paths.atomic_path(target) as tmp:
+        tmp.write_text("half a file")
+        raise RuntimeError("half written")
+    assert json.loads(target.read_text())["b"] == [1.5, None]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # the temporary file is gone
+
+
 def test_remote_copy_move_and_figure(bucket, tmp_path):
     local = tmp_path / "tree"
     (local / "a" / "b").mkdir(parents=True)
@@ -123,6 +135,8 @@ def test_remote_copy_move_and_figure(bucket, tmp_path):
         save_figure(fig, target)
     assert (bucket / "fig.png").read_bytes() == (tmp_path / "fig.png").read_bytes()
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    paths.write_json(bucket / "report.json", {"r2": float("nan")})
+    assert json.loads((bucket / "report.json").read_text()) == {"r2": None}
 
 
 # ------------------------------------------------------------------------------------------------ logs
@@ -166,6 +180,7 @@ def test_peak_flops_uses_local_device_and_only_process_0_caches(bucket, monkeypa
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
+@pytest.mark.slow
 def test_trainer_on_gs_resumes_exactly_and_non_main_writes_no_logs(data, bucket, tmp_path, monkeypatch):
     """A gs:// run stopped at step 2 and resumed ends with the parameters of an uninterrupted local run.
 

@@ -6,8 +6,8 @@ from flax import nnx
 from jax.sharding import AxisType
 
 from brainjax.config import MeshConfig
+from brainjax.sharding import create_sharded, logical_to_spec, make_mesh
 from brainjax.train.logging import read_metrics
-from brainjax.train.sharding import create_sharded, logical_to_spec, make_mesh
 
 # tests/conftest.py simulates 8 CPU devices; fail loudly (not skip) if that did not take effect
 assert jax.device_count() >= 8, f"needs 8 simulated devices (tests/conftest.py), found {jax.device_count()}"
@@ -60,6 +60,7 @@ def data(tmp_path_factory):
     return tiny_dataset(tmp_path_factory.mktemp("data"))
 
 
+@pytest.mark.slow
 def test_sharded_training_matches_one_device(data, tmp_path):
     cfg = tiny_config(steps=3, train={"eval_every": 0, "checkpoint_every": 100})
     meshes = {"one": make_mesh(MeshConfig(data=1, fsdp=1), devices=jax.devices()[:1]),

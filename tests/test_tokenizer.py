@@ -11,7 +11,7 @@ from flax import nnx
 from brainjax.cli import main as cli
 from brainjax.config import QuantizerConfig
 from brainjax.data.dataset import Dataset
-from brainjax.eval.restore import load_for_eval
+from brainjax.run import load_model
 from brainjax.train.logging import read_metrics
 
 
@@ -30,6 +30,7 @@ def trained(tmp_path_factory):
     return data, root / "vq", result
 
 
+@pytest.mark.slow
 def test_vq_tokenizer_learns_and_reports_codebook_statistics(trained):
     _, workdir, result = trained
     logs = [m for m in read_metrics(workdir) if "train_r2" in m]
@@ -38,9 +39,10 @@ def test_vq_tokenizer_learns_and_reports_codebook_statistics(trained):
     assert 0 < result.eval["val_usage"] <= 1 and 1 <= result.eval["val_perplexity"] <= 16
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_the_codebook_state(trained):
     _, workdir, result = trained
-    loaded = load_for_eval(workdir)
+    loaded = load_model(workdir)
     assert loaded.cfg.objective == "tokenizer" and loaded.model.codebook_size == 16
     restored = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(loaded.model, nnx.Param)))
     final = jax.tree.map(np.asarray, nnx.to_pure_dict(result.params))
@@ -50,12 +52,13 @@ def test_checkpoint_restores_the_codebook_state(trained):
     assert flags and all(f.all() for f in flags)  # k-means initialisation happened and was saved
 
 
+@pytest.mark.slow
 def test_encode_writes_every_window_in_time_order(trained, tmp_path):
     data, workdir, _ = trained
     out = tmp_path / "codes.npz"
     assert cli(["tokenizer", "encode", "--workdir", str(workdir), "--data", str(data), "--out", str(out),
                 "--batch", "8"]) == 0
-    ds, loaded = Dataset(data), load_for_eval(workdir)
+    ds, loaded = Dataset(data), load_model(workdir)
     with np.load(out, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
     assert list(arrays["scan_id"]) == [r["scan_id"] for r in ds.manifest]
@@ -74,12 +77,14 @@ def test_encode_writes_every_window_in_time_order(trained, tmp_path):
     assert 0 < arrays["usage"] <= 1
 
 
+@pytest.mark.slow
 def test_fsq_tokenizer_trains_through_the_same_path(tmp_path):
     data = tiny_dataset(tmp_path / "data")
     result = make_trainer(_tokenizer_config(3, kind="fsq"), data, tmp_path / "fsq").run()
     assert np.isfinite(result.eval["val_mse"]) and result.eval["val_usage"] > 0
 
 
+@pytest.mark.slow
 def test_objective_change_in_a_work_dir_is_refused(trained, tmp_path, capsys):
     data, workdir, _ = trained
     assert cli(["pretrain", "--workdir", str(workdir), "--data", str(data), "--preset", "tiny"]) == 2

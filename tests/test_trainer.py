@@ -4,9 +4,9 @@ import pytest
 from _trainer_utils import make_trainer, tiny_config, tiny_dataset
 
 from brainjax.config import MeshConfig
+from brainjax.sharding import make_mesh
 from brainjax.train.checkpoint import Checkpointer
 from brainjax.train.logging import read_metrics
-from brainjax.train.sharding import make_mesh
 from brainjax.train.trainer import NonFiniteLossError
 
 # tests/conftest.py simulates 8 CPU devices; fail loudly (not skip) if that did not take effect
@@ -43,6 +43,7 @@ class PoisonedLoader:
         self.position = state["position"]
 
 
+@pytest.mark.slow
 def test_loss_falls_and_run_reports(data, tmp_path, capsys):
     cfg = tiny_config(40, train={"eval_every": 20, "checkpoint_every": 20, "log_every": 5, "figure": True,
                                  "peak_flops": 0.0}, optim={"base_lr": 1e-2, "warmup_frac": 0.1})
@@ -64,6 +65,7 @@ def test_loss_falls_and_run_reports(data, tmp_path, capsys):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_full_batch(data, tmp_path):
     # "future" masking is deterministic, dropout is off: 2 micro-batches of 4 must equal one batch of 8.
     common = {"mask": {"strategy": "future", "future_patches": 1},
@@ -100,6 +102,7 @@ def test_nonfinite_stop_names_step_and_writes_no_nan_checkpoint(data, tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_nonfinite_skip_keeps_state_and_counts(data, tmp_path):
     cfg = tiny_config(4, train={"nonfinite": "skip", "eval_every": 0})
     reference = make_trainer(cfg, data, tmp_path / "ref").run(until=3)  # same lr schedule, 3 clean updates

@@ -1,14 +1,14 @@
-"""Argument types and output helpers shared by several commands."""
+"""Argument types, flags and config resolution shared by several commands."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
-
-class UsageError(ValueError):
-    """A command-line mistake: ``brainjax`` prints it as ``error: ...`` and exits with status 2."""
+from brainjax.errors import UsageError
+from brainjax.paths import atomic_path
 
 
 def split_fractions(text: str) -> tuple[float, float, float]:
@@ -30,10 +30,40 @@ def write_npz(path: str | os.PathLike, arrays: dict) -> Path:
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
     return out
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, preset: str, workdir: str) -> None:
+    """The flags of a command that trains from a preset (``pretrain``, ``tokenizer train``)."""
+    parser.add_argument("--data", help="dataset dir(s), comma-separated (default: the embedded synthetic dataset)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", default=preset, help="experiments/NAME.py preset (default: %(default)s)")
+    source.add_argument("--config", help="a Python file defining config()")
+    parser.add_argument("--workdir", default=workdir,
+                        help="checkpoints, logs and figures go here; an existing run here is resumed "
+                             "(default: %(default)s)")
+    parser.add_argument("--steps", type=int, help="total optimizer steps (overrides train.steps)")
+    add_override_argument(parser, "model.width=512")
+    add_distributed_arguments(parser)
+
+
+def add_override_argument(parser: argparse.ArgumentParser, example: str, base: str = "") -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"config override{base}, e.g. --set {example} (repeatable)")
+
+
+def resolve_config(args: argparse.Namespace):
+    """Preset/file + ``--set`` overrides + ``--steps`` + ``--data``, with ``data.path`` resolved to absolute
+    directories (the embedded default dataset when neither ``--data`` nor the preset names one)."""
+    from brainjax.config import load_config, override, with_data
+    from brainjax.data.synthetic import data_or_default
+
+    cfg = override(load_config(args.config or args.preset), args.overrides)
+    if args.steps is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=args.steps))
+    return with_data(cfg, data_or_default(args.data or cfg.data.path))
 
 
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,6 @@ labels' summed answer log-probabilities, the same scoring as the evaluation tabl
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 HELP = "ask an instruction-tuned fMRI-LM a question about a scan"
@@ -36,37 +35,33 @@ def main(args: argparse.Namespace) -> int:
     import numpy as np
     from scipy.special import softmax
 
-    from brainjax.commands.instruct import load_question_setup
-    from brainjax.data.dataset import DatasetError
-    from brainjax.eval.restore import NoCheckpointError, load_for_eval
+    from brainjax.errors import CheckpointMismatchError, DatasetError
     from brainjax.lm.batches import TextCodec
     from brainjax.lm.evaluate import Prompter, first_windows
     from brainjax.lm.instructions import prompt_segments
+    from brainjax.lm.report import load_question_setup
+    from brainjax.run import load_model
 
-    try:
-        loaded = load_for_eval(args.workdir)
-        if loaded.cfg.objective not in ("adapt", "instruct"):
-            raise ValueError(f"{args.workdir} is a {loaded.cfg.objective!r} run, not an fMRI-LM run")
-        data = Path(args.data).resolve() if args.data else Path(loaded.cfg.data.path)
-        dataset, targets, _ = load_question_setup(loaded.cfg, data)
-        index = {row["scan_id"]: i for i, row in enumerate(dataset.manifest)}
-        if args.scan not in index:
-            raise ValueError(f"{data}: no scan {args.scan!r} in the manifest")
-        scan = index[args.scan]
-        split = dataset.manifest[scan]["split"]
-        windows = first_windows(dataset, [scan], loaded.cfg.data.window)
-        if scan not in windows:
-            raise ValueError(f"scan {args.scan} is shorter than one window ({loaded.cfg.data.window} TRs)")
-        codec = TextCodec.from_dir(Path(args.workdir) / "lm")
-        prompter = Prompter(loaded, codec, windows, dataset.atlas.n_parcels, 1, batch_size=1)
-        prompt = prompt_segments(args.question, scan)
-        answer = prompter.generate([prompt], max_new=args.max_tokens)[0]
-        labels = tuple(x.strip() for x in args.labels.split(",") if x.strip()) if args.labels else \
-            options_in(args.question, targets)
-        scores = prompter.label_token_logprobs([prompt], labels)[0] if labels else []
-    except (ValueError, FileNotFoundError, NoCheckpointError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    loaded = load_model(args.workdir)
+    if loaded.cfg.objective not in ("adapt", "instruct"):
+        raise CheckpointMismatchError(f"{args.workdir} is a {loaded.cfg.objective!r} run, not an fMRI-LM run")
+    data = Path(args.data).resolve() if args.data else Path(loaded.cfg.data.path)
+    dataset, targets, _ = load_question_setup(loaded.cfg, data)
+    index = {row["scan_id"]: i for i, row in enumerate(dataset.manifest)}
+    if args.scan not in index:
+        raise DatasetError(f"{data}: no scan {args.scan!r} in the manifest")
+    scan = index[args.scan]
+    split = dataset.manifest[scan]["split"]
+    windows = first_windows(dataset, [scan], loaded.cfg.data.window)
+    if scan not in windows:
+        raise DatasetError(f"scan {args.scan} is shorter than one window ({loaded.cfg.data.window} TRs)")
+    codec = TextCodec.from_dir(Path(args.workdir) / "lm")
+    prompter = Prompter(loaded, codec, windows, dataset.atlas.n_parcels, 1, batch_size=1)
+    prompt = prompt_segments(args.question, scan)
+    answer = prompter.generate([prompt], max_new=args.max_tokens)[0]
+    labels = tuple(x.strip() for x in args.labels.split(",") if x.strip()) if args.labels else \
+        options_in(args.question, targets)
+    scores = prompter.label_token_logprobs([prompt], labels)[0] if labels else []
     print(f"scan {args.scan} ({split} split), {args.workdir} step {loaded.step}")
     print(f"Q: {args.question}\nA: {answer}")
     if labels:

@@ -36,25 +36,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import sys
-
     from brainjax.commands.args import write_npz
     from brainjax.data.dataset import SPLITS
+    from brainjax.errors import UsageError
     from brainjax.eval.embeddings import embed_dataset
-    from brainjax.eval.restore import NoCheckpointError, load_for_eval
+    from brainjax.run import load_model
 
     splits = tuple(s for s in args.splits.split(",") if s)
     unknown = [s for s in splits if s not in SPLITS]
     if unknown or not splits:
-        print(f"error: --splits {args.splits!r}: expected names from {SPLITS}", file=sys.stderr)
-        return 2
-    try:
-        loaded = load_for_eval(args.workdir, args.step)
-        arrays = embed_dataset(loaded, str(Path(args.data).resolve()), splits, args.batch,
-                               tokcov=not args.no_tokcov)
-    except (NoCheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--splits {args.splits!r}: expected names from {SPLITS}")
+    loaded = load_model(args.workdir, args.step)
+    arrays = embed_dataset(loaded, str(Path(args.data).resolve()), splits, args.batch, tokcov=not args.no_tokcov)
     out = write_npz(args.out, arrays)
     print(f"{len(arrays['scan_id'])} scans (step {loaded.step}, width {arrays['cls'].shape[1]}) -> {out}")
     return 0

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from brainjax.errors import UsageError
+
 HELP = "evaluate a checkpoint (reconstruct, probe, forecast, networks) beside baselines; JSON report + figures"
 TASKS = ("reconstruct", "probe", "forecast", "networks", "finetuned")
 
@@ -53,9 +55,9 @@ def choose_tasks(text: str | None, finetune_task: str) -> list[str]:
     tasks = [t for t in text.split(",") if t]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
-        raise ValueError(f"--tasks {text!r}: unknown {unknown}; expected a subset of {','.join(TASKS)}")
+        raise UsageError(f"--tasks {text!r}: unknown {unknown}; expected a subset of {','.join(TASKS)}")
     if "finetuned" in tasks and not head:
-        raise ValueError("--tasks finetuned needs a regress/classify fine-tuning work dir (brainjax finetune)")
+        raise UsageError("--tasks finetuned needs a regress/classify fine-tuning work dir (brainjax finetune)")
     return tasks
 
 
@@ -83,20 +85,17 @@ def run_task(task: str, loaded, data: str, args: argparse.Namespace, figures: Pa
 def main(args: argparse.Namespace) -> int:
     import jax
 
-    from brainjax.data.dataset import Dataset, DatasetError
-    from brainjax.data.synthetic import default_dataset
+    from brainjax.data.dataset import Dataset
+    from brainjax.data.synthetic import data_or_default
+    from brainjax.errors import BrainjaxError
     from brainjax.eval.report import format_report, write_report
-    from brainjax.eval.restore import NoCheckpointError, load_for_eval
+    from brainjax.run import load_model
 
-    data = str(Path(args.data).expanduser().resolve()) if args.data else str(default_dataset())
+    data = data_or_default(args.data)
     out = Path(args.out) if args.out else Path(args.workdir) / "eval" / "report.json"
-    try:
-        Dataset(data)  # fail on a bad dataset before loading the model
-        loaded = load_for_eval(args.workdir, args.step)
-        tasks = choose_tasks(args.tasks, loaded.cfg.finetune.task)
-    except (ValueError, NoCheckpointError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    Dataset(data)  # fail on a bad dataset before loading the model
+    loaded = load_model(args.workdir, args.step)
+    tasks = choose_tasks(args.tasks, loaded.cfg.finetune.task)
     figures = None if args.no_figures else out.parent
     report = {"workdir": str(Path(args.workdir).resolve()), "step": loaded.step, "data": data,
               "split": args.split, "config": loaded.cfg.name, "finetune": loaded.cfg.finetune.task or None,
@@ -105,9 +104,8 @@ def main(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         try:
             report["tasks"][task] = run_task(task, loaded, data, args, figures)
-        except (ValueError, DatasetError) as err:
-            print(f"error: {task}: {err}", file=sys.stderr)
-            return 2
+        except ValueError as err:  # name the task that failed (the cli prints one line and exits 2)
+            raise (type(err) if isinstance(err, BrainjaxError) else ValueError)(f"{task}: {err}") from err
         report["seconds"][task] = round(time.perf_counter() - start, 2)
         print(f"{task}: done in {report['seconds'][task]:.1f} s", file=sys.stderr)
     write_report(out, report)

@@ -13,11 +13,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import sys
-from pathlib import Path
 
-from brainjax.commands.args import add_distributed_arguments, initialize_distributed
-from brainjax.paths import workdir_path
+from brainjax.commands.args import add_distributed_arguments, add_override_argument, initialize_distributed
+from brainjax.errors import UsageError
 
 HELP = "fine-tune a pretrained checkpoint: a phenotype head (regress/classify) or forecasting"
 
@@ -33,94 +31,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool", choices=("cls", "mean"), default="cls", help="embedding the head reads")
     parser.add_argument("--forecast-patches", type=int, default=1,
                         help="patches forecast at the end of each window (forecast task; default: %(default)s)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override on top of the pretrained run's config (repeatable)")
+    add_override_argument(parser, "optim.base_lr=1e-4", " on top of the pretrained run's config")
     add_distributed_arguments(parser)
 
 
 def parse_task(text: str) -> tuple[str, str]:
     """``"regress:age"`` -> ("regress", "age"); ``"forecast"`` -> ("forecast", "")."""
-    from brainjax.train.finetune import FINETUNE_TASKS, HEAD_TASKS
+    from brainjax.tasks.head import FINETUNE_TASKS, HEAD_TASKS
 
     kind, _, target = text.partition(":")
     if kind not in FINETUNE_TASKS or (kind in HEAD_TASKS) != bool(target):
-        raise ValueError(f"--task {text!r}: expected regress:PHENO, classify:PHENO or forecast")
+        raise UsageError(f"--task {text!r}: expected regress:PHENO, classify:PHENO or forecast")
     return kind, target
 
 
-def finetune_config(pretrained, args: argparse.Namespace, data: str, dataset) -> object:
+def finetune_config(pretrained, args: argparse.Namespace, data: str):
     """The fine-tuning run's Config: the pretrained one + finetune section, steps, data, mask for forecasting."""
-    from brainjax.config import FinetuneConfig, MaskConfig, override
-    from brainjax.train.finetune import describe_target
+    from brainjax.config import FinetuneConfig, MaskConfig, override, with_data, with_steps
 
-    cfg = pretrained.cfg
     kind, target = parse_task(args.task)
-    extra = describe_target(dataset, kind, target) if kind != "forecast" else {}
-    finetune = FinetuneConfig(task=kind, target=target, pool=args.pool, freeze_backbone=args.freeze_backbone,
-                              init_from=str(workdir_path(args.workdir)), init_step=pretrained.step, **extra)
-    cfg = dataclasses.replace(
-        cfg, name=f"{cfg.name}-finetune-{kind}{'-' + target if target else ''}", finetune=finetune,
-        data=dataclasses.replace(cfg.data, path=data),
-        train=dataclasses.replace(cfg.train, steps=args.steps, eval_every=max(1, min(cfg.train.eval_every,
-                                                                                       args.steps)),
-                                  checkpoint_every=max(1, min(cfg.train.checkpoint_every, args.steps))))
+    cfg = pretrained.cfg
+    finetune = FinetuneConfig(task=kind, target=target, pool=args.pool, freeze_backbone=args.freeze_backbone)
+    cfg = dataclasses.replace(cfg, name=f"{cfg.name}-finetune-{kind}{'-' + target if target else ''}",
+                              finetune=finetune)
     if kind == "forecast":
         cfg = dataclasses.replace(cfg, mask=MaskConfig(strategy="future", future_patches=args.forecast_patches))
-    return override(cfg, args.overrides)
+    return override(with_steps(with_data(cfg, data), args.steps), args.overrides)
 
 
 def main(args: argparse.Namespace) -> int:
     initialize_distributed(args)  # first: nothing may touch a device before it
-    import jax
+    from brainjax.config import Lineage
+    from brainjax.data.dataset import Dataset
+    from brainjax.data.synthetic import data_or_default
+    from brainjax.distributed import is_main
+    from brainjax.paths import workdir_path
+    from brainjax.run import launch, load_model, warm_start_from
+    from brainjax.tasks.head import HEAD_TASKS, describe_target, label_table, with_labels
 
-    from brainjax.config import ConfigError
-    from brainjax.data.dataset import Dataset, DatasetError
-    from brainjax.data.pipeline import LoaderSpec, MappedLoader, eval_batches, make_loader, mapped_passes, to_global
-    from brainjax.data.synthetic import default_dataset
-    from brainjax.eval.restore import NoCheckpointError, load_for_eval, warm_start_from
-    from brainjax.train.checkpoint import CheckpointMismatchError
-    from brainjax.train.finetune import HEAD_TASKS, label_table, task_for_config, with_labels
-    from brainjax.train.trainer import NonFiniteLossError, Trainer
-
-    data = str(Path(args.data).expanduser().resolve()) if args.data else str(default_dataset())
-    try:
-        kind, target = parse_task(args.task)
-        dataset = Dataset(data)
-        pretrained = load_for_eval(args.workdir, args.step)
-        if pretrained.cfg.finetune.task:
-            raise ValueError(f"{args.workdir} is itself a fine-tuning run ({pretrained.cfg.finetune.task}); "
-                             f"start from a pretraining work dir")
-        cfg = finetune_config(pretrained, args, data, dataset)
-    except (ValueError, NoCheckpointError, DatasetError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    kind, target = parse_task(args.task)
+    data = data_or_default(args.data)
+    dataset = Dataset(data)
+    pretrained = load_model(args.workdir, args.step, objective="mae")
+    if pretrained.cfg.finetune.task:
+        raise UsageError(f"{args.workdir} is itself a fine-tuning run ({pretrained.cfg.finetune.task}); "
+                         f"start from a pretraining work dir")
+    cfg = finetune_config(pretrained, args, data)
+    lineage = Lineage(parent=str(workdir_path(args.workdir)), parent_step=pretrained.step,
+                      **(describe_target(dataset, kind, target) if kind in HEAD_TASKS else {}))
     name = f"finetune-{kind}{'-' + target if target else ''}"
     out = workdir_path(args.out) if args.out else workdir_path(args.workdir) / name  # local or gs://
-    window = cfg.data.window
-    loader = make_loader(LoaderSpec(paths=(data,), split="train", window=window, batch_size=cfg.data.batch_size,
-                                    stride=cfg.data.stride, seed=cfg.train.seed,
-                                    process_index=jax.process_index(), process_count=jax.process_count()))
-
-    def validation():
-        return eval_batches((data,), "val", window, cfg.data.batch_size)
-
-    task = task_for_config(cfg, loader.n_parcels)
+    build = None
     if kind in HEAD_TASKS:
-        labels, valid = label_table(dataset, cfg.finetune)
-        label = functools.partial(with_labels, labels=labels, valid=valid)
-        loader, validation = MappedLoader(loader, label), mapped_passes(validation, label)
-    # load_for_eval put the backbone on every local device (cfg.mesh = data -1): the run uses that mesh
-    trainer = Trainer(cfg, task, out, loader, validation, to_global, mesh=pretrained.mesh,
-                      warm_start=warm_start_from(pretrained))
-    try:
-        trainer.run()
-    except (CheckpointMismatchError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    if jax.process_index() == 0:
+        labels, valid = label_table(dataset, cfg.finetune, lineage)
+        build = functools.partial(with_labels, labels=labels, valid=valid)
+    # load_model put the backbone on every local device (data axis): the run uses that mesh
+    launch(cfg, out, lineage=lineage, build=build, warm_start=warm_start_from(pretrained), mesh=pretrained.mesh)
+    if is_main():
         print(f"fine-tuned {args.task} from {args.workdir} (step {pretrained.step}) -> {out}; "
               f"evaluate with `brainjax evaluate --workdir {out}`")
     return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -106,8 +105,9 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         print(summary(args.dir, args.failures))
-    except DatasetError as err:
+    except DatasetError as err:  # a dataset still being prepared says so instead
         note = _in_progress(Path(args.dir)) if Path(args.dir).is_dir() else None
-        print(f"brainjax info: {note or err}", file=sys.stderr)
-        return 2
+        if note:
+            raise DatasetError(note) from err
+        raise
     return 0

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
-from brainjax.commands.args import add_distributed_arguments, initialize_distributed
+from brainjax.commands.args import add_distributed_arguments, add_override_argument, initialize_distributed
+from brainjax.errors import UsageError
 
 HELP = "fMRI-LM stage 3: instruction-tune on questions about scans, then evaluate zero-/k-shot"
 DEFAULT_TARGETS = ("sex", "diagnosis", "modularity")
@@ -36,26 +36,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8, help="global batch (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the latest checkpoint, no training")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override on top of the stage-2 run's config (repeatable)")
+    add_override_argument(parser, "language.text_len=192", " on top of the stage-2 run's config")
     add_distributed_arguments(parser)
 
 
 def stage3_config(previous, args: argparse.Namespace, data: str, targets: tuple[str, ...]):
     """The stage-2 config with the instruct objective: answer loss only, the tuned targets, new schedule."""
-    from brainjax.config import override
+    from brainjax.config import override, with_data, with_steps
 
     cfg = previous.cfg
-    language = dataclasses.replace(cfg.language, targets=targets, code_weight=0.0, lm_weight=0.0,
-                                   init_from=str(Path(args.adapt).resolve()), init_step=previous.step)
-    steps = args.steps
-    cfg = dataclasses.replace(
-        cfg, name="instruct", objective="instruct", language=language,
-        data=dataclasses.replace(cfg.data, path=data, batch_size=args.batch),
-        optim=dataclasses.replace(cfg.optim, base_lr=args.lr),
-        train=dataclasses.replace(cfg.train, steps=steps, eval_every=max(1, min(cfg.train.eval_every, steps)),
-                                  checkpoint_every=max(1, min(cfg.train.checkpoint_every, steps))))
-    return override(cfg, args.overrides)
+    language = dataclasses.replace(cfg.language, targets=targets, code_weight=0.0, lm_weight=0.0)
+    cfg = dataclasses.replace(cfg, name="instruct", objective="instruct", language=language,
+                              data=dataclasses.replace(cfg.data, batch_size=args.batch),
+                              optim=dataclasses.replace(cfg.optim, base_lr=args.lr))
+    return override(with_steps(with_data(cfg, data), args.steps), args.overrides)
 
 
 def text_budget(codec, targets: dict, names: list[str], sites: list[str]) -> int:
@@ -78,93 +72,67 @@ def _names(text: str, available: dict, what: str) -> list[str]:
     names = [n for n in text.split(",") if n]
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise ValueError(f"{what}: unknown targets {unknown}; this dataset has {sorted(available)}")
+        raise UsageError(f"{what}: unknown targets {unknown}; this dataset has {sorted(available)}")
     return names
 
 
-def load_question_setup(cfg, data: Path):
-    """(dataset, targets, descriptor records aligned to the manifest or None) for a language run's data."""
-    from brainjax.data.dataset import Dataset
-    from brainjax.lm.batches import load_descriptor_texts
-    from brainjax.lm.instructions import build_targets
-
-    dataset = Dataset(data)
-    records = None
-    path = Path(cfg.language.descriptors) if cfg.language.descriptors else data / "descriptors" / "descriptors.jsonl"
-    if path.exists():
-        records = [r for r in load_descriptor_texts(path, dataset.manifest)[1] if r is not None]
-    return dataset, build_targets(dataset, records), records
-
-
 def _progress(line: str) -> None:
-    import jax
+    from brainjax.distributed import is_main
 
-    if jax.process_index() == 0:
+    if is_main():
         print(line, flush=True)
 
 
 def main(args: argparse.Namespace) -> int:
     initialize_distributed(args)  # first: nothing may touch a device before it
-    from brainjax.eval.restore import load_for_eval
+    from brainjax.distributed import is_main
     from brainjax.lm.batches import InstructionSource, TextCodec, window_sequences
     from brainjax.lm.instructions import descriptor_rows
-    from brainjax.lm.report import evaluate_targets
-    from brainjax.lm.runs import (
-        COMMAND_ERRORS,
-        command_error,
-        continue_warm_start,
-        keep_lm_files,
-        sequence_spec,
-        train_stage,
-    )
+    from brainjax.lm.report import evaluate_targets, load_question_setup
     from brainjax.lm.scoring import format_table
+    from brainjax.lm.stages import continue_warm_start, export_adapters, keep_lm_files
+    from brainjax.paths import write_json
+    from brainjax.run import launch, load_model
+    from brainjax.tasks.fmri_lm import sequence_spec
 
     out = Path(args.workdir)
-    try:
-        shots = sorted({int(k) for k in args.shots.split(",") if k != ""})
-        if args.eval_only:
-            loaded = load_for_eval(out)
-            cfg = loaded.cfg
-            data = Path(args.data).resolve() if args.data else Path(cfg.data.path)
-        else:
-            previous = load_for_eval(args.adapt)
-            if previous.cfg.objective != "adapt":
-                raise ValueError(f"{args.adapt} is a {previous.cfg.objective!r} run, not a `brainjax adapt` run")
-            data = Path(args.data).resolve() if args.data else Path(previous.cfg.data.path)
-        dataset, targets, records = load_question_setup(previous.cfg if not args.eval_only else cfg, data)
-        if not args.eval_only:
-            tuned = tuple(_names(args.targets, targets, "--targets"))
-            cfg = stage3_config(previous, args, str(data), tuned)
-            codec = TextCodec.from_dir(keep_lm_files(Path(args.adapt) / "lm", out))
-            sites = [str(row.get("site") or "") for row in dataset.manifest] if cfg.language.source_line else []
-            need = text_budget(codec, targets, list(tuned), sites)
-            if need > cfg.language.text_len:  # the text budget shapes no parameter: raising it is safe
-                _progress(f"language.text_len {cfg.language.text_len} -> {need}: the longest question needs it")
-                cfg = dataclasses.replace(cfg, language=dataclasses.replace(cfg.language, text_len=need))
-            spec = sequence_spec(cfg, dataset.atlas.n_parcels)
-            source = InstructionSource(dataset, targets, list(tuned), descriptor_rows(dataset, records),
-                                       cfg.language.seed, cfg.language.source_line)
+    shots = sorted({int(k) for k in args.shots.split(",") if k != ""})
+    previous = load_model(out if args.eval_only else args.adapt, objective="instruct" if args.eval_only else "adapt")
+    data = Path(args.data).resolve() if args.data else Path(previous.cfg.data.path)
+    dataset, targets, records = load_question_setup(previous.cfg, data)
+    loaded, cfg = previous, previous.cfg
+    if not args.eval_only:
+        tuned = tuple(_names(args.targets, targets, "--targets"))
+        cfg = stage3_config(previous, args, str(data), tuned)
+        codec = TextCodec.from_dir(keep_lm_files(Path(args.adapt) / "lm", out))
+        sites = [str(row.get("site") or "") for row in dataset.manifest] if cfg.language.source_line else []
+        need = text_budget(codec, targets, list(tuned), sites)
+        if need > cfg.language.text_len:  # the text budget shapes no parameter: raising it is safe
+            _progress(f"language.text_len {cfg.language.text_len} -> {need}: the longest question needs it")
+            cfg = dataclasses.replace(cfg, language=dataclasses.replace(cfg.language, text_len=need))
+        spec = sequence_spec(cfg, dataset.atlas.n_parcels)
+        source = InstructionSource(dataset, targets, list(tuned), descriptor_rows(dataset, records),
+                                   cfg.language.seed, cfg.language.source_line)
+        lineage = dataclasses.replace(previous.lineage, parent=str(Path(args.adapt).resolve()),
+                                      parent_step=previous.step)
 
-            def build(batch):
-                return window_sequences(batch, source, codec, spec)
-            train_stage(cfg, out, str(data), build, spec, continue_warm_start(previous), previous.mesh)
-            loaded = load_for_eval(out)
-        codec = TextCodec.from_dir(out / "lm")
-        names = list(targets) if args.eval_targets == "all" else _names(args.eval_targets, targets, "--eval-targets")
-        rows = evaluate_targets(loaded, codec, dataset, targets, names, tuned=cfg.language.targets,
-                                shots=shots, split=args.split, seed=cfg.language.seed, descriptors=records,
-                                source_line=cfg.language.source_line, max_scans=args.max_eval,
-                                progress=_progress)
-    except COMMAND_ERRORS as err:
-        return command_error(err)
-    from brainjax.commands.describe import _write_atomic, strict
-    from brainjax.distributed import is_main
-
+        def build(batch):
+            return window_sequences(batch, source, codec, spec)
+        result = launch(cfg, out, lineage=lineage, build=build, warm_start=continue_warm_start(previous),
+                        mesh=previous.mesh)
+        if cfg.language.train_lm == "lora" and not result.preempted:
+            export_adapters(result.model, out, lineage.lm_path)
+        loaded = load_model(out)  # the latest checkpoint: also right when this run had finished before
+    codec = TextCodec.from_dir(out / "lm")
+    names = list(targets) if args.eval_targets == "all" else _names(args.eval_targets, targets, "--eval-targets")
+    rows = evaluate_targets(loaded, codec, dataset, targets, names, tuned=loaded.cfg.language.targets, shots=shots,
+                            split=args.split, seed=cfg.language.seed, descriptors=records,
+                            source_line=cfg.language.source_line, max_scans=args.max_eval, progress=_progress)
     if not is_main():  # every process scored the same prompts; one writes the report
         return 0
-    report = {"workdir": str(out), "step": loaded.step, "split": args.split, "tuned": list(cfg.language.targets),
+    report = {"workdir": str(out), "step": loaded.step, "split": args.split, "tuned": list(loaded.cfg.language.targets),
               "shots": shots, "rows": rows}
-    _write_atomic(out / "questions.json", json.dumps(strict(report), allow_nan=False, indent=1) + "\n")
+    write_json(out / "questions.json", report, indent=1)
     print(format_table([{**r, "target": r["target"] + ("" if r["tuned"] else " (zero-shot target)")} for r in rows]))
     print(f"-> {out / 'questions.json'}")
     return 0

@@ -6,7 +6,6 @@ The model, its phenotype effects and its variance budget are described in the RE
 from __future__ import annotations
 
 import argparse
-import sys
 
 from brainjax.commands.args import split_fractions
 
@@ -34,13 +33,9 @@ def main(args: argparse.Namespace) -> int:
     from brainjax.data.synthetic import SynthConfig, synthesize
 
     start = time.perf_counter()
-    try:
-        cfg = SynthConfig(subjects=args.subjects, scans_per_subject=args.scans_per_subject,
-                          timepoints=args.timepoints, tr=args.tr, atlas=args.atlas, sites=args.sites, seed=args.seed)
-        dataset = synthesize(args.out, cfg, args.split_fractions)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        print(f"brainjax synth: error: {err}", file=sys.stderr)
-        return 2
+    cfg = SynthConfig(subjects=args.subjects, scans_per_subject=args.scans_per_subject,
+                      timepoints=args.timepoints, tr=args.tr, atlas=args.atlas, sites=args.sites, seed=args.seed)
+    dataset = synthesize(args.out, cfg, args.split_fractions)
     shares = dataset.atlas.extra["synthetic"]["variance_fractions"]
     counts = {s: len(dataset.indices(s)) for s in ("train", "val", "test")}
     print(f"wrote {len(dataset)} scans ({dataset.atlas.n_parcels} parcels x {cfg.timepoints} TRs) to {args.out} "

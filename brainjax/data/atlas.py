@@ -31,42 +31,18 @@ import csv
 import importlib.resources
 import re
 from collections import Counter
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from brainjax.data.atlas_core import Atlas
-
-if TYPE_CHECKING:
-    import nibabel as nib
+from brainjax.data.atlas_core import Atlas, AtlasError, AtlasSpec
+from brainjax.data.atlas_surface import fsaverage5_kmeans, load_surface_labels
 
 COORDINATE_ATLASES = ("seitzman300", "dosenbach160", "power264")
 SURFACE_ATLAS_EXAMPLES = ("fsaverage5-100", "fsaverage5-200", "fsaverage5-400", "fsaverage5-1000")
 DEFAULT_SPHERE_RADIUS_MM = 5.0
 _VOLUME_SUFFIXES = (".nii", ".nii.gz")
-
-
-class AtlasError(ValueError):
-    """An atlas that cannot be loaded: unknown name, unreadable or inconsistent file."""
-
-
-@dataclass(frozen=True)
-class AtlasSpec:
-    """An :class:`Atlas` plus what is needed to extract parcel series with it.
-
-    Exactly one of ``label_image`` (volume), ``radius`` (coordinate spheres) or ``vertex_labels`` (surface) is
-    set for loaded atlases. Arrays of cached built-in atlases are read-only.
-    """
-
-    atlas: Atlas                                     # what goes into atlas.json
-    label_image: nib.Nifti1Image | None = None       # volume atlases: integer label image in MNI space
-    label_values: np.ndarray | None = None           # int [P]: label value of parcel i in label_image
-    radius: float | None = None                      # coordinate atlases: sphere radius in mm
-    vertex_labels: dict[str, np.ndarray] | None = None  # surface: {"lh": int [V_lh], ...}, -1 = unassigned
-    mesh: str | None = None                          # surface: mesh name or "lh,rh" mesh files
 
 
 def list_builtin_atlases() -> list[str]:
@@ -92,7 +68,6 @@ def load_atlas(spec: str, labels: str | None = None, mesh: str | None = None) ->
     if len(parts) == 2:
         if labels is not None:
             raise AtlasError(f"atlas {spec}: --labels applies to label images, not surface label files")
-        from brainjax.data.atlas_surface import load_surface_labels
         try:
             return load_surface_labels(parts[0], parts[1], mesh)
         except (OSError, ValueError) as err:
@@ -119,7 +94,6 @@ def _builtin(name: str) -> AtlasSpec:
     elif name == "power264":
         spec = _power()
     else:
-        from brainjax.data.atlas_surface import fsaverage5_kmeans
         n_parcels = int(name.split("-")[1])
         if n_parcels % 2 or not 2 <= n_parcels <= 2000:
             raise AtlasError(f"atlas {name}: fsaverage5-N needs an even N from 2 to 2000")

@@ -10,8 +10,15 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from brainjax.errors import InputError
+from brainjax.paths import atomic_write_text
+
+if TYPE_CHECKING:
+    import nibabel as nib
 
 
 @dataclass(frozen=True)
@@ -81,10 +88,7 @@ class Atlas:
             raise ValueError(f"{where}: invalid atlas ({err})") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_json()))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_json()))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Atlas:
@@ -96,3 +100,23 @@ class Atlas:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from None
         return cls.from_json(data, where=str(path))
+
+
+class AtlasError(InputError):
+    """An atlas that cannot be loaded: unknown name, unreadable or inconsistent file."""
+
+
+@dataclass(frozen=True)
+class AtlasSpec:
+    """An :class:`Atlas` plus what is needed to extract parcel series with it.
+
+    Exactly one of ``label_image`` (volume), ``radius`` (coordinate spheres) or ``vertex_labels`` (surface) is
+    set for loaded atlases. Arrays of cached built-in atlases are read-only.
+    """
+
+    atlas: Atlas                                     # what goes into atlas.json
+    label_image: nib.Nifti1Image | None = None       # volume atlases: integer label image in MNI space
+    label_values: np.ndarray | None = None           # int [P]: label value of parcel i in label_image
+    radius: float | None = None                      # coordinate atlases: sphere radius in mm
+    vertex_labels: dict[str, np.ndarray] | None = None  # surface: {"lh": int [V_lh], ...}, -1 = unassigned
+    mesh: str | None = None                          # surface: mesh name or "lh,rh" mesh files

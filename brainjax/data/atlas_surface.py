@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainjax.data.atlas import AtlasError, AtlasSpec
-from brainjax.data.atlas_core import Atlas
+from brainjax.data.atlas_core import Atlas, AtlasError, AtlasSpec
 
 HEMIS = ("lh", "rh")
 _FSAVERAGE5_FILES = {"lh": "left", "rh": "right"}

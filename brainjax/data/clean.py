@@ -28,6 +28,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from brainjax.errors import InputError
+
 STANDARDIZE_CHOICES = ("none", "zscore", "psc")
 # Reasons list at most this many parcel names, then "... and N more".
 _MAX_NAMES = 10
@@ -35,7 +37,7 @@ _MAX_NAMES = 10
 TR_RTOL = 1e-3
 
 
-class ScanError(ValueError):
+class ScanError(InputError):
     """A scan that cannot be used; the message is the reason recorded in ``failures.tsv``."""
 
 

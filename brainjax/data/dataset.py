@@ -28,6 +28,8 @@ import numpy as np
 
 from brainjax.data.atlas_core import Atlas
 from brainjax.data.records import ScanRecord, ShardReader, write_shard
+from brainjax.errors import DatasetError
+from brainjax.paths import atomic_path, atomic_write_text
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -35,16 +37,6 @@ BASE_COLUMNS = ("scan_id", "subject", "session", "site", "tr", "length", "n_parc
 MISSING = "n/a"
 # Above this many float32 values the statistics use an evenly spaced subset of time points per scan.
 _STATS_MAX_VALUES = 200_000_000
-
-
-class DatasetError(ValueError):
-    """A dataset directory that is missing files or is inconsistent."""
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -90,8 +82,8 @@ def write_part(out: str | os.PathLike, part: str, items: Iterable[tuple[ScanMeta
     flush()
     body = "".join(json.dumps(r) + "\n" for r in rows)
     if failures:
-        _atomic_write_text(out / "parts" / f"{part}.failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures))
-    _atomic_write_text(out / "parts" / f"{part}.jsonl", body)
+        atomic_write_text(out / "parts" / f"{part}.failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures))
+    atomic_write_text(out / "parts" / f"{part}.jsonl", body)
     return len(rows)
 
 
@@ -180,13 +172,12 @@ def finalize(out: str | os.PathLike, atlas: Atlas, fractions: Sequence[float] = 
         train = [readers.setdefault(r["shard"], ShardReader(out / "shards" / r["shard"])).read(int(r["index"])).data
                  for r in manifest]
     median, iqr, subsampled = robust_stats(train)
-    tmp = out / f"stats.tmp{os.getpid()}.npz"
-    np.savez(tmp, median=median, iqr=iqr, n_scans=np.int64(len(train)), subsampled=np.bool_(subsampled))
-    os.replace(tmp, out / "stats.npz")
+    with atomic_path(out / "stats.npz") as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no ".npz"
+        np.savez(fh, median=median, iqr=iqr, n_scans=np.int64(len(train)), subsampled=np.bool_(subsampled))
     atlas.save(out / "atlas.json")
     _write_tsv(out / "failures.tsv", ["file", "reason"], failures)
     _write_tsv(out / "manifest.tsv", list(BASE_COLUMNS) + pheno_keys, manifest)
-    _atomic_write_text(out / "dataset.json", json.dumps({
+    atomic_write_text(out / "dataset.json", json.dumps({
         "format_version": FORMAT_VERSION, "n_parcels": atlas.n_parcels, "n_scans": len(manifest),
         "split_seed": seed, "split_fractions": list(fractions), "phenotypes": pheno_keys,
     }, indent=2))
@@ -194,13 +185,11 @@ def finalize(out: str | os.PathLike, atlas: Atlas, fractions: Sequence[float] = 
 
 
 def _write_tsv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, delimiter="\t", extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({c: row.get(c, MISSING) for c in columns})
-    os.replace(tmp, path)
 
 
 def _read_tsv(path: Path) -> list[dict]:

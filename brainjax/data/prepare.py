@@ -29,16 +29,27 @@ from pathlib import Path
 import numpy as np
 
 from brainjax.data import clean as qc
+from brainjax.data.atlas import load_atlas
 from brainjax.data.clean import CleanOptions, ScanError
-from brainjax.data.dataset import DatasetError, ScanMeta, finalize, read_parts, write_part
-from brainjax.data.readers import probe_tr, read_scan, read_table, select_confounds, sidecar_tr
+from brainjax.data.dataset import ScanMeta, finalize, read_parts, write_part
+from brainjax.data.readers import brain_mask_for, probe_tr, read_scan, read_table, select_confounds, sidecar_tr
 from brainjax.data.records import ShardReader
-from brainjax.data.scans import DiscoveryError, ScanInput, discover_scans, find_confounds, find_participants, stage_name
+from brainjax.data.scans import (
+    DiscoveryError,
+    ScanInput,
+    discover_scans,
+    find_confounds,
+    find_participants,
+    split_name,
+    stage_name,
+)
+from brainjax.errors import DatasetError
+from brainjax.paths import atomic_path, atomic_write_text
 
 PREPARE_VERSION = 1
 
 
-class OptionsMismatchError(ValueError):
+class OptionsMismatchError(DatasetError):
     """The output directory was prepared with other preprocessing options."""
 
 
@@ -77,9 +88,6 @@ class PrepareResult:
 
 def scan_dependencies(scan: ScanInput) -> list[Path]:
     """Every file a scan's result depends on: its data, and a sidecar/confounds/mask beside it if present."""
-    from brainjax.data.readers import brain_mask_for
-    from brainjax.data.scans import split_name
-
     first = Path(scan.files[0])
     extra = [find_confounds(first), first.with_name(split_name(first.name)[0] + ".json"), brain_mask_for(first)]
     return [Path(f) for f in scan.files] + [p for p in extra if p is not None and p.exists()]
@@ -142,12 +150,6 @@ def prepare_scan(scan: ScanInput, spec, options: PrepareOptions,
     return np.ascontiguousarray(series.T, np.float32), info
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def stage_scan(scan: ScanInput, spec, options: PrepareOptions, staging: Path,
                dataset_tr: tuple[float | None, int, int]) -> dict:
     """Process one scan and stage its result (array first, status JSON last); returns the status."""
@@ -158,16 +160,15 @@ def stage_scan(scan: ScanInput, spec, options: PrepareOptions, staging: Path,
         if scan.kind == "invalid":
             raise ScanError(scan.error)
         data, info = prepare_scan(scan, spec, options, dataset_tr)
-        tmp = staging / f"{scan.stage_name}.tmp{os.getpid()}.npy"
-        np.save(tmp, data, allow_pickle=False)
-        os.replace(tmp, staging / f"{scan.stage_name}.npy")
+        with atomic_path(staging / f"{scan.stage_name}.npy") as tmp, open(tmp, "wb") as fh:  # np.save adds no .npy
+            np.save(fh, data, allow_pickle=False)
         status.update(status="ok", reason="", n_parcels=int(data.shape[0]), **info)
     except ScanError as err:
         status.update(status="failed", reason=str(err))
     except Exception as err:  # noqa: BLE001 - one odd file must not stop a 40,000-scan run
         status.update(status="failed", reason=f"processing error: {type(err).__name__}: {err}")
     status["seconds"] = round(time.perf_counter() - start, 3)
-    _atomic_json(staging / f"{scan.stage_name}.json", status)
+    atomic_write_text(staging / f"{scan.stage_name}.json", json.dumps(status, indent=1))
     return status
 
 
@@ -329,7 +330,6 @@ def prepare(inputs: list[str | os.PathLike], out: str | os.PathLike, options: Pr
         raise ValueError(f"--shard must be I/N with 0 <= I < N, got {index}/{n_shards}")
     out = Path(out)
     if spec is None:
-        from brainjax.data.atlas import load_atlas
         spec = load_atlas(options.atlas, options.labels, options.mesh)
     scans = discover_scans(list(inputs), _accepted_kinds(spec), spec.mesh, exclude=out)
     if not scans:

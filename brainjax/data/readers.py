@@ -17,15 +17,12 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from brainjax.data.atlas_core import AtlasSpec
 from brainjax.data.clean import ScanError, name_list
 from brainjax.data.scans import ScanInput, split_name
-
-if TYPE_CHECKING:
-    from brainjax.data.atlas import AtlasSpec
 
 # fMRIPrep's 9-parameter set (Satterthwaite et al. 2013): 6 rigid-body motion, white matter, CSF, global.
 DEFAULT_CONFOUNDS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z", "white_matter", "csf",

@@ -22,10 +22,13 @@ from pathlib import Path
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
+from brainjax.errors import InputError
+from brainjax.paths import atomic_path
+
 MAGIC = b"BJX1"
 
 
-class CorruptRecordError(ValueError):
+class CorruptRecordError(InputError):
     """A shard or record that cannot be decoded."""
 
 
@@ -74,16 +77,15 @@ def write_shard(path: str | os.PathLike, records: Iterable[ScanRecord]) -> int:
     """Write records to ``path`` atomically (temp file, then rename). Returns the number written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    writer = ArrayRecordWriter(str(tmp), "group_size:1")
     count = 0
-    try:
-        for record in records:
-            writer.write(encode(record))
-            count += 1
-    finally:
-        writer.close()
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        writer = ArrayRecordWriter(str(tmp), "group_size:1")
+        try:
+            for record in records:
+                writer.write(encode(record))
+                count += 1
+        finally:
+            writer.close()
     return count
 
 

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from brainjax.errors import InputError
+
 EXTENSIONS = {".nii.gz": "volume", ".nii": "volume", ".func.gii": "surface", ".gii": "surface",
               ".mgz": "surface", ".mgh": "surface", ".npy": "series", ".csv": "series", ".tsv": "series"}
 ALL_KINDS = frozenset(EXTENSIONS.values())
@@ -29,7 +31,7 @@ _HEMI_INFIX = re.compile(r"(^|[._])(lh|rh)(?=[._])")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class DiscoveryError(ValueError):
+class DiscoveryError(InputError):
     """Inputs that cannot be turned into a scan list (missing paths, ambiguous scan ids)."""
 
 

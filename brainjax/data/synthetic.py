@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from brainjax.cache import cached
+from brainjax.data.atlas import load_atlas
 from brainjax.data.atlas_core import Atlas
+from brainjax.data.dataset import ScanMeta, assign_splits, finalize, write_part
 from brainjax.data.synthetic_model import (
     DEFAULT_SYNTH,
     GENERATOR_VERSION,
@@ -59,8 +61,6 @@ class SyntheticCohort:
 def load_cohort(cfg: SynthConfig, atlas: Atlas | None = None) -> SyntheticCohort:
     """Resolve the atlas (``brainjax.data.atlas.load_atlas(cfg.atlas)`` unless given) and draw all traits."""
     if atlas is None:
-        from brainjax.data.atlas import load_atlas
-
         atlas = load_atlas(cfg.atlas).atlas
     template = build_template(atlas, cfg.smoothing_mm)
     return SyntheticCohort(cfg, atlas, template, sample_subjects(cfg, template), sample_sites(cfg))
@@ -106,8 +106,6 @@ def synthesize(out: str | os.PathLike, cfg: SynthConfig, fractions: Sequence[flo
     The atlas saved with the dataset carries ``extra["ground_truth_networks"]`` (P labels) and, when the
     atlas had no network labels, the same labels as ``networks``. Returns the finished :class:`Dataset`.
     """
-    from brainjax.data.dataset import ScanMeta, assign_splits, finalize, write_part
-
     assign_splits([], fractions)  # rejects bad fractions before generating, not after
     out = Path(out)
     if (out / "parts").exists() and any((out / "parts").iterdir()):
@@ -152,3 +150,11 @@ def default_dataset(cache_dir: str | os.PathLike | None = None, cfg: SynthConfig
         (tmp / "generation_seconds.txt").write_text(f"{time.perf_counter() - start:.2f}\n")
     return cached(f"synthetic-v{GENERATOR_VERSION}-{config_hash(cfg)}", "dataset.json", build, cache_dir,
                   "dataset")
+
+
+def data_or_default(path: str | os.PathLike | None) -> str:
+    """Dataset dir(s) as absolute paths, comma-separated as given; empty or None = the embedded default dataset
+    (built and cached on first use)."""
+    if not path:
+        return str(default_dataset())
+    return ",".join(str(Path(p).expanduser().resolve()) for p in str(path).split(",") if p)

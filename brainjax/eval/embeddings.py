@@ -12,9 +12,10 @@ from flax import nnx
 
 from brainjax.data.dataset import Dataset
 from brainjax.data.pipeline import eval_batches, to_global
-from brainjax.eval.inputs import MODEL_KEYS, device_batch_size
+from brainjax.errors import DatasetError
+from brainjax.eval.inputs import device_batch_size, split_windows
 from brainjax.eval.readouts import ScanMeans, has_time_patches, upper_triangle, window_readouts
-from brainjax.eval.restore import encoder
+from brainjax.models.inputs import WINDOW_KEYS
 
 
 def embed_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int, *, tokcov: bool = True) -> dict:
@@ -26,7 +27,7 @@ def embed_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int, *
     float32 [N, P(P-1)/2] (when computed); windows int32 [N] (windows averaged); step int.
     """
     dataset = Dataset(data)
-    model = encoder(loaded)  # a fine-tuned head model embeds with its backbone
+    model = loaded.backbone  # a fine-tuned head model embeds with its backbone
     window = loaded.cfg.data.window
     tokcov = tokcov and has_time_patches(loaded.cfg)
     embed = nnx.jit(lambda model, batch: window_readouts(model, batch, tokcov))
@@ -36,7 +37,7 @@ def embed_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int, *
     batch_size = device_batch_size(batch_size, loaded.mesh.size)
     for split in [s for s in splits if dataset.indices(s)]:  # a dataset may lack a split (e.g. no test)
         for batch in eval_batches([data], split, window, batch_size, process_index=0, process_count=1):
-            out = jax.device_get(embed(model, to_global({k: batch[k] for k in MODEL_KEYS}, loaded.mesh)))
+            out = jax.device_get(embed(model, to_global({k: batch[k] for k in WINDOW_KEYS}, loaded.mesh)))
             rows = np.flatnonzero(batch["valid"])
             scans = batch["scan"][rows]
             means["cls"].add(scans, out["cls"][rows])
@@ -56,3 +57,33 @@ def embed_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int, *
     if tokcov:
         arrays["tokcov"] = means["tokcov"].means()[1].astype(np.float32)
     return arrays
+
+
+def encode_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int) -> dict:
+    """A tokenizer run's codes of every whole window of every scan in ``splits``, concatenated over time per scan
+    (the arrays of ``brainjax tokenizer encode``'s npz: see that command)."""
+    dataset = Dataset(data)
+    encode = nnx.jit(lambda m, b: m.encode(b)[0].codes)
+    per_scan: dict[int, list] = {}
+    for split in [s for s in splits if dataset.indices(s)]:  # a dataset may lack a split (e.g. no test)
+        for host, batch in split_windows(loaded, data, split, batch_size):
+            codes = np.asarray(jax.device_get(encode(loaded.model, batch)))
+            for row in np.flatnonzero(host["valid"]):
+                scan, parcels = int(host["scan"][row]), dataset.manifest[int(host["scan"][row])]["n_parcels"]
+                per_scan.setdefault(scan, []).append((int(host["start"][row]), codes[row, :parcels]))
+    if not per_scan:
+        raise DatasetError(f"{data}: no scan of splits {','.join(splits)} has a whole window")
+    rows = sorted(per_scan)
+    blocks = [np.concatenate([c for _, c in sorted(per_scan[s], key=lambda x: x[0])], axis=1) for s in rows]
+    flat = np.concatenate([b.reshape(-1) for b in blocks]).astype(np.int32)
+    size = loaded.model.codebook_size
+    counts = np.bincount(flat, minlength=size) / flat.size
+    nonzero = counts[counts > 0]
+    manifest = dataset.manifest
+    return {"scan_id": np.array([manifest[i]["scan_id"] for i in rows]),
+            "subject": np.array([manifest[i]["subject"] for i in rows]),
+            "split": np.array([manifest[i]["split"] for i in rows]),
+            "codes": flat, "offsets": np.concatenate([[0], np.cumsum([b.size for b in blocks])]).astype(np.int64),
+            "shape": np.array([b.shape for b in blocks], np.int64), "codebook_size": np.int64(size),
+            "step": np.int64(loaded.step), "usage": np.float64((counts > 0).mean()),
+            "perplexity": np.float64(np.exp(-(nonzero * np.log(nonzero)).sum()))}

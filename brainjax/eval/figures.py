@@ -1,18 +1,19 @@
 """Evaluation figures: per-parcel values on a glass brain, forecast error by horizon (matplotlib Agg).
 
 Files are written through a temporary name and renamed, so an interrupted run leaves no half-written PNG;
-on an object store (``gs://...`` work dirs) the PNG is rendered in memory and uploaded as one object, which
-appears whole or not at all (see :mod:`brainjax.paths`).
+on an object store (``gs://...`` work dirs) the PNG is rendered to a local temporary file and uploaded as one
+object, which appears whole or not at all (:func:`brainjax.paths.atomic_path`).
 """
 
 from __future__ import annotations
 
-import io
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
-from brainjax.paths import atomic_write_bytes, is_remote, workdir_path
+from brainjax.paths import atomic_path, workdir_path
 
 
 def _pyplot():
@@ -25,16 +26,9 @@ def _pyplot():
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
     """Write the matplotlib figure ``fig`` as a PNG to ``path`` (local or remote) atomically, then close it."""
     plt = _pyplot()
-    target = workdir_path(path)
     try:
-        if is_remote(target):  # matplotlib only writes local files or file objects
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", dpi=dpi)
-            atomic_write_bytes(target, buffer.getvalue())
-        else:
-            tmp = target.with_name(target.stem + f".tmp{os.getpid()}.png")
-            fig.savefig(tmp, dpi=dpi)
-            os.replace(tmp, target)
+        with atomic_path(path) as tmp:  # a local file either way: matplotlib writes no remote paths
+            fig.savefig(tmp, format="png", dpi=dpi)
     finally:
         plt.close(fig)
 
@@ -71,5 +65,54 @@ def save_forecast_errors(path: str | os.PathLike, curves: dict[str, list[float]]
     ax.set_ylabel("MSE (normalised units)")
     ax.set_title(title)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+RECONSTRUCTION_FIGURE = "reconstruction.png"
+
+
+def reconstruction_hook(task, workdir: str | os.PathLike) -> Callable:
+    """The Trainer's end-of-run hook for objectives that reconstruct windows: true vs reconstructed series of
+    a few parcels of the first validation window, saved as ``WORKDIR/reconstruction.png``.
+
+    Every process must call the hook (the model runs on global arrays); only the one told to ``write`` saves."""
+    path = workdir_path(workdir) / RECONSTRUCTION_FIGURE
+
+    def finish(model, batch, rng, write: bool) -> dict:
+        out = task.reconstruct(model, batch, rng)
+        if out is None:
+            return {}
+        if write:
+            save_reconstruction_figure(path, out["pred"][0], out["target"][0], out["shown"][0],
+                                       out["parcel_mask"][0], what=out["what"])
+        return {"figure": str(path)}
+    return finish
+
+
+def save_reconstruction_figure(path: Path, pred: np.ndarray, target: np.ndarray, masked: np.ndarray,
+                               parcel_mask: np.ndarray, n_show: int = 4, what: str = "masked") -> None:
+    """True vs reconstructed series of ``n_show`` parcels; the patches in ``masked`` are shaded and plotted
+    (``what`` names them: "masked" for the MAE, "coded" for the tokenizer, which reconstructs every patch).
+
+    pred/target: [P, N, patch] (one sample), masked: [P, N] bool, parcel_mask: [P] bool.
+    """
+    plt = _pyplot()
+    real = np.flatnonzero(parcel_mask)
+    # Prefer parcels with masked patches so the figure shows reconstructions, not copies of the input.
+    order = sorted(real, key=lambda p: -int(masked[p].sum()))
+    shown = sorted(order[:n_show])
+    n_patches, patch = target.shape[1], target.shape[2]
+    t = np.arange(n_patches * patch)
+    fig, axes = plt.subplots(len(shown), 1, figsize=(9, 1.8 * len(shown)), sharex=True, squeeze=False)
+    for ax, p in zip(axes[:, 0], shown):
+        for k in np.flatnonzero(masked[p]):
+            ax.axvspan(k * patch, (k + 1) * patch, color="0.9", lw=0)
+        ax.plot(t, target[p].reshape(-1), color="k", lw=1, label="true")
+        recon = np.where(np.repeat(masked[p], patch), pred[p].reshape(-1), np.nan)
+        ax.plot(t, recon, color="tab:red", lw=1, label=f"reconstructed ({what})")
+        ax.set_ylabel(f"parcel {p}")
+    axes[0, 0].legend(loc="upper right", fontsize=7)
+    axes[-1, 0].set_xlabel(f"time (TR) — shaded: {what} patches")
     fig.tight_layout()
     save_figure(fig, path)

@@ -23,7 +23,6 @@ from brainjax.eval.bootstrap import N_BOOT
 from brainjax.eval.figures import save_forecast_errors
 from brainjax.eval.inputs import normalized_scans, split_windows
 from brainjax.eval.reconstruct import strategy_config
-from brainjax.eval.restore import encoder
 
 VAR_ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 
@@ -36,7 +35,7 @@ def evaluate_forecast(loaded, data: str, split: str, *, future_patches: int = 1,
     forecast_errors dict}, "var_alpha", ..., "comparison", "per_step", "vs"} with the last three from
     :func:`~brainjax.eval.forecast_baselines.compare_forecasts` (``n_boot`` draws over scans, a scan's
     windows together, seeded by ``seed``); ``lstm_steps=0`` leaves the LSTM out."""
-    model = encoder(loaded)
+    model = loaded.backbone
     patch, window = model.cfg.patch, loaded.cfg.data.window
     n_patches = window // patch
     if not 0 < future_patches < n_patches:

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from brainjax.data.dataset import Dataset
-
-MODEL_KEYS = ("signal", "parcel_mask", "coords", "tr")
+from brainjax.data.pipeline import eval_batches, to_global
+from brainjax.models.inputs import WINDOW_KEYS
 
 
 def device_batch_size(batch_size: int, devices: int) -> int:
@@ -27,8 +27,6 @@ def split_windows(loaded, data: str, split: str, batch_size: int, max_windows: i
     host_batch: numpy arrays of the pipeline (signal [B, P, T], parcel_mask [B, P], scan [B], valid [B], ...)
     with ``parcel_mask`` False on padding rows; device_batch: the model's inputs on ``loaded.mesh``.
     """
-    from brainjax.data.pipeline import eval_batches, to_global
-
     window = loaded.cfg.data.window
     batch_size = device_batch_size(batch_size, loaded.mesh.size)
     seen = 0
@@ -40,7 +38,7 @@ def split_windows(loaded, data: str, split: str, batch_size: int, max_windows: i
             break
         seen += int(valid.sum())
         batch = dict(batch, valid=valid, parcel_mask=batch["parcel_mask"] & valid[:, None])
-        yield batch, to_global({k: batch[k] for k in MODEL_KEYS}, loaded.mesh)
+        yield batch, to_global({k: batch[k] for k in WINDOW_KEYS}, loaded.mesh)
 
 
 def normalized_scans(dataset: Dataset, split: str, max_scans: int = 0) -> tuple[list[np.ndarray], list[int]]:

@@ -22,7 +22,7 @@ from brainjax.data.dataset import Dataset
 from brainjax.eval import networks as nw
 from brainjax.eval.inputs import normalized_scans, split_windows
 from brainjax.eval.readouts import ScanMeans, has_time_patches, square, upper_triangle, window_readouts
-from brainjax.eval.restore import encoder
+from brainjax.models.inputs import WINDOW_KEYS
 
 
 def parcel_representations(loaded, data: str, split: str, *, batch_size: int = 16, max_windows: int = 0,
@@ -30,7 +30,7 @@ def parcel_representations(loaded, data: str, split: str, *, batch_size: int = 1
     """Window-averaged parcel features: embedding [P, width], attention_last / attention_mean [P, P],
     cls_attention [P] (float64), and the number of windows; tokcov [P, P] (float64, Fisher-z) is the mean over
     scans of each scan's window mean, absent when a window holds a single time patch."""
-    model = encoder(loaded)
+    model = loaded.backbone
     tokcov = has_time_patches(loaded.cfg)
     embed = nnx.jit(lambda m, b: window_readouts(m, b, tokcov))
     attend = nnx.jit(lambda m, b: m.attention_maps(b))
@@ -61,7 +61,7 @@ def parcel_representations(loaded, data: str, split: str, *, batch_size: int = 1
 
 
 def _host_inputs(host: dict) -> dict:
-    return {k: host[k] for k in ("signal", "parcel_mask", "coords", "tr")}
+    return {k: host[k] for k in WINDOW_KEYS}
 
 
 def evaluate_networks(loaded, data: str, split: str, *, batch_size: int = 16, max_windows: int = 0,

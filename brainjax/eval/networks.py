@@ -29,6 +29,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from brainjax.eval.bootstrap import N_BOOT, paired_interval, verdict
+from brainjax.paths import atomic_path
 
 # Perfectly correlated distinct parcels would give arctanh(1) = inf; clipping keeps the mean finite.
 _MAX_R = 1.0 - 1e-7
@@ -271,7 +272,6 @@ def save_network_figure(path: str | os.PathLike, coords: np.ndarray, labels: np.
     palette = {n: colours[n] for n in present}
     palette[-1] = _UNLABELLED_COLOUR
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fig = plt.figure(figsize=(12, 3.6))
     try:
         plotting.plot_connectome(np.zeros((xyz.shape[0],) * 2), xyz, node_color=np.array([palette[n] for n in labels]),
@@ -280,8 +280,7 @@ def save_network_figure(path: str | os.PathLike, coords: np.ndarray, labels: np.
         if np.any(labels == -1):
             handles.append(Line2D([], [], ls="", marker="o", color=_UNLABELLED_COLOUR, label="unlabelled"))
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=8, frameon=False)
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # the temporary name has no extension: give the format
+            fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=100)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)  # only left behind when saving failed

@@ -46,7 +46,7 @@ def evaluate_head(loaded, data: str, split: str, *, batch_size: int = 16, max_wi
     Window outputs are averaged per scan (class probabilities for classification; the de-standardised value
     for regression) and scored against the manifest; a chance reference sits beside the metrics.
     """
-    cfg = loaded.cfg.finetune
+    cfg, lineage = loaded.cfg.finetune, loaded.lineage
     dataset = Dataset(data)
     run = nnx.jit(lambda m, b: m(b))
     sums, counts = {}, {}
@@ -56,7 +56,7 @@ def evaluate_head(loaded, data: str, split: str, *, batch_size: int = 16, max_wi
             out = np.exp(out - out.max(-1, keepdims=True))
             out /= out.sum(-1, keepdims=True)
         else:
-            out = out * cfg.target_std + cfg.target_mean
+            out = out * lineage.target_std + lineage.target_mean
         for row in np.flatnonzero(host["valid"]):
             scan = int(host["scan"][row])
             sums[scan] = sums.get(scan, 0.0) + out[row]
@@ -71,9 +71,9 @@ def evaluate_head(loaded, data: str, split: str, *, batch_size: int = 16, max_wi
     if cfg.task == "regress":
         truth = np.array([float(v) for v in values])
         report["metrics"] = regression_metrics(truth, pred[:, 0])
-        report["chance"] = regression_metrics(truth, np.full(len(truth), cfg.target_mean))
+        report["chance"] = regression_metrics(truth, np.full(len(truth), lineage.target_mean))
     else:
-        classes = list(cfg.classes)
+        classes = list(lineage.classes)
         unknown = sorted(set(values) - set(classes))
         if unknown:
             raise ValueError(f"{data}: {cfg.target} values {unknown} are not classes of this head {classes}")

@@ -20,11 +20,9 @@ from flax import nnx
 from brainjax.config import MaskConfig
 from brainjax.data.dataset import Dataset
 from brainjax.eval.bootstrap import N_BOOT
-from brainjax.eval.figures import save_parcel_values
+from brainjax.eval.figures import save_parcel_values, save_reconstruction_figure
 from brainjax.eval.inputs import normalized_scans, split_windows
 from brainjax.eval.recon_baselines import BASELINES, ReconMetrics, accumulate_moments, compare_to_best
-from brainjax.eval.restore import encoder
-from brainjax.train.tasks import save_reconstruction_figure
 
 STRATEGIES = ("random", "parcels", "time_block", "future")
 
@@ -47,7 +45,7 @@ def evaluate_reconstruction(loaded, data: str, split: str, *, strategies=STRATEG
     :func:`~brainjax.eval.recon_baselines.compare_to_best` (``n_boot`` draws over scans, a scan's windows
     resampled together, seeded by ``seed``), plus "windows" (windows scored) and, with ``figure_dir``, "figures".
     """
-    model = encoder(loaded)
+    model = loaded.backbone
     dataset = Dataset(data)
     train, _ = normalized_scans(dataset, "train", max_train_scans)
     moments = accumulate_moments(train)  # the regression baseline's covariance: training split only

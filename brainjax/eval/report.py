@@ -6,11 +6,11 @@ baseline. Missing or undefined numbers (NaN) print as ``-``.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from brainjax.paths import write_json
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -152,21 +152,7 @@ def format_report(report: dict) -> str:
     return "\n\n".join(parts)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist"):
-        return _jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # strict JSON has no NaN
-    return value
-
-
 def write_report(path: Path, report: dict) -> None:
     """Write ``report`` as strict JSON (NaN -> null) through a temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_jsonable(report), indent=1, allow_nan=False))
-    os.replace(tmp, path)
+    write_json(path, report)

@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from brainjax.lm.batches import draw
+from brainjax.models.lm_loading import from_pretrained
 
 WORD_SALT = 0xA11C  # keeps these draws apart from other per-window draws of the same (seed, scan, start)
 
 
 def lm_embedding(lm_dir: str | Path) -> tuple[np.ndarray, object]:
     """The input embedding table float32 [V, H] of a local Hugging Face LM and its ``tokenizers.Tokenizer``."""
-    from brainjax.models.lm_loading import from_pretrained
-
     model, tokenizer = from_pretrained(lm_dir)
     return np.asarray(model.embed.embedding.get_value(), np.float32), tokenizer
 

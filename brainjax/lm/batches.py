@@ -5,7 +5,7 @@ strings and ``("fmri", scan)`` where the window goes; ``answer`` None gives the 
 the text of the text-only loss (or None).
 What a window becomes depends only on (seed, scan, start), so a resumed run builds the same batches.
 
-:func:`window_sequences` tokenizes, lays out (:func:`brainjax.lm.sequences.layout`) and adds the window as
+:func:`window_sequences` tokenizes, lays out (:func:`brainjax.models.sequences.layout`) and adds the window as
 block 0 (``signal`` [B, 1, P, T] ...); :class:`brainjax.data.pipeline.MappedLoader` applies it to the pipeline
 Loader (iterator state = the Loader's own).
 Rows that only pad an evaluation batch get zero loss weights.
@@ -19,8 +19,9 @@ from typing import Protocol
 
 import numpy as np
 
-from brainjax.lm.sequences import SequenceSpec, layout, stack, text_row
-from brainjax.models.fmri_lm import FMRI_KEYS
+from brainjax.lm.instructions import answer, prompt_segments
+from brainjax.models.inputs import WINDOW_KEYS
+from brainjax.models.sequences import SequenceSpec, layout, stack, text_row
 
 DESCRIBE_PROMPT = "\nDescribe this scan:"
 
@@ -98,7 +99,7 @@ def window_sequences(batch: dict[str, np.ndarray], source: Source, codec: TextCo
             ids, mask = text_row(codec.encode(plain or "") + [codec.eos_id], lm_len)
             plains.append((ids, mask & real_rows[i]))
     out = stack(samples)
-    out.update({k: np.asarray(batch[k])[:, None] for k in FMRI_KEYS})
+    out.update({k: np.asarray(batch[k])[:, None] for k in WINDOW_KEYS})
     if lm_len:
         out["lm_ids"] = np.stack([p[0] for p in plains])
         out["lm_mask"] = np.stack([p[1] for p in plains])
@@ -143,8 +144,6 @@ class InstructionSource:
 
     def __init__(self, dataset, targets: dict, names: list[str], descriptors: list[dict | None], seed: int,
                  source_line: bool = False):
-        from brainjax.lm.instructions import answer
-
         self.targets, self.seed, self.source_line = targets, seed, source_line
         self.answers: list[list[tuple[str, str]]] = []  # per manifest row: (target, answer) it can answer
         for row, descriptor in zip(dataset.manifest, descriptors):
@@ -155,8 +154,6 @@ class InstructionSource:
             raise ValueError(f"no training scan has an answer for any of the targets {names}")
 
     def sample(self, scan: int, start: int) -> tuple[list, str, str | None]:
-        from brainjax.lm.instructions import prompt_segments
-
         options = self.answers[scan]
         if not options:  # every tuned answer of this scan is missing: the window carries no loss
             return prompt_segments(self.targets[next(iter(self.targets))].questions[0], scan), None, None

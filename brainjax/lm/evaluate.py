@@ -23,21 +23,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from brainjax.lm.sequences import SequenceSpec, layout, stack
-from brainjax.models.fmri_lm import FMRI_KEYS
+from brainjax.data.pipeline import ReadWindow, run_on_mesh
+from brainjax.models.inputs import WINDOW_KEYS
+from brainjax.models.sequences import SequenceSpec, layout, stack
 
 
 def first_windows(dataset, rows: Sequence[int], window: int) -> dict[int, dict[str, np.ndarray]]:
     """The first window (TRs 0 .. window) of each manifest row long enough for one, read exactly as the
     pipeline reads windows: manifest index -> signal [P, T], parcel_mask [P], coords [P, 3], tr []."""
-    from brainjax.data.pipeline import ReadWindow
-
     reader = ReadWindow([dataset], window, dataset.atlas.n_parcels)
     out = {}
     for row in rows:
         if int(dataset.manifest[row]["length"]) >= window:
             example = reader.map(np.array([0, row, 0]))
-            out[int(row)] = {k: np.asarray(example[k]) for k in FMRI_KEYS}
+            out[int(row)] = {k: np.asarray(example[k]) for k in WINDOW_KEYS}
     return out
 
 
@@ -83,11 +82,11 @@ class Prompter:
         blocks = {scan: b for b, scan in enumerate(scans)}
         tokens = [("text", self.codec.encode(p)) if k == "text" else ("fmri", blocks[int(p)]) for k, p in segments]
         masks = np.zeros((self.spec.blocks, self.spec.n_parcels), bool)
-        fmri = {k: [] for k in FMRI_KEYS}
+        fmri = {k: [] for k in WINDOW_KEYS}
         for b in range(self.spec.blocks):
             w = self.windows[scans[min(b, len(scans) - 1)]]  # unused blocks repeat a real scan (never read)
             masks[b] = w["parcel_mask"] if b < len(scans) else False
-            for k in FMRI_KEYS:
+            for k in WINDOW_KEYS:
                 fmri[k].append(w[k])
         out = layout(tokens, answer_ids, masks, self.spec)
         out.update({k: np.stack(v) for k, v in fmri.items()})
@@ -95,8 +94,6 @@ class Prompter:
         return out
 
     def _run(self, fn, samples: list[dict]) -> np.ndarray:
-        from brainjax.distributed import run_on_mesh
-
         results = []
         for lo in range(0, len(samples), self.batch_size):
             chunk = samples[lo:lo + self.batch_size]

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
+from brainjax.data.dataset import Dataset
+from brainjax.lm.batches import load_descriptor_texts
 from brainjax.lm.evaluate import Prompter, constrained_choice, first_windows
-from brainjax.lm.instructions import class_labels, make_examples, prompt_segments, select_shots
+from brainjax.lm.instructions import build_targets, class_labels, make_examples, prompt_segments, select_shots
 from brainjax.lm.scoring import chance_metrics, label_metrics, numeric_metrics
 
 
@@ -83,3 +86,13 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
             if progress:
                 progress(f"{name} {setting}: {len(queries)} scans, {time.perf_counter() - start:.0f} s")
     return rows
+
+
+def load_question_setup(cfg, data: Path):
+    """(dataset, targets, descriptor records aligned to the manifest or None) for a language run's data."""
+    dataset = Dataset(data)
+    records = None
+    path = Path(cfg.language.descriptors) if cfg.language.descriptors else data / "descriptors" / "descriptors.jsonl"
+    if path.exists():
+        records = [r for r in load_descriptor_texts(path, dataset.manifest)[1] if r is not None]
+    return dataset, build_targets(dataset, records), records

@@ -22,6 +22,7 @@ from brainjax.config import MaskConfig, ModelConfig
 from brainjax.nn.embeddings import SpatialEmbedding, TemporalEmbedding
 from brainjax.nn.layers import (
     DECODER_AXES,
+    DTYPES,
     ENCODER_AXES,
     CrossDecoder,
     FactorisedDecoder,
@@ -31,7 +32,6 @@ from brainjax.nn.layers import (
 )
 from brainjax.nn.masking import Masking, no_masking, sample_masking, visible_count
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DECODERS = ("full", "cross", "factorised")
 
 
@@ -342,7 +342,7 @@ def count_params(model: nnx.Module) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
-def _transformer_flops(tokens: int, width: int, mlp: int, depth: int) -> float:
+def transformer_flops(tokens: int, width: int, mlp: int, depth: int) -> float:
     # Matmuls only (2 FLOPs per multiply-add): qkv + output projections, scores + weighted sum, MLP.
     per_layer = 2 * tokens * (4 * width * width + 2 * width * mlp) + 4 * tokens * tokens * width
     return float(depth * per_layer)
@@ -354,7 +354,7 @@ def model_flops_per_sample(cfg: ModelConfig, n_parcels: int, window: int, mask_c
     tokens = n_parcels * n_patches
     visible = visible_count(mask_cfg, n_parcels, n_patches)
     spatial = lambda w: 2 * n_parcels * (6 * cfg.fourier_features * w + w * w)  # noqa: E731
-    encoder = _transformer_flops(visible + 1, cfg.width, cfg.mlp, cfg.depth)
+    encoder = transformer_flops(visible + 1, cfg.width, cfg.mlp, cfg.depth)
     if cfg.decoder == "cross":  # per layer: q and output projections of every token, k/v of the memory
         per_layer = (2 * tokens * (2 * cfg.dec_width ** 2 + 2 * cfg.dec_width * cfg.dec_mlp)
                      + 4 * (visible + 1) * cfg.dec_width ** 2 + 4 * tokens * (visible + 1) * cfg.dec_width)
@@ -362,10 +362,10 @@ def model_flops_per_sample(cfg: ModelConfig, n_parcels: int, window: int, mask_c
     elif cfg.decoder == "factorised":  # cross layers as above + self-attention over N patches per parcel
         per_layer = (2 * tokens * (2 * cfg.dec_width ** 2 + 2 * cfg.dec_width * cfg.dec_mlp)
                      + 4 * (visible + 1) * cfg.dec_width ** 2 + 4 * tokens * (visible + 1) * cfg.dec_width)
-        time = n_parcels * _transformer_flops(n_patches, cfg.dec_width, cfg.dec_mlp, 1)
+        time = n_parcels * transformer_flops(n_patches, cfg.dec_width, cfg.dec_mlp, 1)
         decoder = float(cfg.dec_depth * (per_layer + time))
     else:
-        decoder = _transformer_flops(tokens + 1, cfg.dec_width, cfg.dec_mlp, cfg.dec_depth)
+        decoder = transformer_flops(tokens + 1, cfg.dec_width, cfg.dec_mlp, cfg.dec_depth)
     views = 2 if cfg.contrastive_weight > 0 else 1  # the scan-level objective encodes a second masking
     forward = (views * (2 * tokens * cfg.patch * cfg.width + encoder) + spatial(cfg.width) + spatial(cfg.dec_width)
                + 2 * (visible + 1) * cfg.width * cfg.dec_width + decoder + 2 * tokens * cfg.dec_width * cfg.patch)

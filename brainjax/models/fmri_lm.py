@@ -5,7 +5,7 @@ before quantisation), projected to the LM width by a two-layer MLP, plus a learn
 codes are the fMRI targets: a separate head over the codebook predicts every parcel's code of the next time
 patch. The tokenizer is frozen (its outputs pass through ``stop_gradient``, so no gradient is computed for it).
 
-One sequence mixes text and fMRI blocks (see :mod:`brainjax.lm.sequences` for how the host lays it out). Every
+One sequence mixes text and fMRI blocks (see :mod:`brainjax.models.sequences` for how the host lays it out). Every
 position carries a *group*: all tokens of one time patch of one block share a group, every text token has its
 own, groups increase along the sequence. Query i may read key j when ``group[j] <= group[i]``: full attention
 within a time patch, causal across patches, text causal and reading every earlier fMRI block. The group is
@@ -32,15 +32,15 @@ from brainjax.config import LanguageConfig, ModelConfig, QuantizerConfig
 from brainjax.models.lm import DecoderLM, LMConfig
 from brainjax.models.tokenizer import NeuralTokenizer
 from brainjax.nn.layers import linear, logical
+from brainjax.nn.lora import add_lora
 
 TRAIN_LM = ("lora", "full", "frozen")
-FMRI_KEYS = ("signal", "parcel_mask", "coords", "tr")
 
 
 def lm_config_from_json(text: str) -> LMConfig:
-    """The :class:`LMConfig` stored in ``LanguageConfig.architecture``."""
+    """The :class:`LMConfig` stored as the run's ``Lineage.lm_architecture``."""
     if not text:
-        raise ValueError("language.architecture is empty: the run does not say which language model it uses")
+        raise ValueError("the run's lineage has no lm_architecture: it does not say which language model it uses")
     return LMConfig(**json.loads(text))
 
 
@@ -61,7 +61,6 @@ class FMRILM(nnx.Module):
         self.tokenizer = NeuralTokenizer(tok_model, tok_quantizer, rngs=rngs)
         self.lm = DecoderLM(lm_cfg, rngs=rngs)
         if language.train_lm == "lora":
-            from brainjax.nn.lora import add_lora
             add_lora(self.lm, targets=tuple(language.lora_targets), rank=language.lora_rank,
                      alpha=language.lora_alpha, rngs=rngs)
         code_dim = tok_quantizer.code_dim if tok_quantizer.kind == "vq" else len(tok_quantizer.fsq_levels)

@@ -24,8 +24,7 @@ import numpy as np
 from flax import nnx
 
 from brainjax.models.lm import DecoderLM
-
-_MASKED = -1e30  # finite, like lm.py: a fully masked (padding) query row softmaxes to uniform, not NaN
+from brainjax.nn.attention import attention
 
 
 class KVCache(NamedTuple):
@@ -53,21 +52,14 @@ def init_cache(model: DecoderLM, batch: int, max_length: int, dtype=None) -> KVC
 
 def _attend(attn, x: jax.Array, keys: jax.Array, values: jax.Array, key_mask: jax.Array, positions: jax.Array,
             start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    cfg = attn.cfg
     batch, length, _ = x.shape
     q, k, v = attn.project(x, positions)
     keys = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, start, 0, 0))
     values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, start, 0, 0))
     # Query t sits in slot start + t: it sees filled slots up to and including its own.
     causal = jnp.arange(keys.shape[1])[None, :] <= (start + jnp.arange(length))[:, None]
-    allowed = causal[None] & key_mask[:, None, :]  # [B, T, S]
-    groups = cfg.heads // cfg.kv_heads
-    q = q.reshape(batch, length, cfg.kv_heads, groups, cfg.head_dim)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, keys, preferred_element_type=jnp.float32) * cfg.head_dim ** -0.5
-    scores = jnp.where(allowed[:, None, None], scores, _MASKED)
-    weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", weights, values).reshape(batch, length, cfg.heads * cfg.head_dim)
-    return attn.o(out), keys, values
+    out = attention(q, keys, values, key_mask=key_mask, mask=causal[None], impl=attn.attn_impl)
+    return attn.o(out.reshape(batch, length, -1)), keys, values
 
 
 def decode(model: DecoderLM, input_ids: jax.Array, attention_mask: jax.Array, cache: KVCache

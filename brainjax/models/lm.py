@@ -23,11 +23,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from brainjax.nn.layers import linear, logical
+from brainjax.nn.attention import attention
+from brainjax.nn.layers import DTYPES, linear, logical
 
 FAMILIES = ("qwen3", "gpt2")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_MASKED = -1e30  # finite: a padded query whose keys are all masked gets a uniform (not NaN) softmax
 _embed_init = nnx.initializers.normal(0.02)
 
 
@@ -122,29 +121,15 @@ def causal_mask(key_mask: jax.Array) -> jax.Array:
     return jnp.tril(jnp.ones((length, length), dtype=bool))[None] & key_mask[:, None, :]
 
 
-def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> jax.Array:
-    """Grouped-query attention under an arbitrary mask. q: [B, Lq, H, D]; k, v: [B, Lk, KV, D];
-    allowed: bool [B, Lq, Lk] (True = query may read key).
-
-    Query head ``h`` reads key/value head ``h // (H // KV)`` (HF ``repeat_kv`` order). Returns [B, Lq, H, D].
-    """
-    batch, length, heads, dim = q.shape
-    groups = heads // k.shape[2]
-    q = q.reshape(batch, length, k.shape[2], groups, dim)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) * dim ** -0.5
-    scores = jnp.where(allowed[:, None, None], scores, _MASKED)
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgqs,bskd->bqkgd", weights, v).reshape(batch, length, heads, dim)
-
-
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array) -> jax.Array:
-    """Causal grouped-query attention. q: [B, L, H, D]; k, v: [B, L, KV, D]; key_mask: bool [B, L]."""
-    return masked_attention(q, k, v, causal_mask(key_mask))
-
-
 class Attention(nnx.Module):
-    def __init__(self, cfg: LMConfig, *, dtype, rngs: nnx.Rngs):
-        self.cfg = cfg
+    """Grouped-query self-attention under any [B, L, L] mask through :func:`brainjax.nn.attention.attention`.
+
+    ``attn_impl`` defaults to the dense ``xla`` maths: LM sequences are short, their masks arbitrary (fMRI +
+    text layouts), and it is the path checked for logits parity with Hugging Face.
+    """
+
+    def __init__(self, cfg: LMConfig, *, dtype, rngs: nnx.Rngs, attn_impl: str = "xla"):
+        self.cfg, self.attn_impl = cfg, attn_impl
         q_width, kv_width = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
         bias = cfg.attention_bias
         self.q = linear(cfg.hidden, q_width, ("embed", "qkv"), dtype=dtype, rngs=rngs, use_bias=bias)
@@ -173,7 +158,7 @@ class Attention(nnx.Module):
         """x: [B, L, W]; allowed: bool [B, L, L] (query, key); positions: int [B, L] -> [B, L, W]."""
         batch, length, _ = x.shape
         q, k, v = self.project(x, positions)
-        out = masked_attention(q, k, v, allowed)
+        out = attention(q, k, v, mask=allowed, impl=self.attn_impl)
         return self.o(out.reshape(batch, length, self.cfg.heads * self.cfg.head_dim))
 
 
@@ -201,9 +186,9 @@ class MLP(nnx.Module):
 class DecoderBlock(nnx.Module):
     """Pre-norm block: ``x + Attn(norm(x))`` then ``x + MLP(norm(x))``."""
 
-    def __init__(self, cfg: LMConfig, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: LMConfig, *, dtype, rngs: nnx.Rngs, attn_impl: str = "xla"):
         self.attn_norm = _norm(cfg.hidden, cfg, "embed", dtype)
-        self.attn = Attention(cfg, dtype=dtype, rngs=rngs)
+        self.attn = Attention(cfg, dtype=dtype, rngs=rngs, attn_impl=attn_impl)
         self.mlp_norm = _norm(cfg.hidden, cfg, "embed", dtype)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
@@ -215,7 +200,7 @@ class DecoderBlock(nnx.Module):
 class DecoderLM(nnx.Module):
     """Causal LM returning next-token logits; see the module docstring for the family differences."""
 
-    def __init__(self, cfg: LMConfig, *, dtype: str = "float32", rngs: nnx.Rngs):
+    def __init__(self, cfg: LMConfig, *, dtype: str = "float32", rngs: nnx.Rngs, attn_impl: str = "xla"):
         if dtype not in DTYPES:
             raise ValueError(f"unsupported compute dtype {dtype!r}; expected one of {tuple(DTYPES)}")
         self.cfg, compute = cfg, DTYPES[dtype]
@@ -224,7 +209,8 @@ class DecoderLM(nnx.Module):
         self.pos_embed = nnx.Embed(cfg.max_positions, cfg.hidden, dtype=compute,
                                    embedding_init=logical(_embed_init, (None, "embed")),
                                    rngs=rngs) if cfg.family == "gpt2" else None
-        self.blocks = nnx.List([DecoderBlock(cfg, dtype=compute, rngs=rngs) for _ in range(cfg.layers)])
+        self.blocks = nnx.List([DecoderBlock(cfg, dtype=compute, rngs=rngs, attn_impl=attn_impl)
+                                for _ in range(cfg.layers)])
         self.norm = _norm(cfg.hidden, cfg, "embed", compute)
         self.lm_head = None if cfg.tie_word_embeddings else linear(
             cfg.hidden, cfg.vocab_size, ("embed", "vocab"), dtype=compute, rngs=rngs, use_bias=False,
@@ -272,10 +258,3 @@ class DecoderLM(nnx.Module):
         """hidden [..., W] -> next-token logits float32 [..., vocab] (tied or separate output matrix)."""
         out = self.embed.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
         return out.astype(jnp.float32)
-
-
-def from_pretrained(path, *, dtype: str = "float32", mesh=None):
-    """``(DecoderLM, tokenizers.Tokenizer)`` from a local Hugging Face directory: see
-    :func:`brainjax.models.lm_loading.from_pretrained` (imported lazily: it imports this module)."""
-    from brainjax.models.lm_loading import from_pretrained as load
-    return load(path, dtype=dtype, mesh=mesh)

@@ -21,7 +21,7 @@ from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
 from brainjax.models.lm import DecoderLM, LMConfig
-from brainjax.train.sharding import tree_shardings
+from brainjax.sharding import tree_shardings
 
 NnxPath = tuple[str | int, ...]
 # nnx path -> (HF tensor name, transform from the HF array to the NNX array)
@@ -144,7 +144,7 @@ def from_pretrained(path: str | Path, *, dtype: str = "float32", mesh: Mesh | No
                     ) -> tuple[DecoderLM, Tokenizer]:
     """Load ``(model, tokenizer)`` from a local HF directory; params float32, compute in ``dtype``.
 
-    With ``mesh`` every parameter is placed by the logical-axis rules of :mod:`brainjax.train.sharding`.
+    With ``mesh`` every parameter is placed by the logical-axis rules of :mod:`brainjax.sharding`.
     """
     directory = _need(Path(path))
     cfg = LMConfig.from_hf(json.loads(_need(directory / "config.json").read_text()))

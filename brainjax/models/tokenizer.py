@@ -21,10 +21,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from brainjax.config import ModelConfig, QuantizerConfig
-from brainjax.models.brainlm import DTYPES, _sanitize, patch_decoder, patchify
+from brainjax.models.brainlm import _sanitize, patch_decoder, patchify
 from brainjax.nn.alignment import Alignment
 from brainjax.nn.embeddings import SpatialEmbedding, TemporalEmbedding
-from brainjax.nn.layers import ENCODER_AXES, Transformer, linear
+from brainjax.nn.layers import DTYPES, ENCODER_AXES, Transformer, linear
 from brainjax.nn.quantizers import FSQ, VectorQuantizer
 
 QUANTIZERS = ("vq", "fsq")

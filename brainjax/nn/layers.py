@@ -1,6 +1,6 @@
 """Transformer building blocks (Flax NNX) whose parameters carry logical axis names.
 
-Logical names (mapped to mesh axes only in :data:`brainjax.train.sharding.LOGICAL_RULES`) are given per
+Logical names (mapped to mesh axes only in :data:`brainjax.sharding.LOGICAL_RULES`) are given per
 block through :class:`AxisNames`, so the encoder (``embed/mlp/qkv``) and the decoder
 (``dec_embed/dec_mlp/dec_qkv``) can be sharded differently. Parameters are float32; ``dtype`` is the
 compute dtype (bfloat16 for mixed precision). Dropout takes an explicit PRNG key instead of an ``nnx.Rngs``
@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from brainjax.nn.attention import attention
+from brainjax.nn.attention import attention, attention_weights
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # compute dtypes by config name; params stay float32
 _kernel_init = nnx.initializers.xavier_uniform()
 _zeros = nnx.initializers.zeros_init()
 
@@ -90,11 +91,7 @@ class SelfAttention(nnx.Module):
         """
         batch, length, width = x.shape
         q, k, _ = jnp.split(self.qkv(x).reshape(batch, length, 3, self.heads, width // self.heads), 3, axis=2)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q[:, :, 0], k[:, :, 0], preferred_element_type=jnp.float32)
-        scores = scores * (width // self.heads) ** -0.5
-        if key_mask is not None:
-            scores = jnp.where(key_mask[:, None, None, :], scores, -1e30)
-        return jax.nn.softmax(scores, axis=-1)
+        return attention_weights(q[:, :, 0], k[:, :, 0], key_mask=key_mask)
 
 
 class Block(nnx.Module):

@@ -29,6 +29,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from brainjax.nn.layers import logical
+from brainjax.paths import atomic_path, atomic_write_text
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -185,11 +186,9 @@ def save_adapters(model: nnx.Module, directory: str | os.PathLike, *, base_model
     tensors = {f"{path}.{name}": np.asarray(getattr(layer, name)[...], np.float32)
                for path, layer in layers.items() for name in _ADAPTER_NAMES}
     config = {"format_version": FORMAT_VERSION, "base_model": base_model, **_settings(layers)}
-    weights_tmp, config_tmp = directory / f".{WEIGHTS_FILE}.tmp", directory / f".{CONFIG_FILE}.tmp"
-    save_file(tensors, str(weights_tmp), metadata={"format": "np"})
-    config_tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(weights_tmp, directory / WEIGHTS_FILE)
-    os.replace(config_tmp, directory / CONFIG_FILE)
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "np"})
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 
 
 def _need(path: Path) -> Path:

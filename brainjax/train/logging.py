@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from brainjax.distributed import is_main
 from brainjax.paths import atomic_write_text, copy_tree, is_remote, workdir_path
 
 METRICS_FILE = "metrics.jsonl"
@@ -226,7 +227,7 @@ def measure_peak_flops(dtype: str = "float32", cache_dir: str | os.PathLike | No
         matmul(a, b).block_until_ready()
         times.append(time.perf_counter() - t0)
     peak = 2.0 * n**3 / float(np.median(times))
-    if cache is not None and jax.process_index() == 0:
+    if cache is not None and is_main():
         known[key] = peak
         atomic_write_text(cache, json.dumps(known, indent=2))
     return peak

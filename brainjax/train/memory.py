@@ -4,8 +4,8 @@ The estimate adds up, in bytes per device, what the trainer's jitted step holds 
 
 Held for the whole step:
 
-* ``params``       float32 parameters, split over ``fsdp`` exactly as :mod:`brainjax.train.sharding` splits them
-                   (its own :func:`~brainjax.train.sharding.logical_to_spec` on the analytic parameter list),
+* ``params``       float32 parameters, split over ``fsdp`` exactly as :mod:`brainjax.sharding` splits them
+                   (its own :func:`~brainjax.sharding.logical_to_spec` on the analytic parameter list),
                    replicated over ``data``;
 * ``optimizer``    AdamW's two float32 moments, sharded likewise (clipping, masking and the schedule keep scalars);
 * ``batch``        the per-device input arrays and the masking's index arrays.
@@ -50,7 +50,7 @@ from brainjax.config import Config, MeshConfig, ModelConfig
 from brainjax.nn.attention import resolve_impl
 from brainjax.nn.layers import DECODER_AXES, ENCODER_AXES, AxisNames
 from brainjax.nn.masking import visible_count
-from brainjax.train.sharding import logical_to_spec, mesh_shape
+from brainjax.sharding import logical_to_spec, mesh_shape
 
 PLATFORMS = ("cpu", "gpu", "tpu")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
@@ -149,7 +149,7 @@ def count_parameters(cfg: ModelConfig) -> int:
 
 
 def sharded_param_count(cfg: ModelConfig, data: int, fsdp: int) -> int:
-    """Parameters held by ONE device of a (data, fsdp) mesh under :data:`brainjax.train.sharding.LOGICAL_RULES`."""
+    """Parameters held by ONE device of a (data, fsdp) mesh under :data:`brainjax.sharding.LOGICAL_RULES`."""
     mesh = SimpleNamespace(shape={"data": data, "fsdp": fsdp})  # logical_to_spec only reads axis sizes
     total = 0
     for _, shape, names in param_specs(cfg):
@@ -181,7 +181,10 @@ def _attention_bytes(impl: str, batch: int, heads: int, length: int, chunk: int,
         return probs * (4 + (c if c != 4 else 0)), 2 * 4 * probs  # f32 probs (+ cast) kept; d(probs), d(scores)
     if impl == "chunked":
         return 0, 4 * 4 * batch * heads * min(chunk, length) * length  # one block's scores, probs and their grads
-    return 4 * batch * heads * length, 0  # fused kernels: the per-row log-sum-exp only
+    lse = 4 * batch * heads * length  # fused kernels keep the per-row log-sum-exp only
+    if impl == "cudnn":  # the key mask goes in as a [B, 1, L, L] bias in the compute dtype, kept for backward
+        return lse + c * batch * length * length, 0
+    return lse, 0
 
 
 def _block_bytes(batch: int, length: int, width: int, mlp: int, c: int) -> int:

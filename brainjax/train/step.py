@@ -1,4 +1,4 @@
-"""The pure train and eval steps shared by every objective, and the :class:`Task` protocol they call.
+"""The pure train and eval steps shared by every objective (a :class:`~brainjax.tasks.base.Task`).
 
 A step is ``(graphdef, state, batch, rng) -> (state, metrics)``: the model is rebuilt from ``graphdef`` and the
 state's arrays inside the traced function, so the step is a pure function of arrays that is jitted once with
@@ -15,7 +15,7 @@ explicit shardings (see :mod:`brainjax.train.trainer`). The train state is a dic
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,41 +24,19 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from brainjax.config import Config
+from brainjax.tasks.base import Task
+from brainjax.train.optim import make_optimizer
+
 NONFINITE_MODES = ("stop", "skip")
 
 
-class Task(Protocol):
-    """An objective the trainer can optimise (BrainLM MAE first; tokenizer and LM reuse the same loop).
-
-    ``loss`` returns the scalar loss and a dict of metric *sums* over the batch (sums add up over
-    micro-batches, devices and evaluation batches; ``summarize`` turns summed totals into readable metrics).
-    """
-
-    input_keys: tuple[str, ...]  # batch entries the model reads (moved to devices)
-
-    def init_model(self, rngs: nnx.Rngs) -> nnx.Module: ...
-
-    def loss(self, model: nnx.Module, batch: Mapping[str, jax.Array], rng: jax.Array,
-             deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]: ...
-
-    def summarize(self, sums: Mapping[str, float]) -> dict[str, float]: ...
-
-    def prepare_eval(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Host-side fix-up of an evaluation batch (e.g. hide the repeats that pad the last batch)."""
-        ...
-
-    def tokens_per_sample(self) -> float: ...
-
-    def flops_per_sample(self) -> float:
-        """Training FLOPs (forward + backward) per sample, for MFU."""
-        ...
-
-    def finish(self, model: nnx.Module, batch: Mapping[str, jax.Array], rng: jax.Array, workdir: str,
-               write: bool = True) -> dict[str, Any]:
-        """End-of-run artefacts (figures) from one validation batch; returns a dict of facts to print.
-
-        Called on every process; only the one with ``write`` saves files."""
-        ...
+def optimizer_for(task: Task, cfg: Config, abstract_params: Any
+                  ) -> tuple[optax.GradientTransformation, Callable[[jax.Array], jax.Array]]:
+    """The run's optimizer and schedule; with a frozen partition only when the task freezes something, so the
+    optimizer state of an objective that trains everything is AdamW's alone (as its checkpoints hold it)."""
+    frozen = task.frozen_mask if task.frozen_mask(abstract_params) is not None else None
+    return make_optimizer(cfg.optim, cfg.train.steps, cfg.data.batch_size, frozen=frozen)
 
 
 def init_train_state(task: Task, tx: optax.GradientTransformation, seed: int) -> Callable[[], dict]:

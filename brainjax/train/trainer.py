@@ -28,21 +28,24 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from brainjax.config import Config, to_dict
+from brainjax import sharding
+from brainjax.config import Config, Lineage, from_saved, param_fields, to_dict
+from brainjax.distributed import is_main
+from brainjax.errors import CheckpointMismatchError, NonFiniteLossError
 from brainjax.paths import atomic_write_text, workdir_path
 from brainjax.train import checkpoint as ckpt_lib
 from brainjax.train import logging as log_lib
-from brainjax.train import sharding
-from brainjax.train.optim import make_optimizer
-from brainjax.train.step import NONFINITE_MODES, Task, eval_step, init_train_state, micro_batch_sharding, train_step
+from brainjax.train.step import (
+    NONFINITE_MODES,
+    Task,
+    eval_step,
+    init_train_state,
+    micro_batch_sharding,
+    optimizer_for,
+    train_step,
+)
 
-# language runs: the fields that shape parameters (loss weights, texts and seeds may change on resume)
-_PARAM_KEYS = {"language": ("architecture", "train_lm", "lora_rank", "lora_alpha", "lora_targets")}
 EVAL_RNG_SALT = 0x5EED  # eval masks come from fold_in(key(seed), salt): identical at every evaluation
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a non-finite loss with ``train.nonfinite=stop``."""
 
 
 @dataclass
@@ -52,6 +55,7 @@ class RunResult:
     preempted: bool = False  # stopped by SIGTERM (a checkpoint at final_step was saved)
     eval: dict[str, float] = field(default_factory=dict)  # last validation metrics
     params: Any = None  # final parameters (nnx.State, sharded)
+    model: Any = None  # the final model (those parameters merged into the task's module)
 
 
 class Trainer:
@@ -62,12 +66,16 @@ class Trainer:
     evaluation). ``to_global(batch, mesh)`` turns a host batch into global ``jax.Array``s sharded over the
     batch axes (the pipeline's ``to_global``). ``warm_start(state) -> state`` replaces parameters of a fresh
     state (fine-tuning from a pretrained checkpoint); it is not applied when resuming this run's checkpoint.
-    A task with a ``frozen_mask(params)`` method gets zero updates on the parameters it marks True.
+    Parameters the task's ``frozen_mask`` marks True get zero updates. ``lineage`` is saved with every
+    checkpoint (and its parameter-shaping fields checked on resume). ``on_finish(model, batch, rng, write) ->
+    facts`` runs once at the end on the first validation batch (every process calls it, ``write`` on the one
+    that writes files; see :func:`brainjax.eval.figures.reconstruction_hook`); its facts are printed.
     """
 
     def __init__(self, cfg: Config, task: Task, workdir: str | os.PathLike, train_data: Iterator[dict],
                  eval_data: Callable[[], Iterable[dict]] | None, to_global: Callable[[dict, Mesh], dict],
-                 mesh: Mesh | None = None, warm_start: Callable[[dict], dict] | None = None):
+                 mesh: Mesh | None = None, warm_start: Callable[[dict], dict] | None = None,
+                 lineage: Lineage | None = None, on_finish: Callable[..., dict] | None = None):
         if cfg.train.nonfinite not in NONFINITE_MODES:
             raise ValueError(f"train.nonfinite must be one of {NONFINITE_MODES}, got {cfg.train.nonfinite!r}")
         self.cfg, self.task, self.workdir = cfg, task, workdir_path(workdir)
@@ -78,16 +86,16 @@ class Trainer:
         if accum < 1 or batch % (accum * per_batch) != 0:
             raise ValueError(f"data.batch_size={batch} must be divisible by optim.accum_steps={accum} x "
                              f"{per_batch} devices on the batch axes")
-        self.is_main = jax.process_index() == 0
-        self.tx, self.schedule = make_optimizer(cfg.optim, cfg.train.steps, batch,
-                                                frozen=getattr(task, "frozen_mask", None))
-        self.warm_start = warm_start
+        self.is_main = is_main()
+        abstract_model = sharding.abstract_model(lambda: task.init_model(nnx.Rngs(0)))
+        self.graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
+        self.tx, self.schedule = optimizer_for(task, cfg, nnx.state(abstract_model, nnx.Param))
+        self.warm_start, self.lineage, self.on_finish = warm_start, lineage or Lineage(), on_finish
         self.base_rng = jax.random.key(cfg.train.seed)
         self.eval_rng = jax.random.fold_in(self.base_rng, EVAL_RNG_SALT)
         self._init_fn = init_train_state(task, self.tx, cfg.train.seed)
         self.abstract_state = sharding.abstract_sharded(self._init_fn, self.mesh)
         self.state_shardings = jax.tree.map(lambda a: a.sharding, self.abstract_state)
-        self.graphdef = nnx.split(sharding.abstract_model(lambda: task.init_model(nnx.Rngs(0))), nnx.Param, ...)[0]
         self._stop_requested = threading.Event()
 
     # ----------------------------------------------------------------------------------------- compiled steps
@@ -122,21 +130,14 @@ class Trainer:
         """The freshly initialised train state, created directly in its sharded layout."""
         return sharding.init_sharded(self._init_fn, self.mesh)
 
-    def _check_config(self, saved: dict, step: int) -> None:
-        current, defaults = to_dict(self.cfg), to_dict(Config())
-        diff = [f"objective: checkpoint {saved.get('objective', 'mae')!r} vs now {current['objective']!r}"
-                ] if saved.get("objective", "mae") != current["objective"] else []
-        for section in ("model", "quantizer", "language"):  # what the parameters' shapes and meaning depend on
-            if section not in saved and section != "model":
-                continue  # written before that section existed: an MAE run
-            stored = saved.get(section, {})
-            keys = _PARAM_KEYS.get(section, current[section])
-            # a field added after the checkpoint was written held its default then (old runs still resume)
-            saved_value = {k: stored.get(k, _jsonify(defaults[section][k])) for k in keys}
-            diff += [f"{section}.{k}: checkpoint {saved_value[k]!r} vs now {current[section][k]!r}"
-                     for k in keys if _jsonify(current[section][k]) != saved_value[k]]
+    def _check_config(self, saved: dict, saved_lineage: dict, step: int) -> None:
+        """Refuse a checkpoint whose parameters were built from other values of the fields that shape them."""
+        saved_cfg, saved_lineage = from_saved(saved, saved_lineage)
+        old = {**param_fields(saved_cfg), **param_fields(saved_lineage, "lineage.")}
+        new = {**param_fields(self.cfg), **param_fields(self.lineage, "lineage.")}
+        diff = [f"{k}: checkpoint {old[k]!r} vs now {new[k]!r}" for k in new if old[k] != new[k]]
         if diff:
-            raise ckpt_lib.CheckpointMismatchError(
+            raise CheckpointMismatchError(
                 f"{self.workdir}: the checkpoint at step {step} was trained with a different model "
                 f"configuration ({'; '.join(diff)}). Use a new --workdir, or the checkpoint's model config.")
 
@@ -182,7 +183,7 @@ class Trainer:
         checkpointer = ckpt_lib.Checkpointer(self.workdir / "checkpoints", tcfg.keep_last, tcfg.keep_every,
                                              tcfg.async_checkpoint)
         metrics_log = log_lib.MetricsLog(self.workdir, enabled=self.is_main)
-        config_json = json.loads(json.dumps(to_dict(cfg)))
+        config_json = _jsonify(to_dict(cfg))
         try:
             state, start = self.restore_or_init(checkpointer)
             metrics_log.truncate_after(start)
@@ -195,11 +196,11 @@ class Trainer:
             result = RunResult(start, start)
             if start >= tcfg.steps:
                 self._print(f"checkpoint is at step {start} >= train.steps={tcfg.steps}: nothing to train")
-                result.params = state["params"]
+                result.params, result.model = state["params"], self._model(state)
                 return result
             with _sigterm_handler(self._stop_requested):
                 state, result = self._loop(state, start, checkpointer, metrics_log, config_json, until)
-            result.params = state["params"]
+            result.params, result.model = state["params"], self._model(state)
             if not result.preempted:
                 self._report(state, result)
             return result
@@ -249,7 +250,8 @@ class Trainer:
                     progress.update(1)
                 if last or preempt or done % tcfg.checkpoint_every == 0:
                     self._raise_if_nonfinite(metrics, done)
-                    checkpointer.save(done, state, self.train_data.get_state(), config_json, record)
+                    checkpointer.save(done, state, self.train_data.get_state(), config_json, record,
+                                      _jsonify(to_dict(self.lineage)))
                     metrics_log.sync()  # a remote log is uploaded at least as often as checkpoints are taken
                     paused = True
                 if paused:  # evaluation and checkpoint time do not count as training throughput
@@ -293,16 +295,19 @@ class Trainer:
     def _report(self, state: dict, result: RunResult) -> None:
         if result.eval:
             self._print("validation: " + ", ".join(f"{k[4:]}={v:.4f}" for k, v in result.eval.items()))
-        if not (self.cfg.train.figure and self.eval_data is not None):
+        if self.on_finish is None or self.eval_data is None:
             return
         batch = next(iter(self.eval_data()), None)
         if batch is None:
             return
-        model = nnx.merge(self.graphdef, state["params"], state["rest"])
-        facts = self.task.finish(model, self.global_batch(self.task.prepare_eval(batch)),
-                                 jax.random.fold_in(self.eval_rng, 0), str(self.workdir), write=self.is_main)
+        model = self._model(state)
+        facts = self.on_finish(model, self.global_batch(self.task.prepare_eval(batch)),
+                               jax.random.fold_in(self.eval_rng, 0), self.is_main)
         for key, value in (facts or {}).items():
             self._print(f"{key}: {value}")
+
+    def _model(self, state: dict) -> nnx.Module:
+        return nnx.merge(self.graphdef, state["params"], state["rest"])
 
     def _print(self, text: str) -> None:
         if self.is_main:

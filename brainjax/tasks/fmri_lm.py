@@ -1,4 +1,4 @@
-"""The fMRI-LM objective (stages 2 and 3) as a :class:`brainjax.train.step.Task` for the shared Trainer.
+"""The fMRI-LM objective (stages 2 and 3) as a training objective (:class:`brainjax.tasks.base.Task`).
 
 Three weighted losses (``language.*_weight``), each a mean over its own tokens:
 
@@ -23,11 +23,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from brainjax.config import Config
-from brainjax.lm.sequences import SEQUENCE_KEYS, SequenceSpec
-from brainjax.models.fmri_lm import FMRI_KEYS, FMRILM, lm_config_from_json
+from brainjax.config import Config, Lineage
+from brainjax.errors import ConfigError
+from brainjax.models.fmri_lm import FMRILM, lm_config_from_json
+from brainjax.models.inputs import WINDOW_KEYS
+from brainjax.models.sequences import SEQUENCE_KEYS, SequenceSpec
+from brainjax.nn.lora import lora_frozen_mask
 
 LM_KEYS = ("lm_ids", "lm_mask")
+
+
+def sequence_spec(cfg: Config, n_parcels: int, blocks: int = 1) -> SequenceSpec:
+    """The sequence shape of a run: ``blocks`` fMRI blocks of ``n_parcels`` x (window / patch) tokens plus text."""
+    return SequenceSpec(n_parcels=n_parcels, n_patches=cfg.data.window // cfg.model.patch, blocks=blocks,
+                        text_len=cfg.language.text_len)
 
 
 def _token_nll(logits: jax.Array, targets: jax.Array, weight: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -39,7 +48,7 @@ def _token_nll(logits: jax.Array, targets: jax.Array, weight: jax.Array) -> tupl
 
 
 def fmri_lm_loss(model: FMRILM, batch: Mapping[str, jax.Array], cfg: Config) -> tuple[jax.Array, dict]:
-    """Weighted sum of the three mean losses, and their metric sums. Batch: see :mod:`brainjax.lm.sequences`."""
+    """Weighted sum of the three mean losses, and their metric sums. Batch: see :mod:`brainjax.models.sequences`."""
     language = cfg.language
     hidden, codes, real = model(batch)
     batch_size, width = hidden.shape[0], hidden.shape[-1]
@@ -71,14 +80,14 @@ def fmri_lm_loss(model: FMRILM, batch: Mapping[str, jax.Array], cfg: Config) -> 
 class FMRILMTask:
     """fMRI-LM stage 2 (``objective = "adapt"``) or 3 (``"instruct"``); batches from :mod:`brainjax.lm.batches`."""
 
-    def __init__(self, cfg: Config, spec: SequenceSpec):
+    def __init__(self, cfg: Config, lineage: Lineage, spec: SequenceSpec):
         if cfg.language.code_weight > 0 and spec.n_patches < 2:
-            raise ValueError(f"next-patch code prediction needs windows of >= 2 time patches; data.window / "
+            raise ConfigError(f"next-patch code prediction needs windows of >= 2 time patches; data.window / "
                              f"model.patch gives {spec.n_patches} (set language.code_weight=0 to drop that loss)")
         self.cfg, self.spec = cfg, spec
-        self.lm_cfg = lm_config_from_json(cfg.language.architecture)
+        self.lm_cfg = lm_config_from_json(lineage.lm_architecture)
         uses_lm = cfg.language.lm_weight > 0
-        self.input_keys = (*SEQUENCE_KEYS, *FMRI_KEYS, *(LM_KEYS if uses_lm else ()))
+        self.input_keys = (*SEQUENCE_KEYS, *WINDOW_KEYS, *(LM_KEYS if uses_lm else ()))
 
     def init_model(self, rngs: nnx.Rngs) -> FMRILM:
         return FMRILM(self.lm_cfg, self.cfg.model, self.cfg.quantizer, self.cfg.language, rngs=rngs)
@@ -110,14 +119,12 @@ class FMRILMTask:
         forward = 2 * length * c.layers * per_layer + 4 * c.layers * length ** 2 * c.heads * c.head_dim
         return float(3 * forward)
 
-    def finish(self, model, batch, rng, workdir: str, write: bool = True) -> dict[str, Any]:
-        return {}
+    def reconstruct(self, model, batch, rng) -> None:
+        return None  # the LM predicts text and codes, not the signal
 
     def frozen_mask(self, params) -> Any:
         """True for what never trains: the tokenizer always; the LM's base weights unless ``train_lm=full``
         (with LoRA its adapters train); projector, parcel embedding and fMRI head always train."""
-        from brainjax.nn.lora import lora_frozen_mask
-
         mode = self.cfg.language.train_lm
         base = lora_frozen_mask(params)  # True for every non-adapter parameter
 

@@ -1,5 +1,5 @@
 """What ``brainjax adapt`` (stage 2) and ``brainjax instruct`` (stage 3) share: the run's language-model files,
-its warm starts and its training loop around the shared :class:`~brainjax.train.trainer.Trainer`.
+its warm starts and the LoRA adapters it exports (training itself is :func:`brainjax.run.launch`).
 
 A run's work dir holds, besides the checkpoints, ``lm/`` with the language model's ``config.json`` and
 ``tokenizer.json`` (copied at the start), so a checkpoint is usable without the directory it came from.
@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,23 +19,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from brainjax.config import Config
-from brainjax.distributed import main_first
-from brainjax.lm.sequences import SequenceSpec
+from brainjax.distributed import barrier, is_main, main_first
+from brainjax.lm.default_lm import default_lm
+from brainjax.models.lm import LMConfig
+from brainjax.models.lm_loading import from_pretrained
+from brainjax.nn.lora import save_adapters
+from brainjax.tasks.base import to_host
 
 LM_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
-
-
-def command_error(err: Exception) -> int:
-    """Print a command's error; exit code 3 for a non-finite loss, 2 for bad input (as ``brainjax pretrain``)."""
-    from brainjax.train.trainer import NonFiniteLossError
-
-    print(f"error: {err}", file=sys.stderr)
-    return 3 if isinstance(err, NonFiniteLossError) else 2
-
-
-# bad input (ValueError covers dataset, config and checkpoint-mismatch errors), missing files, non-finite loss
-COMMAND_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
 def lm_dir_or_default(path: str | None) -> Path:
@@ -46,14 +36,11 @@ def lm_dir_or_default(path: str | None) -> Path:
         if not (directory / "config.json").exists():
             raise FileNotFoundError(f"{directory}: not a Hugging Face model directory (no config.json)")
         return directory
-    from brainjax.lm.default_lm import default_lm
     return Path(default_lm())
 
 
 def architecture_json(lm_dir: Path) -> str:
-    """The LM's :class:`LMConfig` as JSON, for ``LanguageConfig.architecture``."""
-    from brainjax.models.lm import LMConfig
-
+    """The LM's :class:`LMConfig` as JSON, for ``Lineage.lm_architecture``."""
     cfg = LMConfig.from_hf(json.loads((lm_dir / "config.json").read_text()))
     return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
 
@@ -76,12 +63,6 @@ def keep_lm_files(lm_dir: Path, workdir: Path) -> Path:
         os.replace(staging, target)
         return target
     return main_first("lm_files", copy, lambda: target)
-
-
-def sequence_spec(cfg: Config, n_parcels: int, blocks: int = 1) -> SequenceSpec:
-    """The sequence shape of a run: one fMRI block of ``n_parcels`` x (window / patch) tokens plus text."""
-    return SequenceSpec(n_parcels=n_parcels, n_patches=cfg.data.window // cfg.model.patch, blocks=blocks,
-                        text_len=cfg.language.text_len)
 
 
 def _place(new: dict, like: dict, what: str) -> dict:
@@ -119,8 +100,6 @@ def _lm_into(target: dict, source: dict) -> dict:
 def stage2_warm_start(tokenizer_run, lm_dir: Path) -> Callable[[dict], dict]:
     """Trainer warm start: tokenizer parameters and codebook state from the stage-1 run, LM weights from the
     Hugging Face directory; projector, parcel embedding, fMRI head and adapters keep their initialisation."""
-    from brainjax.models.lm_loading import from_pretrained
-
     tok_params = nnx.to_pure_dict(nnx.state(tokenizer_run.model, nnx.Param))
     tok_rest = nnx.to_pure_dict(nnx.split(tokenizer_run.model, nnx.Param, ...)[2])
     lm, _ = from_pretrained(lm_dir)
@@ -152,40 +131,19 @@ def continue_warm_start(previous) -> Callable[[dict], dict]:
     return apply
 
 
-def train_stage(cfg: Config, out: Path, data: str, build: Callable[[dict], dict], spec: SequenceSpec,
-                warm_start: Callable[[dict], dict], mesh) -> None:
-    """Build the loaders and run the Trainer (resumes ``out``'s checkpoint if there is one)."""
-    from brainjax.data.pipeline import LoaderSpec, MappedLoader, eval_batches, make_loader, mapped_passes, to_global
-    from brainjax.lm.objective import FMRILMTask
-    from brainjax.train.trainer import Trainer
-
-    loader = make_loader(LoaderSpec(paths=(data,), split="train", window=cfg.data.window,
-                                    batch_size=cfg.data.batch_size, stride=cfg.data.stride, seed=cfg.train.seed,
-                                    process_index=jax.process_index(), process_count=jax.process_count()))
-
-    def validation():
-        return eval_batches((data,), "val", cfg.data.window, cfg.data.batch_size)
-
-    task = FMRILMTask(cfg, spec)
-    trainer = Trainer(cfg, task, out, MappedLoader(loader, build), mapped_passes(validation, build), to_global,
-                      mesh=mesh, warm_start=warm_start)
-    result = trainer.run()
-    if cfg.language.train_lm == "lora" and not result.preempted:
-        export_adapters(out)
-
-
-def export_adapters(workdir: Path) -> Path:
-    """Write the latest checkpoint's LoRA adapters as ``workdir/adapters`` (safetensors + JSON, see
+def export_adapters(model, workdir: Path, base_model: str) -> Path:
+    """Write the trained fMRI-LM's LoRA adapters as ``workdir/adapters`` (safetensors + JSON, see
     :func:`brainjax.nn.lora.save_adapters`), for use outside brainjax's checkpoints.
 
-    Every process of a multi-host run calls it (the checkpoint restore is collective; the restored parameters
-    are replicated); process 0 writes."""
-    from brainjax.distributed import barrier, is_main
-    from brainjax.eval.restore import load_for_eval
-    from brainjax.nn.lora import save_adapters
-
-    run = load_for_eval(workdir)
+    model: the run's final :class:`~brainjax.models.fmri_lm.FMRILM` (``RunResult.model``). Every process of a
+    multi-host run calls it (the adapters are gathered from every host); process 0 writes."""
+    graphdef, state = nnx.split(model.lm)
+    adapters = nnx.to_pure_dict(state)
+    gathered = jax.tree_util.tree_map_with_path(
+        lambda path, x: to_host(x) if any(getattr(k, "key", None) in ("lora_a", "lora_b") for k in path) else x,
+        adapters)
+    nnx.replace_by_pure_dict(state, gathered)
     if is_main():
-        save_adapters(run.model.lm, workdir / "adapters", base_model=run.cfg.language.lm_path)
+        save_adapters(nnx.merge(graphdef, state), workdir / "adapters", base_model=base_model)
     barrier("adapters")
     return workdir / "adapters"

@@ -1,18 +1,19 @@
-"""Fine-tuning objectives: a head on the pretrained encoder for one phenotype, trained by the same Trainer.
+"""Fine-tuning heads as a training objective: a head on the pretrained encoder for one phenotype.
 
 :class:`HeadTask` regresses a continuous phenotype (standardised with the training split's mean and
 standard deviation, so the R² in the logs is the R² of the raw value) or classifies a categorical one
 (softmax cross-entropy). Every window of a scan carries the scan's label; scans without a label keep their
 place in the batch with ``label_valid = False`` (static shapes, exact resume) and add nothing to the loss.
+The classes and target statistics are derived from the training split once (:func:`describe_target`) and
+kept as the run's :class:`~brainjax.config.Lineage`.
 
-Forecasting fine-tunes the masked autoencoder itself with future masking (:class:`BrainLMTask` with
-``mask.strategy = future``); only the warm start differs from pretraining.
+Forecasting fine-tunes the masked autoencoder itself with future masking
+(:class:`~brainjax.tasks.mae.BrainLMTask` with ``mask.strategy = future``); only the warm start differs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,54 +21,37 @@ import numpy as np
 import optax
 from flax import nnx
 
-from brainjax.config import Config, FinetuneConfig, ModelConfig
+from brainjax.config import FinetuneConfig, Lineage, ModelConfig
 from brainjax.data.dataset import MISSING, Dataset
+from brainjax.errors import ConfigError, DatasetError
+from brainjax.models.brainlm import pooled_r2, transformer_flops
+from brainjax.models.heads import BrainLMWithHead
+from brainjax.models.inputs import WINDOW_KEYS
 
 HEAD_TASKS = ("regress", "classify")
 FINETUNE_TASKS = HEAD_TASKS + ("forecast",)
 
 
-def task_for_config(cfg: Config, n_parcels: int):
-    """The Task a run configuration trains: BrainLM MAE (pretraining, forecast), a :class:`HeadTask`, or the
-    neural tokenizer (``objective = "tokenizer"``), or fMRI-LM stage 2 / 3 (``"adapt"`` / ``"instruct"``)."""
-    from brainjax.train.tasks import BrainLMTask, TokenizerTask
-
-    if cfg.objective == "tokenizer":
-        return TokenizerTask(cfg.model, cfg.quantizer, n_parcels=n_parcels, window=cfg.data.window)
-    if cfg.objective in ("adapt", "instruct"):
-        from brainjax.lm.objective import FMRILMTask
-        from brainjax.lm.runs import sequence_spec
-        return FMRILMTask(cfg, sequence_spec(cfg, n_parcels))
-    if cfg.objective != "mae":
-        raise ValueError(f"objective must be mae, tokenizer, adapt or instruct, got {cfg.objective!r}")
-    if cfg.finetune.task in HEAD_TASKS:
-        return HeadTask(cfg.model, cfg.finetune, n_parcels=n_parcels, window=cfg.data.window)
-    if cfg.finetune.task not in ("", "forecast"):
-        raise ValueError(f"finetune.task must be one of {('',) + FINETUNE_TASKS}, got {cfg.finetune.task!r}")
-    return BrainLMTask(cfg.model, cfg.mask, n_parcels=n_parcels, window=cfg.data.window)
-
-
-def n_outputs(cfg: FinetuneConfig) -> int:
-    return len(cfg.classes) if cfg.task == "classify" else 1
+def n_outputs(cfg: FinetuneConfig, lineage: Lineage) -> int:
+    return len(lineage.classes) if cfg.task == "classify" else 1
 
 
 class HeadTask:
     """Regress or classify ``cfg.target`` from one window: batches add label float32 [B], label_valid bool [B]."""
 
-    input_keys = ("signal", "parcel_mask", "coords", "tr", "label", "label_valid")
+    input_keys = (*WINDOW_KEYS, "label", "label_valid")
 
-    def __init__(self, model: ModelConfig, cfg: FinetuneConfig, n_parcels: int, window: int):
+    def __init__(self, model: ModelConfig, cfg: FinetuneConfig, lineage: Lineage, n_parcels: int, window: int):
         if cfg.task not in HEAD_TASKS:
-            raise ValueError(f"HeadTask needs finetune.task in {HEAD_TASKS}, got {cfg.task!r}")
-        if cfg.task == "classify" and len(cfg.classes) < 2:
-            raise ValueError(f"classifying {cfg.target!r} needs at least 2 classes, got {cfg.classes}")
+            raise ConfigError(f"HeadTask needs finetune.task in {HEAD_TASKS}, got {cfg.task!r}")
+        if cfg.task == "classify" and len(lineage.classes) < 2:
+            raise ConfigError(f"classifying {cfg.target!r} needs at least 2 classes, got {lineage.classes}")
         if window % model.patch:
-            raise ValueError(f"data.window={window} is not a multiple of model.patch={model.patch}")
-        self.model_cfg, self.cfg, self.n_parcels, self.window = model, cfg, n_parcels, window
+            raise ConfigError(f"data.window={window} is not a multiple of model.patch={model.patch}")
+        self.model_cfg, self.cfg, self.lineage, self.n_parcels, self.window = model, cfg, lineage, n_parcels, window
 
     def init_model(self, rngs: nnx.Rngs) -> nnx.Module:
-        from brainjax.models.heads import BrainLMWithHead
-        return BrainLMWithHead(self.model_cfg, n_outputs(self.cfg), pool=self.cfg.pool,
+        return BrainLMWithHead(self.model_cfg, n_outputs(self.cfg, self.lineage), pool=self.cfg.pool,
                                head_dropout=self.cfg.head_dropout, rngs=rngs)
 
     def loss(self, model, batch, rng, deterministic):
@@ -92,7 +76,6 @@ class HeadTask:
     def summarize(self, sums: Mapping[str, float]) -> dict[str, float]:
         n = max(float(sums["n"]), 1.0)
         if self.cfg.task == "regress":
-            from brainjax.models.brainlm import pooled_r2
             return {"mse": float(sums["sse"]) / n, "r2": pooled_r2(dict(sums))}
         return {"nll": float(sums["nll"]) / n, "accuracy": float(sums["correct"]) / n}
 
@@ -105,16 +88,15 @@ class HeadTask:
         return float(self.n_parcels * (self.window // self.model_cfg.patch))
 
     def flops_per_sample(self) -> float:
-        from brainjax.models.brainlm import _transformer_flops
         cfg, tokens = self.model_cfg, self.tokens_per_sample()
-        forward = 2 * tokens * cfg.patch * cfg.width + _transformer_flops(int(tokens) + 1, cfg.width, cfg.mlp,
+        forward = 2 * tokens * cfg.patch * cfg.width + transformer_flops(int(tokens) + 1, cfg.width, cfg.mlp,
                                                                            cfg.depth)
         return float(forward if self.cfg.freeze_backbone else 3 * forward)
 
-    def finish(self, model, batch, rng, workdir: str, write: bool = True) -> dict[str, Any]:
-        return {}
+    def reconstruct(self, model, batch, rng) -> None:
+        return None  # a head predicts a phenotype, not the signal
 
-    def frozen_mask(self, params) -> Any:
+    def frozen_mask(self, params):
         """True for parameters the optimizer must leave untouched (the backbone when frozen)."""
         frozen = self.cfg.freeze_backbone
         return jax.tree_util.tree_map_with_path(
@@ -122,44 +104,45 @@ class HeadTask:
 
 
 # ----------------------------------------------------------------------------------------------- labels
-def label_table(dataset: Dataset, cfg: FinetuneConfig) -> tuple[np.ndarray, np.ndarray]:
+def label_table(dataset: Dataset, cfg: FinetuneConfig, lineage: Lineage) -> tuple[np.ndarray, np.ndarray]:
     """Per manifest row: the label (standardised value, or class index) float32 [S] and valid bool [S]."""
     values = [row.get(cfg.target, MISSING) for row in dataset.manifest]
     valid = np.array([v not in (MISSING, "") for v in values])
     labels = np.zeros(len(values), np.float32)
     if cfg.task == "regress":
         for i in np.flatnonzero(valid):
-            labels[i] = (float(values[i]) - cfg.target_mean) / cfg.target_std
+            labels[i] = (float(values[i]) - lineage.target_mean) / lineage.target_std
     else:
-        index = {c: k for k, c in enumerate(cfg.classes)}
+        index = {c: k for k, c in enumerate(lineage.classes)}
         unknown = sorted({values[i] for i in np.flatnonzero(valid)} - set(index))
         if unknown:
-            raise ValueError(f"{dataset.path}: {cfg.target} values {unknown} are not among the classes "
-                             f"{list(cfg.classes)} the head was built for")
+            raise DatasetError(f"{dataset.path}: {cfg.target} values {unknown} are not among the classes "
+                               f"{list(lineage.classes)} the head was built for")
         for i in np.flatnonzero(valid):
             labels[i] = index[values[i]]
     return labels, valid
 
 
 def describe_target(dataset: Dataset, task: str, target: str) -> dict:
-    """Classes (classify) or training-split mean/std (regress) of phenotype ``target``; errors name the column."""
+    """Classes (classify) or training-split mean/std (regress) of phenotype ``target``, as :class:`Lineage`
+    fields; errors name the column."""
     if target not in dataset.phenotypes:
-        raise ValueError(f"{dataset.path}: no phenotype {target!r}; the manifest has {dataset.phenotypes}")
+        raise DatasetError(f"{dataset.path}: no phenotype {target!r}; the manifest has {dataset.phenotypes}")
     train = [row[target] for row in dataset.manifest if row["split"] == "train" and row[target] not in (MISSING, "")]
     if len(train) < 2:
-        raise ValueError(f"{dataset.path}: only {len(train)} training scans have a {target!r} value")
+        raise DatasetError(f"{dataset.path}: only {len(train)} training scans have a {target!r} value")
     if task == "classify":
         classes = tuple(sorted(set(train)))
         if len(classes) < 2:
-            raise ValueError(f"{dataset.path}: {target!r} takes one value ({classes[0]}) in the training split")
+            raise DatasetError(f"{dataset.path}: {target!r} takes one value ({classes[0]}) in the training split")
         return {"classes": classes}
     try:
         values = np.array([float(v) for v in train])
     except ValueError:
-        raise ValueError(f"{dataset.path}: {target!r} is not numeric; use --task classify:{target}") from None
+        raise DatasetError(f"{dataset.path}: {target!r} is not numeric; use --task classify:{target}") from None
     std = float(values.std())
     if not np.isfinite(values).all() or std == 0:
-        raise ValueError(f"{dataset.path}: {target!r} is constant or non-finite over the training split")
+        raise DatasetError(f"{dataset.path}: {target!r} is constant or non-finite over the training split")
     return {"target_mean": float(values.mean()), "target_std": std}
 
 

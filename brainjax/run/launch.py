@@ -1,0 +1,68 @@
+"""Start or resume training: the one entry every training command calls (pretrain, tokenizer, finetune, adapt,
+instruct), so a command is argument parsing plus a :class:`~brainjax.config.Config`.
+
+``launch`` opens the datasets of ``cfg.data.path`` (the shuffled training loader of this process's share and a
+fresh validation pass each evaluation), maps every batch through ``build`` (labels, text sequences, alignment
+inputs), picks the objective from the registry (:func:`brainjax.tasks.task_for`) and runs the Trainer, which
+resumes the work dir's checkpoint when there is one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from brainjax.config import Config, Lineage
+from brainjax.data.pipeline import LoaderSpec, MappedLoader, eval_batches, make_loader, mapped_passes, to_global
+from brainjax.distributed import is_main
+from brainjax.tasks import Task, task_for
+from brainjax.train.plan import memory_report
+from brainjax.train.trainer import RunResult, Trainer
+
+# finish(task, workdir) -> on_finish(model, batch, rng, write) -> facts: an end-of-run evaluation hook
+FinishHook = Callable[[Task, Any], Callable[..., dict]]
+
+
+def data_loaders(cfg: Config, build: Callable[[dict], dict] | None = None):
+    """(training loader, validation passes, parcels per window) for ``cfg.data``; several comma-separated
+    datasets are mixed by ``data.mix_weights`` and padded to ``model.max_parcels``."""
+    paths = tuple(cfg.data.path.split(","))
+    loader = make_loader(LoaderSpec(
+        paths=paths, split="train", window=cfg.data.window, batch_size=cfg.data.batch_size,
+        stride=cfg.data.stride, seed=cfg.train.seed, weights=cfg.data.mix_weights, workers=cfg.data.workers,
+        max_parcels=cfg.model.max_parcels if len(paths) > 1 else None,  # mixed atlases pad to one size
+        process_index=jax.process_index(), process_count=jax.process_count()))
+    n_parcels = loader.n_parcels
+
+    def validation():
+        return eval_batches(paths, "val", cfg.data.window, cfg.data.batch_size, max_parcels=n_parcels)
+
+    if build is None:
+        return loader, validation, n_parcels
+    return MappedLoader(loader, build), mapped_passes(validation, build), n_parcels
+
+
+def launch(cfg: Config, workdir: str | os.PathLike, *, lineage: Lineage | None = None,
+           build: Callable[[dict], dict] | None = None, warm_start: Callable[[dict], dict] | None = None,
+           mesh: Any = None, finish: FinishHook | None = None, until: int | None = None) -> RunResult:
+    """Train ``cfg``'s objective in ``workdir`` (resuming its latest checkpoint) and return where it ended.
+
+    lineage: saved with every checkpoint (classes, LM architecture, parents); build(batch) -> batch: adds what
+    the objective reads beyond the window; warm_start(state) -> state: fills a fresh state from a parent run
+    (not applied when resuming); mesh: default ``cfg.mesh`` over every device; finish: the end-of-run hook
+    factory (e.g. :func:`brainjax.eval.figures.reconstruction_hook`), used when ``train.figure``.
+    """
+    loader, validation, n_parcels = data_loaders(cfg, build)
+    task = task_for(cfg, lineage, n_parcels)
+    if is_main() and cfg.objective == "mae" and not cfg.finetune.task:
+        try:  # the expected memory per device, before anything is compiled
+            print(memory_report(cfg, n_parcels, jax.device_count(), jax.devices()[0].platform), flush=True)
+        except ValueError:  # a config the trainer refuses: it says why when it is built
+            pass
+    on_finish = finish(task, workdir) if finish is not None and cfg.train.figure else None
+    trainer = Trainer(cfg, task, workdir, loader, validation, to_global, mesh=mesh, warm_start=warm_start,
+                      lineage=lineage, on_finish=on_finish)
+    return trainer.run(until)

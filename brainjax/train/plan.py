@@ -1,0 +1,66 @@
+"""The plan of a BrainLM pretraining run before it starts: mesh, batch split, attention, FLOPs and the
+per-device memory table of :mod:`brainjax.train.memory` with a verdict (``brainjax plan`` prints it; ``brainjax
+pretrain`` prints it before compiling anything)."""
+
+from __future__ import annotations
+
+import jax
+
+from brainjax.models.brainlm import model_flops_per_sample
+from brainjax.train import memory
+
+
+def local_device_memory(platform: str) -> float | None:
+    """GiB the local JAX runtime lets one device use (GPU/TPU ``bytes_limit``), or None when unknown or not local."""
+    device = jax.devices()[0]
+    if device.platform != platform or platform == "cpu":
+        return None
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # some runtimes do not implement memory_stats
+        return None
+    limit = stats.get("bytes_limit")
+    return limit / 2.0 ** 30 if limit else None
+
+
+def plan(cfg, n_parcels: int, n_devices: int, platform: str, device_memory_gib: float | None
+          ) -> tuple[str, bool | None]:
+    """(report text, fits) of :func:`memory_report`; fits is None when the device memory is unknown."""
+    data, fsdp = memory.resolve_mesh(cfg.mesh, n_devices)
+    est = memory.estimate(cfg, n_parcels, data, fsdp, platform)
+    fraction = 1.0
+    if device_memory_gib is None:
+        device_memory_gib = local_device_memory(platform)  # already the runtime's usable limit
+    elif platform == "gpu":
+        fraction = memory.usable_fraction(platform)
+    model, batch = cfg.model, cfg.data.batch_size
+    flops = model_flops_per_sample(model, n_parcels, cfg.data.window, cfg.mask) * batch
+    per_device = batch // (data * fsdp)
+    unused = n_devices - data * fsdp
+    lines = [
+        f"plan: {cfg.name} (BrainLM MAE), {est.n_params:,} parameters, {n_parcels} parcels x {cfg.data.window} TRs, "
+        f"patch {model.patch}, {cfg.mask.strategy} masking {cfg.mask.ratio:g}",
+        f"devices: {n_devices} {platform}; mesh data {data} x fsdp {fsdp}"
+        + (f" ({unused} device(s) left unused)" if unused else ""),
+        f"batch: global {batch} = {per_device} per device = micro-batch {est.micro_batch} x {est.accum_steps} "
+        f"accumulation step(s)",
+        f"precision: {model.dtype} compute, float32 parameters and optimizer; remat {'on' if model.remat else 'off'}",
+        f"attention: model.attention={model.attention} -> encoder {est.impls[0]} ({est.lengths[0]:,} tokens), "
+        f"decoder {est.impls[1]} ({est.lengths[1]:,} tokens) on {platform}",
+        f"model compute: {flops / 1e12:.2f} TFLOP per step ({flops / batch / 1e9:.1f} GFLOP per window, "
+        f"{flops / (data * fsdp) / 1e12:.3f} TFLOP per device)",
+        memory.format_table(est, device_memory_gib, fraction),
+    ]
+    ok = None if device_memory_gib is None else memory.fits(est, device_memory_gib, fraction)
+    if ok is None:
+        lines.append("verdict: device memory unknown (pass --device-memory GIB)")
+    return "\n".join(lines), ok
+
+
+def memory_report(cfg, n_parcels: int, n_devices: int, platform: str, device_memory_gib: float | None = None) -> str:
+    """The plan of ``cfg`` (a :class:`brainjax.config.Config`) on ``n_devices`` devices of ``platform``
+    ("cpu" | "gpu" | "tpu") for windows of ``n_parcels``: mesh, batch split, precision, attention, model TFLOP
+    per step and the per-device memory table with a verdict against ``device_memory_gib`` (GiB per device; None
+    reads it from the local GPU/TPU runtime, or leaves the verdict out). Raises ValueError for a config the
+    trainer would refuse (uneven batch split, a mesh larger than the devices, an objective other than MAE)."""
+    return plan(cfg, n_parcels, n_devices, platform, device_memory_gib)[0]

@@ -1,0 +1,90 @@
+"""Fast checks on the committed fixture runs (``tests/fixtures/v1_runs``), without training anything.
+
+The end-to-end versions (``test_evaluate.py``, ``test_language_cli.py``) pretrain or adapt first and are marked
+slow; these keep the evaluation tasks and the language commands inside the fast loop (``pytest -m "not slow"``):
+the reconstruction and forecasting tasks of ``brainjax evaluate`` with their baselines on a few windows, the
+parcel representations that network identification clusters, and the stage checks of adapt / instruct / ask.
+"""
+
+import importlib.util
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brainjax.cli import main as cli
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+WINDOWS = 4
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(dataset, copy of the fixture runs): the cohort is rebuilt from its seed, the runs are copied."""
+    spec = importlib.util.spec_from_file_location("make_v1_runs", FIXTURES / "make_v1_runs.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    root = tmp_path_factory.mktemp("fixture_runs")
+    data = maker.fixture_dataset(root / "data")
+    shutil.copytree(FIXTURES / "v1_runs", root / "runs")
+    return data, root / "runs"
+
+
+def test_evaluate_reconstruct_and_forecast_beside_baselines(runs, tmp_path, capsys):
+    data, workdirs = runs
+    out = tmp_path / "report.json"
+    assert cli(["evaluate", "--workdir", str(workdirs / "pretrain"), "--data", str(data), "--tasks",
+                "reconstruct,forecast", "--batch", "4", "--max-windows", str(WINDOWS), "--lstm-steps", "0",
+                "--no-figures", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["tasks"]) == ["reconstruct", "forecast"]
+    rec = report["tasks"]["reconstruct"]
+    assert rec["windows"] == WINDOWS
+    for strategy in ("random", "parcels", "time_block", "future"):
+        assert set(rec[strategy]) == {"model", "parcel_mean", "interpolation", "regression", "comparison"}
+        assert len(rec[strategy]["model"]["r2_per_parcel"]) == 160  # Dosenbach-160
+        c = rec[strategy]["comparison"]
+        assert c["baseline"] in ("parcel_mean", "interpolation", "regression") and c["low"] <= c["high"]
+    fc = report["tasks"]["forecast"]
+    # windows of 32 TRs in patches of 16: one patch of context, one forecast
+    assert (fc["context_trs"], fc["horizon_trs"], fc["windows"]) == (16, 16, WINDOWS)
+    assert set(fc["methods"]) == {"model", "persistence", "ar3", "var1"}  # --lstm-steps 0: no LSTM
+    assert all(len(m["mse_per_step"]) == 16 for m in fc["methods"].values())
+    printed = capsys.readouterr().out
+    assert "reconstruction: pooled R²" in printed and "forecast (zero-shot)" in printed
+    for tasks, message in (("reconstruct,nope", "unknown ['nope']"), ("finetuned", "needs a regress/classify")):
+        assert cli(["evaluate", "--workdir", str(workdirs / "pretrain"), "--data", str(data), "--tasks", tasks]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_parcel_representations_are_window_means_of_attention_rows(runs):
+    from brainjax.eval.network_maps import parcel_representations
+    from brainjax.run import load_model
+
+    data, workdirs = runs
+    loaded = load_model(workdirs / "pretrain")
+    reps = parcel_representations(loaded, str(data), "test", batch_size=4, max_windows=WINDOWS)
+    assert reps["windows"] == WINDOWS and reps["embedding"].shape == (160, 16)
+    for key in ("attention_last", "attention_mean", "tokcov"):
+        assert reps[key].shape == (160, 160) and np.isfinite(reps[key]).all(), key
+    # every parcel's row sums to one minus its attention to CLS; CLS's attention over parcels likewise
+    rows = reps["attention_mean"].sum(1)
+    assert np.all(rows > 0) and np.all(rows <= 1 + 1e-5)
+    assert 0 < reps["cls_attention"].sum() <= 1 + 1e-5
+    np.testing.assert_allclose(reps["tokcov"], reps["tokcov"].T)
+
+
+def test_language_stages_refuse_runs_of_another_stage(runs, tmp_path, capsys):
+    data, workdirs = runs
+    assert cli(["adapt", "--workdir", str(tmp_path / "adapt"), "--tokenizer", str(workdirs / "pretrain"),
+                "--lm", str(tmp_path / "no_lm"), "--data", str(data), "--steps", "1"]) == 2
+    assert "not a tokenizer run" in capsys.readouterr().err
+    assert cli(["instruct", "--adapt", str(workdirs / "tokenizer"), "--workdir", str(tmp_path / "instruct"),
+                "--steps", "1"]) == 2
+    assert re.search(r"not an? adapt run", capsys.readouterr().err)
+    assert cli(["ask", "--workdir", str(workdirs / "tokenizer"), "--scan", "x", "--question", "?"]) == 2
+    assert "not an fMRI-LM run" in capsys.readouterr().err
+    assert not (tmp_path / "adapt").exists() and not (tmp_path / "instruct").exists()
