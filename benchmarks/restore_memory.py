@@ -3,8 +3,8 @@
     python benchmarks/restore_memory.py [--preset brainlm_111m] [--root DIR] [--keep]
 
 Writes one checkpoint of ``--preset`` (freshly initialised model + AdamW state, one local device; nothing is
-trained), then opens it in two fresh processes and reports each one's peak resident memory (``ru_maxrss``)
-and its growth over the process's footprint just before the restore:
+trained), then opens it in two fresh processes and reports each one's peak resident memory
+(``VmHWM``) and its growth over the process's footprint just before the restore:
 
 - ``full_state``: what evaluation did before brainjax 0.2 (``load_for_eval``): rebuild the optimizer and
   restore the whole train state (parameters, both AdamW moments, counters);
@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -36,10 +35,12 @@ from quality import cpu_model  # noqa: E402 - the benchmarks folder is not a pac
 GIB = 2.0 ** 30
 
 
-def _rss_gib() -> float:
-    """Current resident set size of this process (Linux /proc)."""
+def _status_gib(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process, from Linux /proc.
+
+    Not ``getrusage``'s ru_maxrss: a child started by fork + exec inherits its parent's high-water mark there."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024 / GIB
     return float("nan")
 
@@ -79,7 +80,7 @@ def restore(mode: str, workdir: Path) -> dict:
     from brainjax.train.step import init_train_state, optimizer_for
 
     jax.devices()  # the runtime's own memory belongs to the baseline
-    before, start = _rss_gib(), time.perf_counter()
+    before, start = _status_gib("VmRSS"), time.perf_counter()
     if mode == "params_only":
         loaded = load_model(workdir)
         jax.block_until_ready(nnx.state(loaded.model))
@@ -93,7 +94,7 @@ def restore(mode: str, workdir: Path) -> dict:
                                                sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
             jax.block_until_ready(run.checkpointer.restore(run.choose(), target).state)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+    peak = _status_gib("VmHWM")
     return {"peak_rss_gib": round(peak, 3), "restore_rss_gib": round(peak - before, 3),
             "seconds": round(seconds, 2)}
 
@@ -116,7 +117,7 @@ def main() -> None:
         n_params = write_checkpoint(args.preset, workdir)
         size = sum(f.stat().st_size for f in (workdir / "checkpoints").rglob("*") if f.is_file())
         out = {"cpu": cpu_model(), "preset": args.preset, "parameters": n_params, "checkpoint_bytes": size}
-        for mode in ("full_state", "params_only"):  # each in a fresh process: ru_maxrss only grows
+        for mode in ("full_state", "params_only"):  # each in a fresh process: a high-water mark only grows
             child = subprocess.run([sys.executable, __file__, "--child", mode, "--root", str(workdir)], env=env,
                                    check=True, capture_output=True, text=True)
             out[mode] = json.loads(child.stdout.strip().splitlines()[-1])

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -207,3 +208,25 @@ def test_quality_rows_restate_the_evaluation_report(small_data, tmp_path):
             good = row["low"] > 0 if row["metric"] != "mse" else row["high"] < 0
             bad = row["high"] < 0 if row["metric"] != "mse" else row["low"] > 0
             assert row["verdict"] == ("beats" if good else "loses" if bad else "ties")
+
+
+@pytest.mark.slow
+def test_restore_memory_compares_the_two_restores_of_one_checkpoint():
+    out = _run("restore_memory.py", "--preset", "tiny")
+    n_params = sum(int(np.prod(s)) for s in _tiny_param_shapes())
+    assert out["preset"] == "tiny" and out["parameters"] == n_params and out["checkpoint_bytes"] > 4 * n_params
+    full, params = out["full_state"], out["params_only"]
+    for entry in (full, params):
+        assert entry["peak_rss_gib"] >= entry["restore_rss_gib"] > 0 and entry["seconds"] > 0
+    assert out["ratio"] == pytest.approx(full["restore_rss_gib"] / params["restore_rss_gib"], abs=0.01)
+
+
+def _tiny_param_shapes() -> list[tuple[int, ...]]:
+    """Parameter shapes of the tiny preset, from an abstract model (no arrays)."""
+    from flax import nnx
+
+    from brainjax.tasks import task_for
+
+    task = task_for(load_config("tiny"))
+    abstract = nnx.eval_shape(lambda: task.init_model(nnx.Rngs(0)))
+    return [x.shape for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))]
