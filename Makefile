@@ -15,9 +15,13 @@ $(VENV)/.test-deps: $(BIN)/brainjax
 	$(BIN)/pip install -q -e ".[test]" -c requirements-test.txt
 	touch $(VENV)/.test-deps
 
-.PHONY: demo test
+.PHONY: demo test test-fast
 demo: $(BIN)/brainjax
 	$(BIN)/brainjax pretrain
 
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+# the fast loop: every module, without the end-to-end training / CLI / subprocess tests marked slow
+test-fast: $(VENV)/.test-deps
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests

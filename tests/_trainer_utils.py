@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from brainjax.config import Config, DataConfig, MaskConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
+from brainjax.config import Config, MeshConfig, OptimConfig, TrainConfig, load_config
 from brainjax.data.atlas_core import Atlas
 from brainjax.data.dataset import ScanMeta, finalize, write_part
 
 REPO = Path(__file__).resolve().parent.parent
-PARCELS, LENGTH, WINDOW, PATCH = 8, 48, 16, 4
+PARCELS, LENGTH = 8, 48
+WINDOW, PATCH = load_config("tiny").data.window, load_config("tiny").model.patch  # 16 TRs, patches of 4
 
 
 def tiny_dataset(out: Path, subjects: int = 8, scans: int = 2, seed: int = 0) -> Path:
@@ -39,13 +40,13 @@ def tiny_dataset(out: Path, subjects: int = 8, scans: int = 2, seed: int = 0) ->
 
 
 def tiny_config(steps: int = 6, **sections) -> Config:
-    """A model of a few thousand parameters; ``sections`` replace fields, e.g. ``train={"seed": 1}``."""
-    cfg = Config(
-        name="tiny",
-        data=DataConfig(path="", window=WINDOW, batch_size=8, eval_batches=2),
-        mask=MaskConfig(strategy="random", ratio=0.5),
-        model=ModelConfig(patch=PATCH, max_parcels=PARCELS, width=16, depth=1, heads=2, mlp=32, dec_width=16,
-                          dec_depth=1, dec_heads=2, dec_mlp=32, fourier_features=4, attention="xla"),
+    """The ``tiny`` preset (experiments/tiny.py) set up for the toy data and fast, exact tests: 8 parcels, xla
+    attention, a constant learning rate, logs and checkpoints every few steps, parameters sharded over 2
+    devices. ``sections`` replace fields, e.g. ``train={"seed": 1}``."""
+    base = load_config("tiny")
+    cfg = dataclasses.replace(
+        base, data=dataclasses.replace(base.data, path=""),
+        model=dataclasses.replace(base.model, max_parcels=PARCELS, attention="xla"),
         optim=OptimConfig(base_lr=3e-3, scale_lr=False, warmup_frac=0.0),
         train=TrainConfig(steps=steps, log_every=1, eval_every=3, checkpoint_every=2, keep_last=10,
                           async_checkpoint=True, figure=False, peak_flops=1e9),

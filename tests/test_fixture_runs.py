@@ -88,3 +88,45 @@ def test_language_stages_refuse_runs_of_another_stage(runs, tmp_path, capsys):
     assert cli(["ask", "--workdir", str(workdirs / "tokenizer"), "--scan", "x", "--question", "?"]) == 2
     assert "not an fMRI-LM run" in capsys.readouterr().err
     assert not (tmp_path / "adapt").exists() and not (tmp_path / "instruct").exists()
+
+
+def test_stage2_batches_put_each_window_before_its_descriptor_text(runs, tmp_path, capsys):
+    from brainjax.data.dataset import Dataset
+    from brainjax.data.describe import write_descriptors
+    from brainjax.lm.batches import DescriptionSource, TextCodec, load_descriptor_texts, window_sequences
+    from brainjax.lm.default_lm import offline_corpus, train_text_tokenizer
+    from brainjax.models.sequences import SequenceSpec
+
+    data, workdirs = runs
+    out, described, _ = write_descriptors(data, tmp_path / "descriptors", max_sentences=2)
+    dataset = Dataset(data)
+    texts, records = load_descriptor_texts(out / "descriptors.jsonl", dataset.manifest)
+    assert texts == [row["text"] for row in described] and all(texts)
+    assert [r["scan_id"] for r in records] == [m["scan_id"] for m in dataset.manifest]
+    codec = TextCodec(train_text_tokenizer(offline_corpus(0, 40), vocab_size=300), eos_id=0)
+    assert codec.decode(codec.encode(texts[0]) + [0]) == texts[0]  # byte-level BPE; eos dropped
+
+    rng = np.random.default_rng(0)
+    scans = np.array([3, 0, 7])
+    batch = {"signal": rng.normal(size=(3, 160, 32)).astype(np.float32), "parcel_mask": np.ones((3, 160), bool),
+             "coords": np.zeros((3, 160, 3), np.float32), "tr": np.full(3, 2.0, np.float32), "scan": scans,
+             "start": np.zeros(3, np.int64), "valid": np.array([True, True, False])}  # row 2 only pads
+    spec = SequenceSpec(n_parcels=160, n_patches=2, text_len=200)
+    seq = window_sequences(batch, DescriptionSource(texts), codec, spec, lm_len=96)
+    assert seq["signal"].shape == (3, 1, 160, 32) and seq["ids"].shape == (3, spec.length)
+    for row, scan in enumerate(scans):
+        answer = codec.encode(" " + texts[scan]) + [0]  # the scan's own description, then end of text
+        n = int((seq["loss_weight"][row] > 0).sum())
+        if row < 2:
+            assert n == len(answer)  # two sentences fit in text_len whole
+            np.testing.assert_array_equal(seq["loss_target"][row][:n], answer)
+            plain = (codec.encode(texts[scan]) + [0])[:96]
+            np.testing.assert_array_equal(seq["lm_ids"][row][:len(plain)], plain)
+        else:  # a padding row keeps its layout but carries no loss
+            assert n == 0 and not seq["lm_mask"][row].any()
+
+    # adapt reads the tokenizer run and the descriptors before it needs the LM: a missing LM is a clear error
+    assert cli(["adapt", "--workdir", str(tmp_path / "adapt"), "--tokenizer", str(workdirs / "tokenizer"),
+                "--lm", str(tmp_path / "no_lm"), "--data", str(data), "--descriptors", str(out / "descriptors.jsonl"),
+                "--steps", "1"]) != 0
+    assert "not a Hugging Face model directory" in capsys.readouterr().err

@@ -70,6 +70,7 @@ def _hidden(model, batch) -> np.ndarray:
     return np.asarray(model(batch)[0][0])
 
 
+@pytest.mark.slow
 def test_attention_is_full_within_a_time_patch_and_causal_across_patches():
     model, batch = _model(), _batch()
     base = _hidden(model, batch)

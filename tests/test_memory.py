@@ -72,7 +72,7 @@ def measured(tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("name, changes", [("tiny", []), ("tiny", ["model.time_embedding=learned"]),
-                                           ("default", []), ("brainlm_111m", [])])
+                                           ("default", []), pytest.param("brainlm_111m", [], marks=pytest.mark.slow)])
 def test_parameter_count_equals_the_real_model(name, changes):
     cfg = override(load_config(name), changes).model
     abstract = sharding.abstract_model(lambda: BrainLM(cfg, rngs=nnx.Rngs(0)))  # shapes only, no allocation

@@ -193,6 +193,7 @@ def test_state_restore_is_exact(data, workers):
         resumed.close()
 
 
+@pytest.mark.slow
 def test_workers_give_the_same_batches(data):
     path = data["a"].path
     plain = take(quiet(make_loader, spec([path], seed=2)), 5)

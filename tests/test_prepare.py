@@ -1,6 +1,5 @@
 """``brainjax prepare`` / ``info`` on small synthetic inputs: QC failures, resume, shards, splits, workers, CLI."""
 
-import argparse
 import json
 import os
 
@@ -8,6 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from brainjax.cli import main as cli_main
 from brainjax.commands import info as info_cmd
 from brainjax.commands import prepare as prepare_cmd
 from brainjax.data.atlas import AtlasSpec
@@ -230,9 +230,8 @@ def test_workers_pool_matches_in_process(tmp_path):
 
 
 def _run_cli(module, argv):
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return module.main(parser.parse_args(argv))
+    """The command through ``brainjax.cli.main``, which turns its errors into one line and an exit code."""
+    return cli_main([module.__name__.rsplit(".", 1)[-1], *argv])
 
 
 def test_info_cli_and_errors(bad_inputs, tmp_path, capsys, monkeypatch):
@@ -250,9 +249,9 @@ def test_info_cli_and_errors(bad_inputs, tmp_path, capsys, monkeypatch):
     assert "TR (s): 2 (3 scans)" in text and "length (TRs): min 60, median 60, max 60" in text
     assert "failed scans: 6" in text and "... 4 more in" in text
     # the prepare command (its atlas swapped for the test grid): bad inputs exit 2 with the reason
-    import brainjax.data.atlas as atlas_module
+    import brainjax.data.prepare as prepare_module
 
-    monkeypatch.setattr(atlas_module, "load_atlas", lambda *a, **k: grid_spec())
+    monkeypatch.setattr(prepare_module, "load_atlas", lambda *a, **k: grid_spec())
     assert _run_cli(prepare_cmd, [str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
     assert "input not found" in capsys.readouterr().err
     argv = [str(d), "--out", str(tmp_path / "cli"), "--no-detrend", "--high-pass", "none", "--standardize", "none",

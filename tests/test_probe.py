@@ -346,6 +346,7 @@ def _check_comparison(c: dict, by_features: dict, model: str) -> None:
     assert c["diff"] == pytest.approx(c["score"] - c["baseline_score"], abs=1e-12)
 
 
+@pytest.mark.slow
 def test_compare_by_subject_bootstrap(monkeypatch):
     rng = np.random.default_rng(12)
     n_subjects, per = 24, 3
