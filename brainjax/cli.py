@@ -12,9 +12,11 @@ the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
+import traceback
 
 from brainjax.errors import BrainjaxError
 
@@ -22,6 +24,8 @@ from brainjax.errors import BrainjaxError
 # out of range); anything else is a bug and keeps its traceback
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
                PermissionError)
+# and the OS errors of the place a run writes to: a full disk or quota, a read-only file system
+USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 
 COMMANDS = ("synth", "prepare", "info", "pretrain", "plan", "embed", "finetune", "evaluate", "tokenizer", "describe",
             "adapt", "instruct", "ask")
@@ -42,17 +46,32 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._module.main(args) or 0)
-    except (BrainjaxError, *USER_ERRORS) as err:
-        if os.environ.get("BRAINJAX_TRACEBACK"):
-            raise
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if os.environ.get("BRAINJAX_TRACEBACK"):
+            raise
+        if is_user_error(err):
+            print(f"error: {_one_line(err)}", file=sys.stderr)
+            return getattr(err, "exit_code", 2)
+        traceback.print_exc()  # a bug: the traceback, then how to report it
+        print(f"brainjax {args.command}: unexpected error (a bug, not your input): please report it with the command "
+              f"line and the traceback above", file=sys.stderr)
+        return 1
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Bad input or a full / read-only place to write, as opposed to a bug."""
+    return (isinstance(err, (BrainjaxError, *USER_ERRORS))
+            or (isinstance(err, OSError) and err.errno in USER_ERRNOS))
 
 
 def _one_line(err: BaseException) -> str:
+    """The message on one line; an OS error keeps its strerror and file name ("No space left on device: 'x'")."""
+    if isinstance(err, OSError) and err.strerror:
+        where = f": {err.filename!r}" if err.filename else ""
+        return f"{err.strerror}{where}"
     text = " ".join(str(err).split()) or type(err).__name__
     return text if isinstance(err, BrainjaxError | ValueError) else f"{type(err).__name__}: {text}"
 

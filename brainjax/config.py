@@ -112,6 +112,7 @@ class TrainConfig:
     async_checkpoint: bool = True
     figure: bool = True  # save true-vs-reconstructed figure at the end
     peak_flops: float = 0.0  # peak FLOP/s per device for MFU (0 = measure a matmul once, cached in the workdir)
+    allow_data_change: bool = False  # resume a checkpoint on other training data (else refused; --allow-data-change)
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,45 @@ def with_steps(cfg: Config, steps: int) -> Config:
 def with_data(cfg: Config, path: str) -> Config:
     """``cfg`` reading the dataset dir(s) ``path`` (comma-separated, already resolved)."""
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=path))
+
+
+# (section.field, lowest allowed value): sizes and counts that must be positive, rates that must not be negative
+_AT_LEAST = {"data.window": 1, "data.batch_size": 1, "data.stride": 0, "data.eval_batches": 0, "data.workers": 0,
+             "model.patch": 1, "model.max_parcels": 1, "model.width": 1, "model.depth": 1, "model.heads": 1,
+             "model.mlp": 1, "model.dec_width": 1, "model.dec_depth": 1, "model.dec_heads": 1, "model.dec_mlp": 1,
+             "model.fourier_features": 0, "model.max_patches": 1, "model.attention_chunk": 1,
+             "model.contrastive_weight": 0, "model.contrastive_dim": 1, "mask.future_patches": 1,
+             "optim.base_lr": 0, "optim.weight_decay": 0, "optim.clip_norm": 0, "optim.accum_steps": 1,
+             "train.steps": 1, "train.log_every": 1, "train.eval_every": 0, "train.checkpoint_every": 1,
+             "train.keep_last": 1, "train.keep_every": 0, "train.peak_flops": 0, "quantizer.codebook_size": 2,
+             "quantizer.code_dim": 1, "language.lora_rank": 1, "language.text_len": 1, "language.lm_len": 1}
+# fractions in [0, 1] (ratio: strictly inside, something must be masked and something seen)
+_FRACTIONS = ("model.dropout", "optim.warmup_frac", "optim.min_lr_frac", "optim.b1", "optim.b2", "quantizer.decay")
+
+
+def check(cfg: Config) -> Config:
+    """``cfg`` if its numbers make sense, else a :class:`ConfigError` naming the field and the value (a negative
+    width would otherwise surface as an error deep inside JAX)."""
+    def get(key: str) -> Any:
+        section, name = key.split(".")
+        return getattr(getattr(cfg, section), name)
+
+    problems = [f"{k}={get(k)!r} must be >= {low}" for k, low in _AT_LEAST.items() if not get(k) >= low]
+    problems += [f"{k}={get(k)!r} must be within [0, 1]" for k in _FRACTIONS if not 0 <= get(k) <= 1]
+    if cfg.mask.strategy != "future" and not 0 < cfg.mask.ratio < 1:
+        problems.append(f"mask.ratio={cfg.mask.ratio!r} must be strictly between 0 and 1")
+    for width, heads in (("width", "heads"), ("dec_width", "dec_heads")):
+        w, h = getattr(cfg.model, width), getattr(cfg.model, heads)
+        if w >= 1 and h >= 1 and w % h:
+            problems.append(f"model.{width}={w} is not a multiple of model.{heads}={h}")
+    if cfg.data.window >= 1 and cfg.model.patch >= 1 and cfg.data.window % cfg.model.patch:
+        problems.append(f"data.window={cfg.data.window} is not a multiple of model.patch={cfg.model.patch}")
+    if (cfg.mesh.data != -1 and cfg.mesh.data < 1) or cfg.mesh.fsdp < 1:
+        problems.append(f"mesh data={cfg.mesh.data} x fsdp={cfg.mesh.fsdp}: data must be -1 (the rest) or >= 1, "
+                        f"fsdp >= 1")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg
 
 
 def to_dict(cfg: Config) -> dict:

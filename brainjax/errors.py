@@ -35,6 +35,10 @@ class CheckpointMismatchError(BrainjaxError, ValueError):
     """The checkpoint cannot be used by this run (e.g. a different model configuration or objective)."""
 
 
+class DataChangeError(CheckpointMismatchError):
+    """A run resumed on other training data than its checkpoint's (refused unless asked for)."""
+
+
 class NoCheckpointError(BrainjaxError, FileNotFoundError):
     """The work dir holds no (readable) checkpoint."""
 
@@ -43,3 +47,7 @@ class NonFiniteLossError(BrainjaxError, FloatingPointError):
     """Training produced a non-finite loss with ``train.nonfinite=stop``."""
 
     exit_code = 3
+
+
+class CorruptCheckpointError(BrainjaxError, ValueError):
+    """A checkpoint step whose files no longer match the checksums recorded when it was saved."""

@@ -35,6 +35,8 @@ from typing import Any
 
 from etils import epath
 
+from brainjax.errors import InputError
+
 REMOTE_SCHEMES = ("gs", "s3", "az", "hf")  # the URI schemes epath routes to fsspec
 _FSSPEC_PACKAGES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -43,6 +45,17 @@ _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 def is_remote(path: str | os.PathLike) -> bool:
     """True when ``path`` is a URI on an object store (``gs://...``), False for a local path."""
     return _URI.match(os.fspath(path)) is not None
+
+
+def inside(base: str | os.PathLike, relative: str, source: str | os.PathLike) -> Path:
+    """``base / relative`` for a path read from the file ``source`` (an index, a manifest), refused when it
+    would resolve outside ``base`` (absolute, ``..``, or a symlink out): a file must not make brainjax read
+    or write elsewhere. Raises :class:`brainjax.errors.InputError` naming the file and the path."""
+    root = Path(base).resolve()
+    target = (root / relative).resolve()
+    if Path(relative).is_absolute() or not target.is_relative_to(root):
+        raise InputError(f"{source}: path {relative!r} points outside {root}; refusing to read it")
+    return target
 
 
 def workdir_path(value: str | os.PathLike) -> epath.Path:

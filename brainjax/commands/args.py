@@ -50,8 +50,13 @@ def add_training_arguments(parser: argparse.ArgumentParser, preset: str, workdir
 
 
 def add_override_argument(parser: argparse.ArgumentParser, example: str, base: str = "") -> None:
+    """``--set KEY=VALUE`` (repeatable) and ``--allow-data-change``, which every training command takes."""
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"config override{base}, e.g. --set {example} (repeatable)")
+    parser.add_argument("--allow-data-change", dest="overrides", action="append_const",
+                        const="train.allow_data_change=true",
+                        help="resume this work dir's checkpoint on other training data than it was trained on "
+                             "(refused otherwise)")
 
 
 def resolve_config(args: argparse.Namespace):

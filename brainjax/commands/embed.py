@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
     unknown = [s for s in splits if s not in SPLITS]
     if unknown or not splits:
         raise UsageError(f"--splits {args.splits!r}: expected names from {SPLITS}")
-    loaded = load_model(args.workdir, args.step)
+    loaded = load_model(args.workdir, args.step, objective="mae")  # BrainLM runs and their heads
     arrays = embed_dataset(loaded, str(Path(args.data).resolve()), splits, args.batch, tokcov=not args.no_tokcov)
     out = write_npz(args.out, arrays)
     print(f"{len(arrays['scan_id'])} scans (step {loaded.step}, width {arrays['cls'].shape[1]}) -> {out}")

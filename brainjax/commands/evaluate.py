@@ -94,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
     data = data_or_default(args.data)
     out = Path(args.out) if args.out else Path(args.workdir) / "eval" / "report.json"
     Dataset(data)  # fail on a bad dataset before loading the model
-    loaded = load_model(args.workdir, args.step)
+    loaded = load_model(args.workdir, args.step, objective="mae")  # BrainLM runs and their heads
     tasks = choose_tasks(args.tasks, loaded.cfg.finetune.task)
     figures = None if args.no_figures else out.parent
     report = {"workdir": str(Path(args.workdir).resolve()), "step": loaded.step, "data": data,

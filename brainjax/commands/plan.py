@@ -29,12 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from brainjax.config import load_config, override
+    from brainjax.config import check, load_config, override
     from brainjax.errors import UsageError
     from brainjax.train.memory import PLATFORMS
     from brainjax.train.plan import plan
 
-    cfg = override(load_config(args.config or args.preset), args.overrides)
+    cfg = check(override(load_config(args.config or args.preset), args.overrides))
     platform, n_devices = args.platform, args.devices
     if platform is None or n_devices is None:
         import jax

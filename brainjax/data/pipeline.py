@@ -26,6 +26,7 @@ Batches are host-local numpy dicts (``B`` = global batch / process count, ``P`` 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import warnings
@@ -37,6 +38,7 @@ import numpy as np
 
 from brainjax.data.dataset import Dataset, DatasetError
 from brainjax.data.windows import ScanWindows, WindowStream, WindowTable, scan_windows
+from brainjax.errors import DataChangeError
 
 STATE_VERSION = 1
 
@@ -201,7 +203,8 @@ class Loader:
     def _fingerprint(self) -> dict:
         spec = self.spec
         fingerprint = {"seed": spec.seed, "window": spec.window, "stride": spec.stride,
-                  "batch_size": spec.batch_size, "windows_per_epoch": self.windows_per_epoch}
+                       "batch_size": spec.batch_size, "windows_per_epoch": self.windows_per_epoch,
+                       "data": [dataset_identity(ds) for ds in self.datasets]}
         if len(self.datasets) > 1:  # one dataset: the global batches do not depend on the process count
             fingerprint["process_count"] = self.process_count
         return fingerprint
@@ -218,6 +221,10 @@ class Loader:
         if not isinstance(next_batch, int | np.integer) or isinstance(next_batch, bool) or next_batch < 0:
             raise ValueError(f"loader state has an invalid next_batch: {next_batch!r}")
         changed = {k: (state.get(k), v) for k, v in self._fingerprint().items() if state.get(k) != v}
+        if "data" in changed and state.get("data") is not None:  # states before this key: setup change only
+            raise DataChangeError(f"the checkpoint was trained on other data ({_describe_data(state['data'])}; "
+                                  f"now {_describe_data(changed['data'][1])})")
+        changed.pop("data", None)
         if changed:  # e.g. resuming on another number of hosts: same position, but a different order
             warnings.warn(f"loader state was saved with a different setup {changed} (saved, now); continuing "
                           f"from batch {next_batch}, but the order will not match the original run",
@@ -343,6 +350,18 @@ def run_on_mesh(fn: Callable, batch: dict, mesh) -> np.ndarray:
 def spec_dict(spec: LoaderSpec) -> dict:
     """The spec as a JSON-able dict (for logs and benchmark output)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()}
+
+
+def dataset_identity(dataset: Dataset) -> str:
+    """A short digest of which scans a dataset holds (scan ids, their lengths and the atlas), recorded in the
+    loader state so that a run resumed on other data is noticed."""
+    rows = [f"{r['scan_id']}:{r['length']}:{r['n_parcels']}" for r in dataset.manifest]
+    text = f"{dataset.atlas.name}|{len(rows)}|" + ",".join(rows)
+    return f"{len(rows)} scans/{hashlib.blake2b(text.encode(), digest_size=8).hexdigest()}"
+
+
+def _describe_data(identities: list[str]) -> str:
+    return "; ".join(identities)
 
 
 class MappedLoader:

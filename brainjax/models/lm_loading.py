@@ -11,16 +11,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
+from safetensors import SafetensorError
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-from brainjax.models.lm import DecoderLM, LMConfig
+from brainjax.errors import InputError
+from brainjax.models.lm import FAMILIES, DecoderLM, LMConfig
+from brainjax.paths import inside
 from brainjax.sharding import tree_shardings
 
 NnxPath = tuple[str | int, ...]
@@ -97,21 +101,48 @@ def _need(path: Path) -> Path:
     return path
 
 
+def read_json(path: Path, what: str = "") -> Any:
+    """The JSON document in ``path``; an unreadable or invalid file raises InputError naming it."""
+    try:
+        return json.loads(_need(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON{' ' + what if what else ''} ({err})") from err
+
+
+def _safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of one safetensors file, each floating point and finite; errors name the file and tensor."""
+    try:
+        tensors = load_file(_need(path))
+    except SafetensorError as err:
+        raise InputError(f"{path}: not a readable safetensors file ({err})") from err
+    for name, array in tensors.items():
+        if not np.issubdtype(array.dtype, np.floating) and array.dtype.name != "bfloat16":
+            raise InputError(f"{path}: tensor {name} has dtype {array.dtype}, expected floating point weights")
+        values = array if np.issubdtype(array.dtype, np.floating) else array.astype(np.float32)  # bfloat16
+        if not np.isfinite(values).all():
+            raise InputError(f"{path}: tensor {name} holds NaN or infinite values")
+    return tensors
+
+
 def load_tensors(directory: str | Path) -> dict[str, np.ndarray]:
-    """All tensors of a single-file or sharded (indexed) safetensors checkpoint in ``directory``."""
+    """All tensors of a single-file or sharded (indexed) safetensors checkpoint in ``directory``.
+
+    The shards an index names must lie inside ``directory``; every tensor must be finite floating point."""
     directory = Path(directory)
     single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
     if single.exists():
-        return load_file(single)
+        return _safetensors(single)
     if not index.exists():
         raise FileNotFoundError(f"no weights in {directory}: neither {single.name} nor {index.name} exists")
-    weight_map = json.loads(index.read_text())["weight_map"]
+    weight_map = read_json(index, "(a safetensors index)").get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise InputError(f"{index}: no weight_map object")
     tensors: dict[str, np.ndarray] = {}
     for shard in sorted(set(weight_map.values())):
-        tensors.update(load_file(_need(directory / shard)))
+        tensors.update(_safetensors(inside(directory, shard, index)))
     missing = sorted(set(weight_map) - set(tensors))
     if missing:
-        raise ValueError(f"{index} lists tensors absent from its shards: {missing}")
+        raise InputError(f"{index} lists tensors absent from its shards: {missing}")
     return tensors
 
 
@@ -147,9 +178,20 @@ def from_pretrained(path: str | Path, *, dtype: str = "float32", mesh: Mesh | No
     With ``mesh`` every parameter is placed by the logical-axis rules of :mod:`brainjax.sharding`.
     """
     directory = _need(Path(path))
-    cfg = LMConfig.from_hf(json.loads(_need(directory / "config.json").read_text()))
+    config = directory / "config.json"
+    try:
+        cfg = LMConfig.from_hf(read_json(config))
+    except KeyError as err:
+        raise InputError(f"{config}: missing {err} (not a {FAMILIES} Hugging Face config)") from err
+    except ValueError as err:
+        raise InputError(f"{config}: {err}") from err
     tensors = load_tensors(directory)
-    tokenizer = Tokenizer.from_file(str(_need(directory / "tokenizer.json")))
+    try:
+        tokenizer = Tokenizer.from_file(str(_need(directory / "tokenizer.json")))
+    except Exception as err:  # the tokenizers library raises its own exception type for any bad file
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise InputError(f"{directory / 'tokenizer.json'}: not a readable tokenizer ({err})") from err
     with nnx.use_eager_sharding(False):
         abstract = nnx.eval_shape(lambda: DecoderLM(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)

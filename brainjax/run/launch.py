@@ -10,12 +10,13 @@ resumes the work dir's checkpoint when there is one.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import jax
 
-from brainjax.config import Config, Lineage
+from brainjax.config import Config, Lineage, check
 from brainjax.data.pipeline import LoaderSpec, MappedLoader, eval_batches, make_loader, mapped_passes, to_global
 from brainjax.distributed import is_main
 from brainjax.tasks import Task, task_for
@@ -36,6 +37,10 @@ def data_loaders(cfg: Config, build: Callable[[dict], dict] | None = None):
         max_parcels=cfg.model.max_parcels if len(paths) > 1 else None,  # mixed atlases pad to one size
         process_index=jax.process_index(), process_count=jax.process_count()))
     n_parcels = loader.n_parcels
+    if loader.windows_per_epoch < cfg.data.batch_size:
+        warnings.warn(f"data.batch_size={cfg.data.batch_size} is larger than the {loader.windows_per_epoch} training "
+                      f"windows per epoch of {cfg.data.path}: every step repeats windows (lower data.batch_size, "
+                      f"or set data.stride to take more windows per scan)", stacklevel=2)
 
     def validation():
         return eval_batches(paths, "val", cfg.data.window, cfg.data.batch_size, max_parcels=n_parcels)
@@ -55,6 +60,7 @@ def launch(cfg: Config, workdir: str | os.PathLike, *, lineage: Lineage | None =
     (not applied when resuming); mesh: default ``cfg.mesh`` over every device; finish: the end-of-run hook
     factory (e.g. :func:`brainjax.eval.figures.reconstruction_hook`), used when ``train.figure``.
     """
+    check(cfg)  # nonsense numbers fail here with the field named, before any data is read
     loader, validation, n_parcels = data_loaders(cfg, build)
     task = task_for(cfg, lineage, n_parcels)
     if is_main() and cfg.objective == "mae" and not cfg.finetune.task:

@@ -31,7 +31,7 @@ from jax.sharding import Mesh
 from brainjax import sharding
 from brainjax.config import Config, Lineage, from_saved, param_fields, to_dict
 from brainjax.distributed import is_main
-from brainjax.errors import CheckpointMismatchError, NonFiniteLossError
+from brainjax.errors import CheckpointMismatchError, DataChangeError, NonFiniteLossError
 from brainjax.paths import atomic_write_text, workdir_path
 from brainjax.train import checkpoint as ckpt_lib
 from brainjax.train import logging as log_lib
@@ -148,6 +148,11 @@ class Trainer:
             return (self.warm_start(state) if self.warm_start else state), 0
         try:  # the loader itself warns when its setup (batch, window, seed...) differs from the saved one
             self.train_data.set_state(restored.data)
+        except DataChangeError as err:
+            if not self.cfg.train.allow_data_change:
+                raise DataChangeError(f"{self.workdir}: {err}. Resume on the same data, use a new --workdir, or "
+                                      f"pass --allow-data-change to continue on this data") from err
+            self._print(f"note: {err}; continuing on the new data (--allow-data-change), the data order restarts")
         except ValueError as err:
             self._print(f"note: cannot continue the checkpoint's data order ({err}); the data order restarts")
         return restored.state, restored.step
