@@ -85,7 +85,7 @@ class Atlas:
                 source=data.get("source", ""), extra=data.get("extra", {}),
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{where}: invalid atlas ({err})") from None
+            raise AtlasError(f"{where}: invalid atlas ({err})") from None
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_text(path, json.dumps(self.to_json()))
