@@ -3,7 +3,8 @@
 Prints scans and subjects per split, the atlas (name, parcels, networks), TRs and scan lengths, phenotype
 columns (numeric: count, mean, range; categorical: the most common values), the preprocessing options
 from ``prepare.json`` and the failed scans with their reasons. A directory where ``prepare`` has not
-finished gets a short progress note instead of the summary.
+finished gets a short progress note instead of the summary. ``--verify`` reads every record back (checksums,
+scan ids, shapes) and exits 2 naming the damaged scans and their shards.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ _MISSING = ("n/a", "", "nan")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DIR", help="dataset directory")
     parser.add_argument("--failures", type=int, default=20, help="failed scans to list (default: %(default)s)")
+    parser.add_argument("--verify", action="store_true",
+                        help="read every record back and check it (exit 2 naming damaged scans and shards)")
 
 
 def _numbers(values: list[str]) -> list[float] | None:
@@ -100,13 +103,40 @@ def summary(path: str | Path, max_failures: int = 20) -> str:
     return "\n".join(lines)
 
 
+def verify(path: str | Path) -> str:
+    """Read every record of the dataset at ``path``: one line when all are intact, else DatasetError naming
+    the damaged scans grouped by shard."""
+    from brainjax.data.dataset import Dataset, DatasetError
+
+    ds = Dataset(path, require_shards=False)
+    damaged = ds.verify()
+    n_shards = len({r["shard"] for r in ds.manifest})
+    if not damaged:
+        return f"verified: all {len(ds)} records in {n_shards} shards read back intact"
+    by_shard: dict[str, list[str]] = {}
+    for row in ds.manifest:
+        if row["scan_id"] in damaged:
+            by_shard.setdefault(row["shard"], []).append(row["scan_id"])
+    parts = []
+    for shard, scans in by_shard.items():
+        reasons = sorted({damaged[s].split(": ", 1)[-1] for s in scans})
+        shown = ", ".join(scans[:5]) + (f" and {len(scans) - 5} more" if len(scans) > 5 else "")
+        parts.append(f"shards/{shard}: {shown} ({'; '.join(reasons[:2])})")
+    raise DatasetError(f"{ds.path}: {len(damaged)} of {len(ds)} scans damaged: {' | '.join(parts)}; re-run the "
+                       f"`brainjax prepare` command that made this dataset to rebuild them")
+
+
 def main(args: argparse.Namespace) -> int:
     from brainjax.data.dataset import DatasetError
 
     try:
+        report = verify(args.dir) if args.verify else None  # raises on damage, before any summary
         print(summary(args.dir, args.failures))
+        if report:
+            print(report)
     except DatasetError as err:  # a dataset still being prepared says so instead
-        note = _in_progress(Path(args.dir)) if Path(args.dir).is_dir() else None
+        path = Path(args.dir)
+        note = _in_progress(path) if path.is_dir() and not (path / "dataset.json").exists() else None
         if note:
             raise DatasetError(note) from err
         raise

@@ -9,15 +9,18 @@ Defaults, chosen for BrainLM-style pretraining (see :mod:`brainjax.data.clean` f
 CSF, global signal) from an fMRIPrep/brainspace confounds table beside the scan when there is one; per-scan
 z-scoring; scans shorter than 100 TRs fail QC; every scan must share one TR unless ``--target-tr`` resamples.
 
-Re-running the same command resumes (finished scans are skipped); cluster jobs split the work with
-``--shard I/N`` and the job that completes the last part finalizes the dataset. Exit codes: 0 done (or
-waiting for other shards), 1 a scan failed under ``--strict``, 2 bad arguments or inputs.
+Re-running the same command resumes (finished scans are skipped) and rebuilds missing or damaged shards;
+cluster jobs split the work with ``--shard I/N`` and the job that completes the last part finalizes the
+dataset. Two runs of the same shard at once are refused (``OUT/.lock-part-I-of-N``). Exit codes: 0 done (or
+waiting for other shards), 1 a scan failed under ``--strict``, 2 bad arguments or inputs, or the shard is
+being prepared by another run.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from brainjax.commands.args import split_fractions
 
@@ -80,27 +83,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="process every N-th scan starting at I (cluster jobs; default: 0/1)")
     run.add_argument("--strict", action="store_true", help="stop at the first failed scan instead of skipping it")
     run.add_argument("--finalize", action="store_true",
-                     help="rewrite manifest, splits and statistics even if nothing changed (needs all parts)")
+                     help="rewrite manifest, splits and statistics even if nothing changed (needs all parts; "
+                          "after a sharded run give the same N: --shard 0/N --finalize)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
     from brainjax.data.clean import CleanOptions, ScanError
-    from brainjax.data.prepare import PrepareOptions, prepare
+    from brainjax.data.prepare import PrepareOptions, PrepareWarning, prepare
 
+    caught: list = []
     try:
         options = PrepareOptions(
             atlas=args.atlas, labels=args.labels, mesh=args.mesh, tr=args.tr, confounds=args.confounds,
             min_length=args.min_length,
             clean=CleanOptions(detrend=args.detrend, high_pass=args.high_pass, low_pass=args.low_pass,
                                standardize=args.standardize, target_tr=args.target_tr))
-        result = prepare(args.inputs, args.out, options, shard=args.shard, workers=args.workers,
-                         strict=args.strict, force_finalize=args.finalize, split_fractions=args.split_fractions,
-                         seed=args.seed, participants=args.participants, progress=not args.quiet)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PrepareWarning)
+            result = prepare(args.inputs, args.out, options, shard=args.shard, workers=args.workers,
+                             strict=args.strict, force_finalize=args.finalize, split_fractions=args.split_fractions,
+                             seed=args.seed, participants=args.participants, progress=not args.quiet)
     except ScanError as err:  # --strict: a scan failed (exit 1, as documented); other bad input exits 2
         print(f"brainjax prepare: {err}", file=sys.stderr)
         return 1
+    finally:  # prepare's own warnings as one line each, also when it stops with an error
+        for item in caught:
+            if issubclass(item.category, PrepareWarning):
+                print(f"warning: {item.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(item.message, item.category, item.filename, item.lineno)
     index, count = args.shard
+    for shard, reason in result.repaired.items():
+        print(f"rebuilt shard {shard} ({reason})")
     print(f"shard {index}/{count}: {result.n_mine} of {result.n_scans} scans; processed {result.processed}, "
           f"already staged {result.skipped}, failed {len(result.failures)} ({result.seconds:.1f} s)")
     for failure in result.failures[:20]:
@@ -109,6 +124,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"  ... {len(result.failures) - 20} more (see {args.out}/failures.tsv once finalized)")
     if result.finalized:
         print(f"dataset ready: {args.out} (inspect with `brainjax info {args.out}`)")
+    elif not result.missing_parts:
+        print(f"dataset ready: {args.out} (already finalized from these parts)")
     elif result.missing_parts:
         print(f"waiting for parts {result.missing_parts} of {count}; the last job to finish finalizes")
     return 0

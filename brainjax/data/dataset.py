@@ -9,15 +9,19 @@
     DIR/stats.npz             per-parcel ``median`` and ``iqr`` over the training split
     DIR/failures.tsv          scans that were skipped, with the reason
     DIR/shards/*.array_record one record per scan (see :mod:`brainjax.data.records`)
-    DIR/parts/*.jsonl         per-writer metadata that :func:`finalize` merges (several jobs may write parts)
+    DIR/parts/*.jsonl         per-writer metadata that :func:`finalize` merges (several jobs may write parts);
+                              each row also keeps its shard's size and CRC32 (``shard_bytes``, ``shard_crc32``)
 
 Writers (``synth``, ``prepare``) call :func:`write_part` one or more times and then :func:`finalize`.
-Splits are assigned per subject, so a subject's scans all land in one split.
+Splits are assigned per subject, so a subject's scans all land in one split. ``dataset.json`` keeps a digest
+of the parts it was finalized from, so a writer can tell whether finalizing again would change anything.
+:func:`check_shards` finds missing shards and unreadable records (``brainjax info --verify``, ``prepare``).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -27,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from brainjax.data.atlas_core import Atlas
-from brainjax.data.records import ScanRecord, ShardReader, write_shard
+from brainjax.data.records import CorruptRecordError, ScanRecord, ShardReader, file_checksum, write_shard
 from brainjax.errors import DatasetError
 from brainjax.paths import atomic_path, atomic_write_text
 
@@ -67,8 +71,9 @@ def write_part(out: str | os.PathLike, part: str, items: Iterable[tuple[ScanMeta
         if chunk:
             name = f"{part}-{shard_no:05d}.array_record"
             write_shard(out / "shards" / name, [rec for _, rec in chunk])
+            size, crc = file_checksum(out / "shards" / name)
             for i, (row, _) in enumerate(chunk):
-                rows.append({**row, "shard": name, "index": i})
+                rows.append({**row, "shard": name, "index": i, "shard_bytes": size, "shard_crc32": crc})
             chunk, shard_no = [], shard_no + 1
 
     for meta, data in items:
@@ -133,10 +138,65 @@ def read_parts(out: Path) -> tuple[list[dict], list[dict]]:
     return rows, failures
 
 
+def parts_digest(out: str | os.PathLike) -> str:
+    """SHA-256 over the names and contents of ``parts/*.jsonl``: equal digests, equal finalized dataset."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(out) / "parts").glob("*.jsonl")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def check_shards(out: str | os.PathLike, rows: Iterable[dict], quick: bool = False) -> tuple[dict, dict]:
+    """Find what is wrong with the records of ``rows`` (dicts with scan_id, shard, index) under ``out/shards``.
+
+    Returns ({scan_id: reason} for scans whose record is missing or unreadable, {shard name: reason} for
+    shards that are missing or differ from the size/CRC32 their rows recorded). ``quick``: a shard whose
+    size and CRC32 match is taken as intact without decoding its records (rows without a recorded
+    checksum, from older writers, are always decoded).
+    """
+    by_shard: dict[str, list[dict]] = {}
+    for row in rows:
+        by_shard.setdefault(row["shard"], []).append(row)
+    damaged, shards = {}, {}
+    for name, members in sorted(by_shard.items()):
+        path = Path(out) / "shards" / name
+        if not path.exists():
+            shards[name] = "missing"
+            damaged.update({r["scan_id"]: f"shard {name} is missing" for r in members})
+            continue
+        recorded = (members[0].get("shard_bytes"), members[0].get("shard_crc32"))
+        if None not in recorded:
+            if file_checksum(path) == tuple(int(v) for v in recorded):
+                if quick:
+                    continue
+            else:
+                shards[name] = "size or checksum differs from the part metadata"
+        reader = ShardReader(path)
+        try:
+            for row in members:
+                where = f"{name}#{row['index']}"
+                try:
+                    record = reader.read(int(row["index"]))
+                except CorruptRecordError as err:
+                    damaged[row["scan_id"]] = where + ": " + str(err).split(": ", 1)[-1]
+                    continue
+                expected = (int(row.get("n_parcels", -1)), int(row.get("length", -1)))
+                if record.scan_id != row["scan_id"]:
+                    damaged[row["scan_id"]] = f"{where}: holds scan {record.scan_id!r}"
+                elif -1 not in expected and record.data.shape != expected:
+                    damaged[row["scan_id"]] = f"{where}: shape {record.data.shape}, expected {expected}"
+        finally:
+            reader.close()
+        if any(r["scan_id"] in damaged for r in members):
+            shards.setdefault(name, "unreadable records")
+    return damaged, shards
+
+
 def finalize(out: str | os.PathLike, atlas: Atlas, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0,
              participants: dict[str, dict] | None = None) -> Dataset:
     """Merge all parts into the manifest, assign subject-level splits, compute statistics on train only."""
     out = Path(out)
+    digest = parts_digest(out)  # before reading: parts changed meanwhile make the recorded digest stale, not wrong
     rows, failures = read_parts(out)
     if not rows:
         raise DatasetError(f"{out}: no scans were written (failures: {len(failures)})")
@@ -179,7 +239,7 @@ def finalize(out: str | os.PathLike, atlas: Atlas, fractions: Sequence[float] = 
     _write_tsv(out / "manifest.tsv", list(BASE_COLUMNS) + pheno_keys, manifest)
     atomic_write_text(out / "dataset.json", json.dumps({
         "format_version": FORMAT_VERSION, "n_parcels": atlas.n_parcels, "n_scans": len(manifest),
-        "split_seed": seed, "split_fractions": list(fractions), "phenotypes": pheno_keys,
+        "split_seed": seed, "split_fractions": list(fractions), "phenotypes": pheno_keys, "parts_digest": digest,
     }, indent=2))
     return Dataset(out)
 
@@ -192,6 +252,10 @@ def _write_tsv(path: Path, columns: list[str], rows: list[dict]) -> None:
             writer.writerow({c: row.get(c, MISSING) for c in columns})
 
 
+def _short_list(items: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
 def _read_tsv(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh, delimiter="\t"))
@@ -202,9 +266,10 @@ class Dataset:
 
     ``manifest`` is a list of dicts (strings from the TSV; ``tr``/``length``/``index`` converted).
     ``read(i)`` returns the raw float32 [P, T] scan; ``normalize`` applies the saved statistics.
+    Opening checks that every shard file exists (``require_shards``); :meth:`verify` reads every record.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, require_shards: bool = True):
         self.path = Path(path)
         if not self.path.is_dir():
             raise DatasetError(f"dataset directory not found: {self.path}")
@@ -231,6 +296,24 @@ class Dataset:
         self.scale = np.where(self.iqr > 1e-8, self.iqr, 1.0).astype(np.float32)
         self.failures = _read_tsv(self.path / "failures.tsv") if (self.path / "failures.tsv").exists() else []
         self._readers: dict[str, ShardReader] = {}
+        if require_shards:
+            self._require_shards()
+
+    def _require_shards(self) -> None:
+        scans: dict[str, list[str]] = {}
+        for row in self.manifest:
+            scans.setdefault(row["shard"], []).append(row["scan_id"])
+        missing = [name for name in scans if not (self.path / "shards" / name).exists()]
+        if missing:
+            name, ids = missing[0], scans[missing[0]]
+            more = f" (and {len(missing) - 1} more missing shards)" if len(missing) > 1 else ""
+            raise DatasetError(f"{self.path}: shard file shards/{name} is missing ({len(ids)} scans: "
+                               f"{_short_list(ids)}){more}; re-run the `brainjax prepare` command that made this "
+                               f"dataset to rebuild it")
+
+    def verify(self) -> dict[str, str]:
+        """Read every record: {scan_id: what is wrong} for the missing or damaged ones (empty when intact)."""
+        return check_shards(self.path, self.manifest)[0]
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -244,11 +327,19 @@ class Dataset:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         return [i for i, r in enumerate(self.manifest) if split is None or r["split"] == split]
 
+    def _reader(self, shard: str) -> ShardReader:
+        reader = self._readers.get(shard)
+        if reader is None:
+            try:
+                reader = self._readers[shard] = ShardReader(self.path / "shards" / shard)
+            except FileNotFoundError:
+                raise DatasetError(f"{self.path}: shard file shards/{shard} is missing; re-run the `brainjax "
+                                   f"prepare` command that made this dataset to rebuild it") from None
+        return reader
+
     def read(self, i: int) -> np.ndarray:
         row = self.manifest[i]
-        reader = self._readers.get(row["shard"])
-        if reader is None:
-            reader = self._readers[row["shard"]] = ShardReader(self.path / "shards" / row["shard"])
+        reader = self._reader(row["shard"])
         record = reader.read(row["index"])
         if record.scan_id != row["scan_id"]:
             raise DatasetError(f"{reader.path}#{row['index']}: holds scan {record.scan_id!r}, manifest expects "

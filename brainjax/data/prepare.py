@@ -12,6 +12,14 @@ them; the status files stay as the resume record), and the job that sees all N p
 Re-running skips scans whose status matches the current input files (size and mtime); a changed input is
 processed again. Adding inputs later processes only the new scans: a rebuilt part takes the other scans'
 arrays from the part it replaces (written to a temporary directory first, so the old part stays readable).
+A re-run also checks the part's shards (present, size and CRC32 as recorded; older parts: every record
+decoded) and rebuilds a missing or damaged one, processing its unreadable scans again.
+
+Concurrency: a job holds ``DIR/.lock-part-I-of-N`` (pid, host, start time; created exclusively) while it
+runs, so a second prepare of the same shard refuses instead of racing; a lock left by a dead process on
+this host is taken over with a warning, and the temporary part directories of dead runs are removed.
+Finalizing holds ``DIR/.lock-finalize``; a job that finds it held waits, then finalizes only if the parts
+changed since (``dataset.json`` records the digest of the parts it was made from).
 """
 
 from __future__ import annotations
@@ -21,7 +29,10 @@ import json
 import multiprocessing
 import os
 import shutil
+import socket
 import time
+import uuid
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +42,7 @@ import numpy as np
 from brainjax.data import clean as qc
 from brainjax.data.atlas import load_atlas
 from brainjax.data.clean import CleanOptions, ScanError
-from brainjax.data.dataset import ScanMeta, finalize, read_parts, write_part
+from brainjax.data.dataset import ScanMeta, check_shards, finalize, parts_digest, read_parts, write_part
 from brainjax.data.readers import brain_mask_for, probe_tr, read_scan, read_table, select_confounds, sidecar_tr
 from brainjax.data.records import ShardReader
 from brainjax.data.scans import (
@@ -43,14 +54,24 @@ from brainjax.data.scans import (
     split_name,
     stage_name,
 )
-from brainjax.errors import DatasetError
+from brainjax.errors import DatasetError, InputError
 from brainjax.paths import atomic_path, atomic_write_text
 
 PREPARE_VERSION = 1
+# A job that finds another finalizing waits this long for it (finalize reads every training scan once).
+FINALIZE_WAIT_S = 6 * 3600.0
 
 
 class OptionsMismatchError(DatasetError):
     """The output directory was prepared with other preprocessing options."""
+
+
+class LockedError(DatasetError):
+    """Another live ``prepare`` holds the lock of this shard job (or of finalize)."""
+
+
+class PrepareWarning(UserWarning):
+    """Something ``prepare`` did or found that the user should hear about (also in PrepareResult.warnings)."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +102,14 @@ class PrepareResult:
     part_written: bool = False
     finalized: bool = False
     missing_parts: list[int] = field(default_factory=list)
+    repaired: dict[str, str] = field(default_factory=dict)  # shard name -> what was wrong with it
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def _warn(result: PrepareResult, text: str) -> None:
+    result.warnings.append(text)
+    warnings.warn(text, PrepareWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------- one scan
@@ -189,7 +217,7 @@ def _check_options(out: Path, record: dict) -> None:
     """Create ``prepare.json`` (exclusively, jobs may race) or refuse options that differ from it."""
     path = out / "prepare.json"
     if not path.exists():
-        tmp = out / f"prepare.json.tmp{os.getpid()}"
+        tmp = out / f"prepare.json.tmp{uuid.uuid4().hex}"  # unique: jobs (or threads) may race here
         tmp.write_text(json.dumps(record, indent=1))
         try:
             os.link(tmp, path)
@@ -228,17 +256,139 @@ def _load_status(staging: Path, scan: ScanInput) -> dict | None:
 
 
 def load_participants(path: str | os.PathLike) -> dict[str, dict]:
-    """BIDS ``participants.tsv`` → {subject label (without ``sub-``): {column: value}}; ``n/a`` dropped."""
+    """BIDS ``participants.tsv`` → {subject label (without ``sub-``): {column: value}}; ``n/a`` dropped.
+
+    A subject on two rows is an error naming the lines (which row should win is not ours to guess).
+    """
     with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    if not rows or "participant_id" not in rows[0]:
-        raise ValueError(f"{path}: expected a tab-separated table with a participant_id column")
-    table = {}
-    for row in rows:
-        subject = row.pop("participant_id").strip()
-        subject = subject[4:] if subject.startswith("sub-") else subject
+        reader = csv.DictReader(fh, delimiter="\t")
+        rows = [(reader.line_num, row) for row in reader]
+    if not rows or "participant_id" not in rows[0][1]:
+        raise InputError(f"{path}: expected a tab-separated table with a participant_id column")
+    table, lines = {}, {}
+    for line, row in rows:
+        written = (row.pop("participant_id") or "").strip()
+        subject = written[4:] if written.startswith("sub-") else written
+        lines.setdefault(subject, []).append((line, written))
         table[subject] = {k: v.strip() for k, v in row.items() if k and v is not None and v.strip() not in ("n/a", "")}
+    repeated = [found for found in lines.values() if len(found) > 1]
+    if repeated:
+        shown = "; ".join(f"{found[0][1]!r} on lines {', '.join(str(n) for n, _ in found)}" for found in repeated[:5])
+        more = f"; and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        raise InputError(f"{path}: {len(repeated)} participants appear on more than one row: {shown}{more}; "
+                         f"keep one row per participant")
     return table
+
+
+def participants_mismatch(table: dict[str, dict], scans: list[ScanInput], path) -> str | None:
+    """A warning when participants of ``table`` match no scan subject (their rows would be ignored), else None."""
+    subjects = {s.subject for s in scans}
+    unmatched = sorted(set(table) - subjects)
+    if not unmatched:
+        return None
+    missing = sorted(subjects - set(table))
+    text = (f"{path}: {len(unmatched)} of {len(table)} participants match no scan subject "
+            f"({_examples(unmatched)})")
+    if missing:
+        text += (f"; {len(missing)} of {len(subjects)} scanned subjects have no row, their phenotypes are n/a "
+                 f"({_examples(missing)})")
+    if len(unmatched) == len(table):
+        text += "; participant_id should be sub-<label> with the subject label of the scan file names"
+    return text
+
+
+def _examples(items: list[str], limit: int = 3) -> str:
+    return "e.g. " + ", ".join(repr(i) for i in items[:limit]) + (" ..." if len(items) > limit else "")
+
+
+# ---------------------------------------------------------------------------------------------- locks
+
+def _lock_holder(path: Path) -> tuple[str | None, dict | None]:
+    """(raw text, parsed record or None) of a lock file; (None, None) when it is gone."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None, None
+    try:
+        holder = json.loads(text)
+        valid = isinstance(holder, dict) and isinstance(holder.get("pid"), int) and "host" in holder
+        return text, holder if valid else None
+    except json.JSONDecodeError:
+        return text, None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: the pid exists under another user
+        return True
+    return True
+
+
+def _is_stale(holder: dict | None) -> bool:
+    """A lock whose holder is a process of this host that no longer exists (another host's cannot be told)."""
+    return holder is not None and holder["host"] == socket.gethostname() and not _pid_alive(int(holder["pid"]))
+
+
+def _take_over(path: Path, stale_text: str) -> bool:
+    """Move a stale lock aside; True when what was moved is that stale lock (a live one is put back)."""
+    aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    try:
+        if aside.read_text() == stale_text:
+            return True
+        try:  # another process had just replaced the stale lock with its own live one
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+        return False
+    finally:
+        aside.unlink(missing_ok=True)
+
+
+def acquire_lock(path: Path, what: str, result: PrepareResult, wait_s: float = 0.0) -> str:
+    """Create the lock file ``path`` exclusively (O_CREAT | O_EXCL) holding this pid, host and the time.
+
+    A stale lock (dead pid on this host) is taken over with a warning. A live one raises LockedError, or,
+    with ``wait_s``, is waited for up to that many seconds. Returns the text written (for :func:`release_lock`).
+    """
+    token = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
+                        "since": time.strftime("%Y-%m-%d %H:%M:%S"), "id": uuid.uuid4().hex})
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            fd = None
+        if fd is not None:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(token)
+            return token
+        text, holder = _lock_holder(path)
+        if text is None:
+            continue  # released meanwhile
+        if _is_stale(holder):
+            if _take_over(path, text):
+                _warn(result, f"took over the stale lock {path} of pid {holder['pid']} on {holder['host']} "
+                              f"(that process has ended)")
+            continue
+        if time.monotonic() >= deadline:
+            who = (f"pid {holder['pid']} on host {holder['host']} since {holder.get('since', '?')}"
+                   if holder else "a process that has not written its pid yet")
+            waited = f" (waited {wait_s:.0f} s)" if wait_s else ""
+            raise LockedError(f"{path} is held by {who}{waited}: another `brainjax prepare` ({what}) is running "
+                              f"in {path.parent}; wait for it to finish, or delete {path} if that process is gone")
+        time.sleep(0.2)
+
+
+def release_lock(path: Path, token: str) -> None:
+    if _lock_holder(path)[0] == token:
+        path.unlink(missing_ok=True)
 
 
 def _accepted_kinds(spec) -> set[str]:
@@ -321,9 +471,8 @@ def prepare(inputs: list[str | os.PathLike], out: str | os.PathLike, options: Pr
       strict: raise ScanError on the first failed scan (including failures staged by earlier runs).
       force_finalize: finalize even if this job wrote nothing new (all N parts must exist).
       spec: an already loaded AtlasSpec (else ``load_atlas(options.atlas, options.labels, options.mesh)``).
+    Raises LockedError when another live prepare of the same shard runs into ``out``.
     """
-    from tqdm import tqdm
-
     start = time.perf_counter()
     index, n_shards = shard
     if not (n_shards >= 1 and 0 <= index < n_shards):
@@ -334,6 +483,38 @@ def prepare(inputs: list[str | os.PathLike], out: str | os.PathLike, options: Pr
     scans = discover_scans(list(inputs), _accepted_kinds(spec), spec.mesh, exclude=out)
     if not scans:
         raise DiscoveryError(f"no supported inputs found in {', '.join(map(str, inputs))}")
+    result = PrepareResult(n_scans=len(scans), n_mine=len(scans[index::n_shards]))
+    table_path = participants if participants is not None else find_participants(list(inputs))
+    table = load_participants(table_path) if table_path is not None else {}
+    if (mismatch := participants_mismatch(table, scans, table_path)) is not None:
+        _warn(result, mismatch)
+    out.mkdir(parents=True, exist_ok=True)
+    part = f"part-{index}-of-{n_shards}"
+    lock = out / f".lock-{part}"
+    token = acquire_lock(lock, f"shard {index}/{n_shards}", result)
+    try:
+        for leftover in out.glob(f"tmp-{part}.*"):  # a dead run's half-written part (this job owns the part now)
+            shutil.rmtree(leftover, ignore_errors=True)
+        _run_job(scans, out, part, (index, n_shards), options, spec, workers, strict, progress, result)
+        result.missing_parts = [i for i in range(n_shards)
+                                if not (out / "parts" / f"part-{i}-of-{n_shards}.jsonl").exists()]
+        if force_finalize and result.missing_parts:
+            raise DiscoveryError(f"cannot finalize {out}: parts {result.missing_parts} of {n_shards} are missing "
+                                 f"(run those --shard jobs first)")
+        if not result.missing_parts and (force_finalize or _finalize_due(out, result.part_written)):
+            result.finalized = _finalize_once(out, spec.atlas, split_fractions, seed, table, force_finalize, result)
+    finally:
+        release_lock(lock, token)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _run_job(scans: list[ScanInput], out: Path, part: str, shard: tuple[int, int], options: PrepareOptions, spec,
+             workers: int, strict: bool, progress: bool, result: PrepareResult) -> None:
+    """Stage this job's scans (those not staged yet, or lost from a damaged part) and (re)write its part."""
+    from tqdm import tqdm
+
+    index, n_shards = shard
     staging = out / "staging"
     staging.mkdir(parents=True, exist_ok=True)
     _check_options(out, {**options.record(), "atlas_parcels": spec.atlas.n_parcels})
@@ -343,12 +524,16 @@ def prepare(inputs: list[str | os.PathLike], out: str | os.PathLike, options: Pr
         raise OptionsMismatchError(f"{out} holds parts of a run with another shard count ({other[0]}); "
                                    f"use --shard I/N with the same N")
     mine = scans[index::n_shards]
-    result = PrepareResult(n_scans=len(scans), n_mine=len(mine))
-    part = f"part-{index}-of-{n_shards}"
     statuses = {s.scan_id: _load_status(staging, s) for s in mine}
     ok_ids = {k for k, s in statuses.items() if s is not None and s["status"] == "ok"}
     old_rows = _part_rows(out / "parts" / f"{part}.jsonl")
-    part_current = None not in statuses.values() and old_rows is not None and set(old_rows) == ok_ids
+    if old_rows:
+        # a missing or damaged shard: its unreadable scans are processed again, the part is rewritten
+        damaged, result.repaired = check_shards(out, old_rows.values(), quick=True)
+        for scan_id in damaged:
+            del old_rows[scan_id]
+    part_current = (None not in statuses.values() and old_rows is not None and set(old_rows) == ok_ids
+                    and not result.repaired)
     old_rows = old_rows or {}
     # an ok scan needs its array again only when the part is rebuilt and neither staging nor the old part has it
     lost = lambda s: not (staging / f"{s.stage_name}.npy").exists() and s.scan_id not in old_rows
@@ -375,22 +560,36 @@ def prepare(inputs: list[str | os.PathLike], out: str | os.PathLike, options: Pr
         result.part_written = True
         for scan in mine:
             (staging / f"{scan.stage_name}.npy").unlink(missing_ok=True)
-    result.missing_parts = [i for i in range(n_shards)
-                            if not (out / "parts" / f"part-{i}-of-{n_shards}.jsonl").exists()]
-    if force_finalize and result.missing_parts:
-        raise DiscoveryError(f"cannot finalize {out}: parts {result.missing_parts} of {n_shards} are missing "
-                             f"(run those --shard jobs first)")
-    if not result.missing_parts and (result.part_written or force_finalize or not (out / "dataset.json").exists()):
+
+
+def _recorded_digest(out: Path) -> str | None:
+    try:
+        return json.loads((out / "dataset.json").read_text()).get("parts_digest")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _finalize_due(out: Path, part_written: bool) -> bool:
+    """Whether the dataset lags its parts (datasets finalized before digests were kept: after a new part)."""
+    if not (out / "dataset.json").exists():
+        return True
+    recorded = _recorded_digest(out)
+    return part_written if recorded is None else recorded != parts_digest(out)
+
+
+def _finalize_once(out: Path, atlas, split_fractions, seed, table, force: bool, result: PrepareResult) -> bool:
+    """Finalize under ``.lock-finalize``; a job that waited for another's finalize skips it when it saw these
+    very parts. Returns whether this job finalized."""
+    lock = out / ".lock-finalize"
+    token = acquire_lock(lock, "finalize", result, wait_s=FINALIZE_WAIT_S)
+    try:
+        if not force and (out / "dataset.json").exists() and _recorded_digest(out) == parts_digest(out):
+            return False
         _require_some_scan(out)
-        finalize(out, spec.atlas, split_fractions, seed, _participants(inputs, participants))
-        result.finalized = True
-    result.seconds = time.perf_counter() - start
-    return result
-
-
-def _participants(inputs, participants) -> dict[str, dict]:
-    path = participants if participants is not None else find_participants(list(inputs))
-    return load_participants(path) if path is not None else {}
+        finalize(out, atlas, split_fractions, seed, table)
+        return True
+    finally:
+        release_lock(lock, token)
 
 
 def _require_some_scan(out: Path) -> None:

@@ -7,6 +7,9 @@ BIDS/fMRIPrep name parsing live in :mod:`brainjax.data.scans`; confound selectio
 TR sources, first found wins: ``--tr``; a BIDS sidecar ``NAME.json`` (``RepetitionTime``); the file itself
 (NIfTI ``zooms[3]`` with its time unit, MGZ ``tr`` in ms, GIfTI ``TimeStep`` metadata); else an error that
 asks for ``--tr``.
+
+Every reader refuses data that are not real numbers (complex, boolean, text, objects, RGB) with the data type
+and the file named, before any conversion to float could drop an imaginary part or turn flags into a signal.
 """
 
 from __future__ import annotations
@@ -28,6 +31,19 @@ from brainjax.data.scans import ScanInput, split_name
 DEFAULT_CONFOUNDS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z", "white_matter", "csf",
                      "global_signal")
 _NIFTI_TIME_UNITS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6, "unknown": 1.0}
+# numpy dtype kinds that are not real-valued signal; integer ("i", "u") and float ("f") are read.
+_REFUSED_KINDS = {"c": "complex: the imaginary part would be dropped", "b": "boolean: 0/1 flags, not a signal",
+                  "O": "Python objects", "U": "text", "S": "text", "V": "structured, e.g. RGB",
+                  "M": "dates", "m": "time spans"}
+
+
+def check_dtype(dtype, path: str | Path) -> None:
+    """Raise ScanError unless ``dtype`` holds real numbers (integers or floats), naming the type and the file."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iuf":
+        why = _REFUSED_KINDS.get(dtype.kind, "not numeric")
+        raise ScanError(f"{Path(path).name}: data type {dtype} ({why}) is refused; a series must hold real numbers "
+                        f"(integer or float)")
 
 
 @dataclass
@@ -158,6 +174,7 @@ def read_volume(path: str | Path, spec: AtlasSpec) -> RawScan:
             if path.name.endswith(("tseries.nii", "tseries.nii.gz")) else ""
         raise ScanError(f"expected a 4-D image, got shape {img.shape}{cifti}")
     tr = _nifti_tr(img)
+    check_dtype(img.get_data_dtype(), path)
     data = np.asanyarray(img.dataobj, dtype=np.float32)
     extract = _parcel_extractor(spec, brain_mask_for(path))
     with warnings.catch_warnings():
@@ -183,10 +200,13 @@ def load_hemisphere(path: str | Path) -> tuple[np.ndarray, float | None]:
     path = Path(path)
     img = nib.load(path)
     if split_name(path.name)[1] in (".mgz", ".mgh"):
+        check_dtype(img.get_data_dtype(), path)
         data = np.asanyarray(img.dataobj, dtype=np.float32)
         if data.ndim != 4 or data.shape[1:3] != (1, 1):
             raise ScanError(f"expected a surface series of shape (V, 1, 1, T), got {data.shape}")
         return data[:, 0, 0, :], _mgh_tr(img)
+    for darray in img.darrays[:1]:  # a series' arrays share one type
+        check_dtype(np.asarray(darray.data).dtype, path)
     arrays = [np.asarray(d.data, np.float32) for d in img.darrays]
     if len(arrays) == 1 and arrays[0].ndim == 2:
         data = arrays[0]
@@ -249,6 +269,29 @@ def _is_number(text: str) -> bool:
         return text.strip().lower() in ("n/a", "nan", "")
 
 
+def _cell_type(text: str) -> str | None:
+    """``"bool"``/``"complex"`` for a cell that is one of those (refused values, not a header name), else None."""
+    text = text.strip()
+    if text.lower() in ("true", "false"):
+        return "bool"
+    try:
+        complex(text)
+    except ValueError:
+        return None
+    return None if _is_number(text) else "complex"
+
+
+def _bad_cell(path: Path, rows: list[list[str]], first_line: int) -> str:
+    """Where the first cell that is not a real number is, and what it is."""
+    for line_no, row in enumerate(rows, first_line):
+        for col, cell in enumerate(row, 1):
+            if not _is_number(cell):
+                kind = _cell_type(cell) or "string"
+                return (f"{path.name}: {kind} value {cell.strip()!r} on line {line_no}, column {col} is refused; "
+                        f"a table must hold real numbers")
+    return f"{path.name}: a cell is not a real number"
+
+
 def read_table(path: str | Path) -> tuple[list[str] | None, np.ndarray]:
     """A numeric table (.csv, .tsv, .txt): (column names or None without a header row, float64 [rows, cols]).
 
@@ -264,7 +307,7 @@ def read_table(path: str | Path) -> tuple[list[str] | None, np.ndarray]:
     if not rows:
         raise ScanError("empty table")
     names = None
-    if not all(_is_number(cell) for cell in rows[0]):
+    if not all(_is_number(cell) or _cell_type(cell) for cell in rows[0]):
         names, rows = [c.strip() for c in rows[0]], rows[1:]
     width = len(names) if names else len(rows[0])
     for line_no, row in enumerate(rows, 2 if names else 1):
@@ -273,9 +316,18 @@ def read_table(path: str | Path) -> tuple[list[str] | None, np.ndarray]:
     try:
         values = np.array([[np.nan if c.strip().lower() in ("n/a", "") else float(c) for c in row]
                            for row in rows], np.float64).reshape(len(rows), width)
-    except ValueError as err:
-        raise ScanError(f"non-numeric cell ({err})") from None
+    except ValueError:
+        raise ScanError(_bad_cell(path, rows, 2 if names else 1)) from None
     return names, values
+
+
+def _npy_dtype(path: Path) -> np.dtype:
+    """The dtype in a .npy header, read without loading (or unpickling) the array."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        return read_header(fh)[2]
 
 
 def read_series(path: str | Path, spec: AtlasSpec) -> RawScan:
@@ -287,6 +339,7 @@ def read_series(path: str | Path, spec: AtlasSpec) -> RawScan:
     path = Path(path)
     atlas = spec.atlas
     if path.suffix == ".npy":
+        check_dtype(_npy_dtype(path), path)
         names, values = None, np.load(path, allow_pickle=False)
         if values.ndim != 2:
             raise ScanError(f"expected a 2-D [T, P] array, got shape {values.shape}")

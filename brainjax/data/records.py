@@ -6,7 +6,8 @@ Layout of a record::
 
 The header holds ``scan_id``, ``subject``, ``shape`` ([parcels, T]), ``dtype`` and the payload's ``crc32``.
 Nothing here unpickles; a truncated or altered record raises :class:`CorruptRecordError` naming the shard
-and the record index.
+and the record index. :func:`file_checksum` gives a whole shard's size and CRC32, which the part metadata keeps
+so that a re-run of ``prepare`` can tell an intact shard without decoding it.
 """
 
 from __future__ import annotations
@@ -89,6 +90,16 @@ def write_shard(path: str | os.PathLike, records: Iterable[ScanRecord]) -> int:
     return count
 
 
+def file_checksum(path: str | os.PathLike, chunk: int = 1 << 23) -> tuple[int, int]:
+    """(size in bytes, CRC32 of the bytes) of a file, read in chunks."""
+    size, crc = 0, 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            size += len(block)
+            crc = zlib.crc32(block, crc)
+    return size, crc
+
+
 class ShardReader:
     """Random access to the records of one shard; opened lazily so it can cross process boundaries."""
 
@@ -117,6 +128,11 @@ class ShardReader:
         except Exception as err:
             raise CorruptRecordError(f"{self.path}#{index}: cannot read record ({err})") from None
         return decode(blob, where=f"{self.path}#{index}")
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def __getstate__(self):  # the native reader does not cross process boundaries; reopen there
         return {"path": self.path, "_reader": None}
