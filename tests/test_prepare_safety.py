@@ -18,8 +18,9 @@ import brainjax.data.prepare as prepare_module
 from brainjax.cli import main as cli_main
 from brainjax.data.clean import ScanError
 from brainjax.data.dataset import Dataset, DatasetError
+from brainjax.data.locks import LockedError, acquire_lock, release_lock
 from brainjax.data.pipeline import eval_batches
-from brainjax.data.prepare import LockedError, PrepareResult, PrepareWarning, acquire_lock, prepare, release_lock
+from brainjax.data.prepare import PrepareWarning, prepare
 from brainjax.data.records import CorruptRecordError, ShardReader
 from brainjax.errors import InputError
 
@@ -210,7 +211,7 @@ def test_jobs_finishing_together_finalize_once(tmp_path, monkeypatch):
     calls = []
     real = prepare_module.finalize
     monkeypatch.setattr(prepare_module, "finalize", lambda *a, **k: calls.append(1) or real(*a, **k))
-    held = acquire_lock(out / ".lock-finalize", "test", PrepareResult(0, 0))  # as if a third job finalized
+    held = acquire_lock(out / ".lock-finalize", "test", [].append)  # as if a third job finalized
     results, errors = {}, []
 
     def job(i):

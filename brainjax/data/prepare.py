@@ -24,12 +24,11 @@ changed since (``dataset.json`` records the digest of the parts it was made from
 
 from __future__ import annotations
 
-import csv
+import functools
 import json
 import multiprocessing
 import os
 import shutil
-import socket
 import time
 import uuid
 import warnings
@@ -43,6 +42,8 @@ from brainjax.data import clean as qc
 from brainjax.data.atlas import load_atlas
 from brainjax.data.clean import CleanOptions, ScanError
 from brainjax.data.dataset import ScanMeta, check_shards, finalize, parts_digest, read_parts, write_part
+from brainjax.data.locks import acquire_lock, release_lock
+from brainjax.data.participants import load_participants, participants_mismatch
 from brainjax.data.readers import brain_mask_for, probe_tr, read_scan, read_table, select_confounds, sidecar_tr
 from brainjax.data.records import ShardReader
 from brainjax.data.scans import (
@@ -54,7 +55,7 @@ from brainjax.data.scans import (
     split_name,
     stage_name,
 )
-from brainjax.errors import DatasetError, InputError
+from brainjax.errors import DatasetError
 from brainjax.paths import atomic_path, atomic_write_text
 
 PREPARE_VERSION = 1
@@ -64,10 +65,6 @@ FINALIZE_WAIT_S = 6 * 3600.0
 
 class OptionsMismatchError(DatasetError):
     """The output directory was prepared with other preprocessing options."""
-
-
-class LockedError(DatasetError):
-    """Another live ``prepare`` holds the lock of this shard job (or of finalize)."""
 
 
 class PrepareWarning(UserWarning):
@@ -255,142 +252,6 @@ def _load_status(staging: Path, scan: ScanInput) -> dict | None:
     return status if status.get("fingerprint") == fingerprint(scan) else None
 
 
-def load_participants(path: str | os.PathLike) -> dict[str, dict]:
-    """BIDS ``participants.tsv`` → {subject label (without ``sub-``): {column: value}}; ``n/a`` dropped.
-
-    A subject on two rows is an error naming the lines (which row should win is not ours to guess).
-    """
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh, delimiter="\t")
-        rows = [(reader.line_num, row) for row in reader]
-    if not rows or "participant_id" not in rows[0][1]:
-        raise InputError(f"{path}: expected a tab-separated table with a participant_id column")
-    table, lines = {}, {}
-    for line, row in rows:
-        written = (row.pop("participant_id") or "").strip()
-        subject = written[4:] if written.startswith("sub-") else written
-        lines.setdefault(subject, []).append((line, written))
-        table[subject] = {k: v.strip() for k, v in row.items() if k and v is not None and v.strip() not in ("n/a", "")}
-    repeated = [found for found in lines.values() if len(found) > 1]
-    if repeated:
-        shown = "; ".join(f"{found[0][1]!r} on lines {', '.join(str(n) for n, _ in found)}" for found in repeated[:5])
-        more = f"; and {len(repeated) - 5} more" if len(repeated) > 5 else ""
-        raise InputError(f"{path}: {len(repeated)} participants appear on more than one row: {shown}{more}; "
-                         f"keep one row per participant")
-    return table
-
-
-def participants_mismatch(table: dict[str, dict], scans: list[ScanInput], path) -> str | None:
-    """A warning when participants of ``table`` match no scan subject (their rows would be ignored), else None."""
-    subjects = {s.subject for s in scans}
-    unmatched = sorted(set(table) - subjects)
-    if not unmatched:
-        return None
-    missing = sorted(subjects - set(table))
-    text = (f"{path}: {len(unmatched)} of {len(table)} participants match no scan subject "
-            f"({_examples(unmatched)})")
-    if missing:
-        text += (f"; {len(missing)} of {len(subjects)} scanned subjects have no row, their phenotypes are n/a "
-                 f"({_examples(missing)})")
-    if len(unmatched) == len(table):
-        text += "; participant_id should be sub-<label> with the subject label of the scan file names"
-    return text
-
-
-def _examples(items: list[str], limit: int = 3) -> str:
-    return "e.g. " + ", ".join(repr(i) for i in items[:limit]) + (" ..." if len(items) > limit else "")
-
-
-# ---------------------------------------------------------------------------------------------- locks
-
-def _lock_holder(path: Path) -> tuple[str | None, dict | None]:
-    """(raw text, parsed record or None) of a lock file; (None, None) when it is gone."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None, None
-    try:
-        holder = json.loads(text)
-        valid = isinstance(holder, dict) and isinstance(holder.get("pid"), int) and "host" in holder
-        return text, holder if valid else None
-    except json.JSONDecodeError:
-        return text, None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. PermissionError: the pid exists under another user
-        return True
-    return True
-
-
-def _is_stale(holder: dict | None) -> bool:
-    """A lock whose holder is a process of this host that no longer exists (another host's cannot be told)."""
-    return holder is not None and holder["host"] == socket.gethostname() and not _pid_alive(int(holder["pid"]))
-
-
-def _take_over(path: Path, stale_text: str) -> bool:
-    """Move a stale lock aside; True when what was moved is that stale lock (a live one is put back)."""
-    aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex}")
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
-        return False
-    try:
-        if aside.read_text() == stale_text:
-            return True
-        try:  # another process had just replaced the stale lock with its own live one
-            os.link(aside, path)
-        except FileExistsError:
-            pass
-        return False
-    finally:
-        aside.unlink(missing_ok=True)
-
-
-def acquire_lock(path: Path, what: str, result: PrepareResult, wait_s: float = 0.0) -> str:
-    """Create the lock file ``path`` exclusively (O_CREAT | O_EXCL) holding this pid, host and the time.
-
-    A stale lock (dead pid on this host) is taken over with a warning. A live one raises LockedError, or,
-    with ``wait_s``, is waited for up to that many seconds. Returns the text written (for :func:`release_lock`).
-    """
-    token = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
-                        "since": time.strftime("%Y-%m-%d %H:%M:%S"), "id": uuid.uuid4().hex})
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            fd = None
-        if fd is not None:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(token)
-            return token
-        text, holder = _lock_holder(path)
-        if text is None:
-            continue  # released meanwhile
-        if _is_stale(holder):
-            if _take_over(path, text):
-                _warn(result, f"took over the stale lock {path} of pid {holder['pid']} on {holder['host']} "
-                              f"(that process has ended)")
-            continue
-        if time.monotonic() >= deadline:
-            who = (f"pid {holder['pid']} on host {holder['host']} since {holder.get('since', '?')}"
-                   if holder else "a process that has not written its pid yet")
-            waited = f" (waited {wait_s:.0f} s)" if wait_s else ""
-            raise LockedError(f"{path} is held by {who}{waited}: another `brainjax prepare` ({what}) is running "
-                              f"in {path.parent}; wait for it to finish, or delete {path} if that process is gone")
-        time.sleep(0.2)
-
-
-def release_lock(path: Path, token: str) -> None:
-    if _lock_holder(path)[0] == token:
-        path.unlink(missing_ok=True)
-
-
 def _accepted_kinds(spec) -> set[str]:
     kinds = {"series"}
     if spec.label_image is not None or spec.radius is not None:
@@ -491,7 +352,7 @@ def prepare(inputs: list[str | os.PathLike], out: str | os.PathLike, options: Pr
     out.mkdir(parents=True, exist_ok=True)
     part = f"part-{index}-of-{n_shards}"
     lock = out / f".lock-{part}"
-    token = acquire_lock(lock, f"shard {index}/{n_shards}", result)
+    token = acquire_lock(lock, f"shard {index}/{n_shards}", functools.partial(_warn, result))
     try:
         for leftover in out.glob(f"tmp-{part}.*"):  # a dead run's half-written part (this job owns the part now)
             shutil.rmtree(leftover, ignore_errors=True)
@@ -581,7 +442,7 @@ def _finalize_once(out: Path, atlas, split_fractions, seed, table, force: bool, 
     """Finalize under ``.lock-finalize``; a job that waited for another's finalize skips it when it saw these
     very parts. Returns whether this job finalized."""
     lock = out / ".lock-finalize"
-    token = acquire_lock(lock, "finalize", result, wait_s=FINALIZE_WAIT_S)
+    token = acquire_lock(lock, "finalize", functools.partial(_warn, result), wait_s=FINALIZE_WAIT_S)
     try:
         if not force and (out / "dataset.json").exists() and _recorded_digest(out) == parts_digest(out):
             return False
