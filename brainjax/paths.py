@@ -129,6 +129,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             target.write_bytes(tmp.read_bytes())
         else:
             os.replace(tmp, target)
+    except OSError as err:
+        if err.filename is None and err.errno is not None:  # a full disk mid-write names no file: name the target
+            raise OSError(err.errno, err.strerror, os.fspath(target)) from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)  # left only when the block (or the upload) failed
 

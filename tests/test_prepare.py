@@ -15,6 +15,7 @@ from brainjax.data.atlas_core import Atlas
 from brainjax.data.clean import CleanOptions, ScanError
 from brainjax.data.dataset import Dataset
 from brainjax.data.prepare import OptionsMismatchError, PrepareOptions, prepare
+from brainjax.errors import DatasetError
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 RAW = CleanOptions(detrend=False, high_pass=None, standardize="none")
@@ -291,8 +292,9 @@ def test_gifti_pairs_tr_metadata_and_empty_parcels(tmp_path):
                 for p in range(3)]
     np.testing.assert_allclose(ds.read(0), np.stack(expected), rtol=1e-6, atol=1e-7)
     reasons = {f["scan_id"]: f["reason"] for f in result.failures}
-    assert reasons == {"sub-02_task-rest": "lh: 5 vertices, the atlas mesh has 6",
-                       "sub-03_task-rest": "surface series has no rh hemisphere partner"}
+    lh_file = d / "sub-02_task-rest_hemi-L_space-toy_bold.func.gii"
+    assert reasons["sub-02_task-rest"].startswith(f"{lh_file}: 5 vertices, but the atlas's lh mesh has 6")
+    assert reasons["sub-03_task-rest"] == "surface series has no rh hemisphere partner" and len(reasons) == 2
     # a parcel without any vertex in the atlas is named, not averaged as zeros
     empty = {"lh": np.where(labels["lh"] == 1, -1, labels["lh"]), "rh": np.where(labels["rh"] == 1, -1, labels["rh"])}
     spec_empty = AtlasSpec(atlas=atlas, label_image=None, label_values=None, radius=None, vertex_labels=empty,
@@ -300,3 +302,30 @@ def test_gifti_pairs_tr_metadata_and_empty_parcels(tmp_path):
     with pytest.raises(ScanError, match="1 parcels have no voxels/vertices inside the data: p1"):
         prepare([d / f"sub-01_task-rest_hemi-{s}_space-toy_bold.func.gii" for s in "LR"], tmp_path / "empty", OPTS,
                 spec=spec_empty, strict=True)
+
+
+def test_an_atlas_off_the_data_grid_is_named_as_such(tmp_path):
+    import dataclasses
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write_volume(src / "sub-01_task-rest_bold.nii.gz", np.random.default_rng(0).normal(size=(6, 6, 4, 60)))
+    spec = grid_spec()
+    far = AFFINE.copy()
+    far[:3, 3] += 1000.0  # the labels sit a metre away from the data
+    spec = dataclasses.replace(spec, label_image=nib.Nifti1Image(np.asarray(spec.label_image.dataobj), far))
+    with pytest.raises(DatasetError, match="could not be applied to this image's grid .*No label left"):
+        prepare([src], tmp_path / "out", OPTS, spec=spec)
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path):
+    import errno
+
+    from brainjax.paths import atomic_path
+
+    target = tmp_path / "manifest.tsv"
+    with pytest.raises(OSError) as caught, atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")  # as write() reports it: no file name
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind

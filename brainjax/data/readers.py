@@ -180,7 +180,14 @@ def read_volume(path: str | Path, spec: AtlasSpec) -> RawScan:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # resampling and NaN notices; the QC checks report problems instead
         bad = ~np.isfinite(data)  # before extraction: nilearn zeroes NaNs of the array in place
-        series, empty = extract(nib.Nifti1Image(data, img.affine, img.header))
+        try:
+            series, empty = extract(nib.Nifti1Image(data, img.affine, img.header))
+        except ScanError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the file was read: this is the atlas against its grid
+            zooms = tuple(round(float(z), 2) for z in img.header.get_zooms()[:3])
+            raise ScanError(f"the atlas {spec.atlas.name} could not be applied to this image's grid (shape "
+                            f"{img.shape[:3]}, voxel size {zooms}): {type(err).__name__}: {err}") from None
         if bad.any() and not empty:
             # the same extractor on a one-frame image of non-finite counts tells which parcels they fall in
             counts = nib.Nifti1Image(bad.sum(axis=3, keepdims=True).astype(np.float32), img.affine)
@@ -255,6 +262,10 @@ def read_surface(files: tuple[str, str], spec: AtlasSpec) -> RawScan:
     for hemi, path in zip(("lh", "rh"), files):
         hemis[hemi], tr = load_hemisphere(path)
         trs.append(tr)
+        expected = len(spec.vertex_labels[hemi])
+        if hemis[hemi].shape[0] != expected:
+            raise ScanError(f"{path}: {hemis[hemi].shape[0]} vertices, but the atlas's {hemi} mesh has {expected} "
+                            f"(files are read as lh, rh: {', '.join(str(f) for f in files)})")
     series, empty = parcel_means_from_vertices(hemis, spec.vertex_labels, spec.atlas.n_parcels)
     return RawScan(series, trs[0], empty)
 
