@@ -230,3 +230,18 @@ def _tiny_param_shapes() -> list[tuple[int, ...]]:
     task = task_for(load_config("tiny"))
     abstract = nnx.eval_shape(lambda: task.init_model(nnx.Rngs(0)))
     return [x.shape for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))]
+
+
+@pytest.mark.slow
+def test_checkpoint_integrity_times_saves_and_restores_with_and_without_checksums():
+    out = _run("checkpoint_integrity.py", "--preset", "tiny", "--repeats", "1")
+    n_params = sum(int(np.prod(s)) for s in _tiny_param_shapes())
+    assert out["preset"] == "tiny" and out["parameters"] == n_params and out["repeats"] == 1
+    assert out["checkpoint_bytes"] > 4 * n_params and out["files"] > 1 and out["cpu"]
+    for key in ("save_s", "restore_s", "restore_params_s"):
+        entry = out[key]
+        assert entry["without"] > 0 and entry["with"] > 0
+        assert entry["overhead"] == pytest.approx(entry["with"] / entry["without"] - 1, abs=0.01)
+    assert 0 < out["checksum_s"] and 0 < out["verify_s"]
+    assert out["checksum_gb_per_s"] == pytest.approx(out["checkpoint_bytes"] / out["checksum_s"] / 1e9, rel=0.05,
+                                                     abs=0.01)

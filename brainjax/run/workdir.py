@@ -20,7 +20,7 @@ from flax import nnx
 
 from brainjax import sharding
 from brainjax.config import Config, Lineage, MeshConfig, from_saved
-from brainjax.errors import CheckpointMismatchError, NoCheckpointError
+from brainjax.errors import CheckpointMismatchError, CorruptCheckpointError, NoCheckpointError
 from brainjax.paths import workdir_path
 from brainjax.tasks import task_for
 from brainjax.train.checkpoint import Checkpointer
@@ -60,6 +60,19 @@ class Run:
             raise NoCheckpointError(f"{self.checkpointer.directory}: no step {step}; available steps: {self.steps}")
         return self.steps[-1] if step is None else step
 
+    def verify(self, step: int | None = None) -> int:
+        """``step`` (default: the latest) after checking its files against the checksums recorded at save;
+        :class:`CorruptCheckpointError` naming the file when they differ. Nothing in the work dir is changed."""
+        step = self.choose(step)
+        try:
+            self.checkpointer.verify(step)
+        except CorruptCheckpointError as err:
+            others = [s for s in self.steps if s != step]
+            raise CorruptCheckpointError(f"{err} (it does not match the checksum recorded at save); "
+                                         + (f"load another step ({others}) or " if others else "")
+                                         + "restore the work dir from a copy") from err
+        return step
+
     def config(self, step: int | None = None) -> tuple[Config, Lineage]:
         """The configuration and lineage saved with ``step`` (any brainjax version's layout)."""
         step = self.choose(step)
@@ -69,8 +82,11 @@ class Run:
         """The model of checkpoint ``step`` with its parameters (and other model variables) only.
 
         mesh: where to put the parameters (default: every device of this process on the data axis).
+
+        Raises :class:`CorruptCheckpointError` (naming the file) when the step's files do not match the checksums
+        recorded at save; the work dir is left as it is (resuming the run moves such a step aside).
         """
-        step = self.choose(step)
+        step = self.verify(step)  # before the config is read: a damaged config could describe another model
         cfg, lineage = self.config(step)
         # the saved mesh described the training devices; evaluation uses every device here on the data axis
         cfg = dataclasses.replace(cfg, mesh=MeshConfig(data=-1, fsdp=1))
@@ -85,6 +101,8 @@ class Run:
         target = sharding.abstract_sharded(variables, mesh)
         try:
             restored = self.checkpointer.restore_params(step, target)
+        except CorruptCheckpointError:
+            raise
         except (ValueError, KeyError) as err:
             raise CheckpointMismatchError(f"{self.workdir}: step {step} does not hold the parameters its own "
                                           f"configuration describes ({type(err).__name__}: {str(err)[:300]})") from err
@@ -107,10 +125,13 @@ def load_model(workdir: str | os.PathLike, step: int | None = None, mesh: Any = 
     objective: refuse a run of another objective (e.g. ``"tokenizer"`` where a tokenizer is needed).
     """
     with Run(workdir) as run:
-        loaded = run.load(step, mesh)
-    if objective is not None and loaded.cfg.objective != objective:
-        raise CheckpointMismatchError(f"{workdir} is a {loaded.cfg.objective!r} run, not a {objective} run")
-    return loaded
+        step = run.verify(step)
+        found = run.config(step)[0].objective
+        if objective is not None and found != objective:  # checked before any array is read
+            raise CheckpointMismatchError(f"{workdir} is a {found!r} run, not a {objective} run"
+                                          + (" (a BrainLM pretraining or fine-tuning work dir)" if objective == "mae"
+                                             else ""))
+        return run.load(step, mesh)
 
 
 def warm_start_from(loaded: LoadedModel) -> Callable[[dict], dict]:
