@@ -73,3 +73,18 @@ def test_open_errors(tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(DatasetError, match="missing dataset.json"):
         Dataset(tmp_path / "half")
+
+
+def test_a_shard_name_pointing_out_of_the_dataset_is_refused(tmp_path):
+    from brainjax.errors import InputError
+
+    write_part(tmp_path, "part-0-of-1", list(_scans(4)))
+    finalize(tmp_path, _atlas(4), seed=0)
+    manifest = tmp_path / "manifest.tsv"
+    lines = manifest.read_text().splitlines()
+    header = lines[0].split("\t")
+    cells = lines[2].split("\t")
+    cells[header.index("shard")] = "../../elsewhere.array_record"
+    manifest.write_text("\n".join([lines[0], lines[1], "\t".join(cells), *lines[3:]]) + "\n")
+    with pytest.raises(InputError, match=r"manifest.tsv:3: path '../../elsewhere.array_record' points outside"):
+        Dataset(tmp_path)

@@ -33,7 +33,7 @@ import numpy as np
 from brainjax.data.atlas_core import Atlas
 from brainjax.data.records import CorruptRecordError, ScanRecord, ShardReader, file_checksum, write_shard
 from brainjax.errors import DatasetError
-from brainjax.paths import atomic_path, atomic_write_text
+from brainjax.paths import atomic_path, atomic_write_text, inside
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -135,7 +135,16 @@ def read_parts(out: Path) -> tuple[list[dict], list[dict]]:
                 target.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise DatasetError(f"{path}:{line_no}: corrupt part metadata ({err})") from None
+            if target is rows:
+                _check_shard_name(out, rows[-1].get("shard"), f"{path}:{line_no}")
     return rows, failures
+
+
+def _check_shard_name(out: Path, name: object, source: str) -> None:
+    """A shard name read from a file must be a file inside ``out/shards`` (no path out of the dataset)."""
+    if not isinstance(name, str) or not name:
+        raise DatasetError(f"{source}: no shard name")
+    inside(Path(out) / "shards", name, source)
 
 
 def parts_digest(out: str | os.PathLike) -> str:
@@ -283,7 +292,8 @@ class Dataset:
                                f"this brainjax reads {FORMAT_VERSION}")
         self.atlas = Atlas.load(self.path / "atlas.json")
         self.manifest = _read_tsv(self.path / "manifest.tsv")
-        for row in self.manifest:
+        for line_no, row in enumerate(self.manifest, 2):
+            _check_shard_name(self.path, row.get("shard"), f"{self.path / 'manifest.tsv'}:{line_no}")
             row["tr"], row["length"], row["index"] = float(row["tr"]), int(row["length"]), int(row["index"])
             row["n_parcels"] = int(row["n_parcels"])
         with np.load(self.path / "stats.npz", allow_pickle=False) as stats:
