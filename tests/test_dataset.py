@@ -88,3 +88,11 @@ def test_a_shard_name_pointing_out_of_the_dataset_is_refused(tmp_path):
     manifest.write_text("\n".join([lines[0], lines[1], "\t".join(cells), *lines[3:]]) + "\n")
     with pytest.raises(InputError, match=r"manifest.tsv:3: path '../../elsewhere.array_record' points outside"):
         Dataset(tmp_path)
+
+
+def test_tables_are_written_with_lf_line_endings(tmp_path):
+    write_part(tmp_path, "part-0-of-1", list(_scans(2)), failures=[{"file": "bad.nii", "reason": "NaN"}])
+    finalize(tmp_path, _atlas(4), seed=0)
+    for name in ("manifest.tsv", "failures.tsv"):
+        raw = (tmp_path / name).read_bytes()
+        assert b"\r" not in raw and raw.endswith(b"\n") and raw.count(b"\n") >= 2, name

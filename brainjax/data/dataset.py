@@ -255,7 +255,7 @@ def finalize(out: str | os.PathLike, atlas: Atlas, fractions: Sequence[float] = 
 
 def _write_tsv(path: Path, columns: list[str], rows: list[dict]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, delimiter="\t", extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=columns, delimiter="\t", extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow({c: row.get(c, MISSING) for c in columns})
