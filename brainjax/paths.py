@@ -29,6 +29,7 @@ import math
 import os
 import re
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,7 @@ def move_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         return
     if not source.exists():
         raise FileNotFoundError(f"{source} does not exist")
-    for name in _relative_files(source):
+    for name in relative_files(source):
         (source / name).copy(target / name, overwrite=False)
     source.rmtree()
 
@@ -186,7 +187,7 @@ def copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> int:
     of files copied.
     """
     source, target = workdir_path(src), workdir_path(dst)
-    names = _relative_files(source)
+    names = relative_files(source)
     for name in names:
         out = target / name
         if not is_remote(out):
@@ -195,7 +196,17 @@ def copy_tree(src: str | os.PathLike, dst: str | os.PathLike) -> int:
     return len(names)
 
 
-def _relative_files(root: epath.Path) -> list[str]:
+def file_checksum(path: str | os.PathLike, block: int = 1 << 20) -> tuple[int, int]:
+    """(size in bytes, CRC-32 of the bytes) of a local or remote file, read in ``block``-byte pieces (constant
+    memory; zlib releases the GIL on each, so several files can be read at once from threads)."""
+    size, crc = 0, 0
+    with epath.Path(path).open("rb") as fh:
+        while piece := fh.read(block):
+            size, crc = size + len(piece), zlib.crc32(piece, crc)
+    return size, crc
+
+
+def relative_files(root: epath.Path) -> list[str]:
     """Paths (relative to ``root``, "/"-separated) of every file under the directory ``root``, sorted.
 
     Walks with iterdir: epath refuses recursive globs on remote paths, and fsspec's walk drops the URI scheme.

@@ -12,12 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
 from brainjax.config import load_config
 from brainjax.models.brainlm import model_flops_per_sample
+from brainjax.train.memory import count_parameters
 
 REPO = Path(__file__).resolve().parent.parent
 # One step setup for train_step, sweep and loader_vs_step (160 = the parcels of `small_data`): they compile the
@@ -213,7 +213,7 @@ def test_quality_rows_restate_the_evaluation_report(small_data, tmp_path):
 @pytest.mark.slow
 def test_restore_memory_compares_the_two_restores_of_one_checkpoint():
     out = _run("restore_memory.py", "--preset", "tiny")
-    n_params = sum(int(np.prod(s)) for s in _tiny_param_shapes())
+    n_params = count_parameters(load_config("tiny").model)  # the memory plan's analytic count
     assert out["preset"] == "tiny" and out["parameters"] == n_params and out["checkpoint_bytes"] > 4 * n_params
     full, params = out["full_state"], out["params_only"]
     for entry in (full, params):
@@ -221,21 +221,10 @@ def test_restore_memory_compares_the_two_restores_of_one_checkpoint():
     assert out["ratio"] == pytest.approx(full["restore_rss_gib"] / params["restore_rss_gib"], abs=0.01)
 
 
-def _tiny_param_shapes() -> list[tuple[int, ...]]:
-    """Parameter shapes of the tiny preset, from an abstract model (no arrays)."""
-    from flax import nnx
-
-    from brainjax.tasks import task_for
-
-    task = task_for(load_config("tiny"))
-    abstract = nnx.eval_shape(lambda: task.init_model(nnx.Rngs(0)))
-    return [x.shape for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))]
-
-
 @pytest.mark.slow
 def test_checkpoint_integrity_times_saves_and_restores_with_and_without_checksums():
     out = _run("checkpoint_integrity.py", "--preset", "tiny", "--repeats", "1")
-    n_params = sum(int(np.prod(s)) for s in _tiny_param_shapes())
+    n_params = count_parameters(load_config("tiny").model)  # the memory plan's analytic count
     assert out["preset"] == "tiny" and out["parameters"] == n_params and out["repeats"] == 1
     assert out["checkpoint_bytes"] > 4 * n_params and out["files"] > 1 and out["cpu"]
     for key in ("save_s", "restore_s", "restore_params_s"):

@@ -226,8 +226,8 @@ def test_corrupt_remote_step_is_moved_aside(bucket):
     ckpt = Checkpointer(directory, async_save=False)
     for step in (1, 2):
         ckpt.save(step, {"x": jnp.full((6,), float(step))}, {"pos": step}, {"cfg": 1}, {})
-    data_files = [p for p in paths._relative_files(directory / "2" / "state") if "/d/" in "/" + p]
-    assert data_files, paths._relative_files(directory / "2" / "state")
+    data_files = [p for p in paths.relative_files(directory / "2" / "state") if "/d/" in "/" + p]
+    assert data_files, paths.relative_files(directory / "2" / "state")
     for name in data_files:  # cut every array object in half, as a bad upload would
         blob = (directory / "2" / "state" / name).read_bytes()
         (directory / "2" / "state" / name).write_bytes(blob[: len(blob) // 2])

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from brainjax.data.atlas_core import Atlas
-from brainjax.data.records import CorruptRecordError, ScanRecord, ShardReader, file_checksum, write_shard
+from brainjax.data.records import CorruptRecordError, ScanRecord, ShardReader, write_shard
 from brainjax.errors import DatasetError
-from brainjax.paths import atomic_path, atomic_write_text, inside
+from brainjax.paths import atomic_path, atomic_write_text, file_checksum, inside
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")

@@ -6,8 +6,8 @@ Layout of a record::
 
 The header holds ``scan_id``, ``subject``, ``shape`` ([parcels, T]), ``dtype`` and the payload's ``crc32``.
 Nothing here unpickles; a truncated or altered record raises :class:`CorruptRecordError` naming the shard
-and the record index. :func:`file_checksum` gives a whole shard's size and CRC32, which the part metadata keeps
-so that a re-run of ``prepare`` can tell an intact shard without decoding it.
+and the record index. A whole shard's size and CRC32 (:func:`brainjax.paths.file_checksum`) are kept in the
+part metadata, so that a re-run of ``prepare`` can tell an intact shard without decoding it.
 """
 
 from __future__ import annotations
@@ -88,16 +88,6 @@ def write_shard(path: str | os.PathLike, records: Iterable[ScanRecord]) -> int:
         finally:
             writer.close()
     return count
-
-
-def file_checksum(path: str | os.PathLike, chunk: int = 1 << 23) -> tuple[int, int]:
-    """(size in bytes, CRC32 of the bytes) of a file, read in chunks."""
-    size, crc = 0, 0
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            size += len(block)
-            crc = zlib.crc32(block, crc)
-    return size, crc
 
 
 class ShardReader:

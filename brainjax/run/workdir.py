@@ -78,16 +78,21 @@ class Run:
         step = self.choose(step)
         return from_saved(self.checkpointer.read_config(step), self.checkpointer.read_lineage(step))
 
-    def load(self, step: int | None = None, mesh: Any = None) -> LoadedModel:
+    def load(self, step: int | None = None, mesh: Any = None, objective: str | None = None) -> LoadedModel:
         """The model of checkpoint ``step`` with its parameters (and other model variables) only.
 
         mesh: where to put the parameters (default: every device of this process on the data axis).
+        objective: refuse a run of another objective (e.g. ``"tokenizer"``), before any array is read.
 
         Raises :class:`CorruptCheckpointError` (naming the file) when the step's files do not match the checksums
         recorded at save; the work dir is left as it is (resuming the run moves such a step aside).
         """
         step = self.verify(step)  # before the config is read: a damaged config could describe another model
         cfg, lineage = self.config(step)
+        if objective is not None and cfg.objective != objective:
+            raise CheckpointMismatchError(f"{self.workdir} is a {cfg.objective!r} run, not a {objective} run"
+                                          + (" (a BrainLM pretraining or fine-tuning work dir)" if objective == "mae"
+                                             else ""))
         # the saved mesh described the training devices; evaluation uses every device here on the data axis
         cfg = dataclasses.replace(cfg, mesh=MeshConfig(data=-1, fsdp=1))
         task = task_for(cfg, lineage)  # the models hold no per-parcel weights: max_parcels fits every atlas
@@ -125,13 +130,7 @@ def load_model(workdir: str | os.PathLike, step: int | None = None, mesh: Any = 
     objective: refuse a run of another objective (e.g. ``"tokenizer"`` where a tokenizer is needed).
     """
     with Run(workdir) as run:
-        step = run.verify(step)
-        found = run.config(step)[0].objective
-        if objective is not None and found != objective:  # checked before any array is read
-            raise CheckpointMismatchError(f"{workdir} is a {found!r} run, not a {objective} run"
-                                          + (" (a BrainLM pretraining or fine-tuning work dir)" if objective == "mae"
-                                             else ""))
-        return run.load(step, mesh)
+        return run.load(step, mesh, objective)
 
 
 def warm_start_from(loaded: LoadedModel) -> Callable[[dict], dict]:

@@ -45,7 +45,6 @@ import json
 import os
 import time
 import warnings
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,11 +58,10 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from brainjax.distributed import is_main
 from brainjax.errors import CorruptCheckpointError
-from brainjax.paths import _relative_files, move_tree, workdir_path, write_json
+from brainjax.paths import file_checksum, move_tree, relative_files, workdir_path, write_json
 
 ITEMS = ("state", "data", "config", "lineage", "metrics")
 CHECKSUMS = "checksums.json"  # DIR/<step>/checksums.json: {"algorithm": "crc32", "files": {path: {bytes, crc32}}}
-_BLOCK = 1 << 20  # read files in 1 MiB blocks: constant memory, and zlib.crc32 releases the GIL on each
 _READERS = 8  # files hashed at once (the OCDBT data files of several processes; remote reads overlap)
 
 
@@ -264,7 +262,7 @@ class Checkpointer:
 def file_checksums(step_dir: epath.Path) -> dict[str, dict]:
     """``{relative path: {"bytes": size, "crc32": 8 hex digits}}`` of every file under ``step_dir`` but
     ``checksums.json``, streamed in 1 MiB blocks, several files at once."""
-    names = [name for name in _relative_files(step_dir) if name != CHECKSUMS]
+    names = [name for name in relative_files(step_dir) if name != CHECKSUMS]
     return dict(zip(names, _map(lambda name: _crc32(step_dir / name), names)))
 
 
@@ -274,10 +272,7 @@ def _map(fn: Callable[[str], Any], names: list[str]) -> list:
 
 
 def _crc32(path: epath.Path) -> dict:
-    crc, size = 0, 0
-    with path.open("rb") as fh:
-        while block := fh.read(_BLOCK):
-            crc, size = zlib.crc32(block, crc), size + len(block)
+    size, crc = file_checksum(path)
     return {"bytes": size, "crc32": f"{crc:08x}"}
 
 
