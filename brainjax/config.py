@@ -42,6 +42,9 @@ class DataConfig:
     eval_batches: int = 4  # validation batches per evaluation
     workers: int = 0  # Grain worker processes per host (0 = in-process)
     mix_weights: tuple[float, ...] = ()  # sampling weights when `path` lists several datasets (comma-separated)
+    validation: str = "split"  # split (the datasets' val scans; refused before step 1 when there are none) |
+    # holdout (the last `holdout` of every training scan by time, never trained on) | none (no validation)
+    holdout: float = 0.1  # fraction of each training scan held out with validation=holdout (at least a window)
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,7 @@ _AT_LEAST = {"data.window": 1, "data.batch_size": 1, "data.stride": 0, "data.eva
              "train.keep_last": 1, "train.keep_every": 0, "train.peak_flops": 0, "quantizer.codebook_size": 2,
              "quantizer.code_dim": 1, "language.lora_rank": 1, "language.text_len": 1, "language.lm_len": 1}
 # fractions in [0, 1] (ratio: strictly inside, something must be masked and something seen)
+VALIDATION_MODES = ("split", "holdout", "none")
 _FRACTIONS = ("model.dropout", "optim.warmup_frac", "optim.min_lr_frac", "optim.b1", "optim.b2", "quantizer.decay")
 
 
@@ -328,6 +332,10 @@ def check(cfg: Config) -> Config:
         w, h = getattr(cfg.model, width), getattr(cfg.model, heads)
         if w >= 1 and h >= 1 and w % h:
             problems.append(f"model.{width}={w} is not a multiple of model.{heads}={h}")
+    if cfg.data.validation not in VALIDATION_MODES:
+        problems.append(f"data.validation={cfg.data.validation!r} must be one of {', '.join(VALIDATION_MODES)}")
+    if not 0 < cfg.data.holdout < 1:
+        problems.append(f"data.holdout={cfg.data.holdout!r} must be strictly between 0 and 1")
     if cfg.data.window >= 1 and cfg.model.patch >= 1 and cfg.data.window % cfg.model.patch:
         problems.append(f"data.window={cfg.data.window} is not a multiple of model.patch={cfg.model.patch}")
     if (cfg.mesh.data != -1 and cfg.mesh.data < 1) or cfg.mesh.fsdp < 1:

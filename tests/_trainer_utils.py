@@ -18,7 +18,8 @@ PARCELS, LENGTH = 8, 48
 WINDOW, PATCH = load_config("tiny").data.window, load_config("tiny").model.patch  # 16 TRs, patches of 4
 
 
-def tiny_dataset(out: Path, subjects: int = 8, scans: int = 2, seed: int = 0) -> Path:
+def tiny_dataset(out: Path, subjects: int = 8, scans: int = 2, seed: int = 0,
+                 fractions: tuple[float, float, float] = (0.75, 0.25, 0.0)) -> Path:
     """Scans of PARCELS sinusoids (per-parcel frequency shared by everyone, random phase) plus noise.
 
     The shared frequencies make masked patches predictable from visible ones, so a model can learn.
@@ -35,7 +36,7 @@ def tiny_dataset(out: Path, subjects: int = 8, scans: int = 2, seed: int = 0) ->
     write_part(out, "part", items)
     xyz = np.random.default_rng(1).uniform(-60, 60, (PARCELS, 3))
     atlas = Atlas("toy", "coordinates", tuple(f"p{i}" for i in range(PARCELS)), xyz)
-    finalize(out, atlas, fractions=(0.75, 0.25, 0.0), seed=0)
+    finalize(out, atlas, fractions=fractions, seed=0)
     return out
 
 

@@ -49,14 +49,28 @@ def add_training_arguments(parser: argparse.ArgumentParser, preset: str, workdir
     add_distributed_arguments(parser)
 
 
+class _AppendSetting(argparse.Action):
+    """``--FLAG VALUE`` as one more ``--set KEY=VALUE`` (``const`` names the key): the value lands in the config
+    like any override, so it is saved with the run and checked with it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        getattr(namespace, self.dest).append(f"{self.const}={values}")
+
+
 def add_override_argument(parser: argparse.ArgumentParser, example: str, base: str = "") -> None:
-    """``--set KEY=VALUE`` (repeatable) and ``--allow-data-change``, which every training command takes."""
+    """``--set KEY=VALUE`` (repeatable), ``--allow-data-change`` and ``--validation``, which every training
+    command takes."""
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"config override{base}, e.g. --set {example} (repeatable)")
     parser.add_argument("--allow-data-change", dest="overrides", action="append_const",
                         const="train.allow_data_change=true",
                         help="resume this work dir's checkpoint on other training data than it was trained on "
                              "(refused otherwise)")
+    parser.add_argument("--validation", dest="overrides", action=_AppendSetting, const="data.validation",
+                        choices=("split", "holdout", "none"),
+                        help="validation windows: the dataset's val split (default; refused before training when "
+                             "it has none), holdout (the last data.holdout = 10%% of every training scan by time, "
+                             "at least one window, never trained on), or none")
 
 
 def resolve_config(args: argparse.Namespace):

@@ -60,6 +60,7 @@ class LoaderSpec:
     process_count: int | None = None  # None = jax.process_count()
     read_threads: int = 4  # reader threads per process (or per worker)
     prefetch_batches: int = 4  # batches buffered ahead per process (or per worker)
+    holdout: float = 0.0  # > 0: read only each scan's head; its tail is validation (windows.holdout_cut)
 
 
 class ReadWindow(grain.transforms.Map):
@@ -136,12 +137,19 @@ def _host_batch(batch_size: int, process_count: int) -> int:
     return batch_size // process_count
 
 
-def _index(datasets: Sequence[Dataset], split: str, window: int, stride: int) -> list[ScanWindows]:
-    if window < 1 or stride < 0:
-        raise ValueError(f"window must be >= 1 and stride >= 0, got window={window}, stride={stride}")
-    windows = [scan_windows(ds, d, split, window, stride) for d, ds in enumerate(datasets)]
+def _index(datasets: Sequence[Dataset], split: str, window: int, stride: int, holdout: float = 0.0,
+           part: str = "all") -> list[ScanWindows]:
+    if window < 1 or stride < 0 or not 0.0 <= holdout < 1.0:
+        raise ValueError(f"window must be >= 1, stride >= 0 and 0 <= holdout < 1, got window={window}, "
+                         f"stride={stride}, holdout={holdout}")
+    part = part if holdout > 0 else "all"
+    windows = [scan_windows(ds, d, split, window, stride, holdout=holdout, part=part)
+               for d, ds in enumerate(datasets)]
     for ds, sw in zip(datasets, windows):
-        if sw.skipped:
+        if sw.skipped and part == "tail":
+            warnings.warn(f"{ds.path}: {sw.skipped} of {sw.skipped + sw.rows.size} {split!r} scans are too short "
+                          f"to hold out a {window}-TR tail and train on the rest; they train whole", stacklevel=3)
+        elif sw.skipped:
             total = sw.skipped + sw.rows.size
             warnings.warn(f"{ds.path}: {sw.skipped} of {total} {split!r} scans are shorter than the "
                           f"{window}-TR window and are skipped", stacklevel=3)
@@ -205,6 +213,8 @@ class Loader:
         fingerprint = {"seed": spec.seed, "window": spec.window, "stride": spec.stride,
                        "batch_size": spec.batch_size, "windows_per_epoch": self.windows_per_epoch,
                        "data": [dataset_identity(ds) for ds in self.datasets]}
+        if spec.holdout:  # absent when 0, so the states of runs before this field still match
+            fingerprint["holdout"] = spec.holdout
         if len(self.datasets) > 1:  # one dataset: the global batches do not depend on the process count
             fingerprint["process_count"] = self.process_count
         return fingerprint
@@ -261,7 +271,7 @@ def make_loader(spec: LoaderSpec) -> Loader:
     n_parcels = _padded_parcels(datasets, spec.max_parcels)
     process_index, process_count = _resolve_processes(spec.process_index, spec.process_count)
     host_batch = _host_batch(spec.batch_size, process_count)
-    windows = _index(datasets, spec.split, spec.window, spec.stride)
+    windows = _index(datasets, spec.split, spec.window, spec.stride, spec.holdout, "head")
     streams = [WindowStream(sw, spec.seed, spec.shuffle, process_index, process_count, spec.num_epochs, host_batch)
                for sw in windows]
     if len(streams) == 1:
@@ -277,10 +287,24 @@ def make_loader(spec: LoaderSpec) -> Loader:
     return Loader(spec, datasets, windows, batches, n_parcels, process_index, process_count)
 
 
+def check_windows(paths: Sequence[str], split: str, window: int, holdout: float = 0.0) -> int:
+    """Windows of one pass over ``split`` (the held-out tails with ``holdout`` > 0) in all ``paths``, or a
+    :class:`DatasetError` saying which dataset has none, before anything is trained."""
+    datasets = _open_datasets(paths)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the pass itself warns about short scans when it runs
+            return sum(sw.windows_per_epoch for sw in _index(datasets, split, window, window, holdout, "tail"))
+    except ValueError as err:
+        raise DatasetError(str(err)) from err
+
+
 def eval_batches(paths: Sequence[str], split: str, window: int, batch_size: int,
                  max_parcels: int | None = None, *, process_index: int | None = None,
-                 process_count: int | None = None, read_threads: int = 4) -> Iterator[dict[str, np.ndarray]]:
-    """One deterministic pass over every window (stride = window, no shuffle) of ``split`` in all ``paths``.
+                 process_count: int | None = None, read_threads: int = 4,
+                 holdout: float = 0.0) -> Iterator[dict[str, np.ndarray]]:
+    """One deterministic pass over every window (stride = window, no shuffle) of ``split`` in all ``paths``
+    (with ``holdout`` > 0: over the held-out tails of its scans, see :func:`~brainjax.data.windows.holdout_cut`).
 
     Unlike training, nothing is dropped: the last global batch is filled by repeating windows from the start
     of the pass, and the extra key ``valid`` (bool [B]) is False on those repeats. Global batch ``j`` holds
@@ -290,7 +314,8 @@ def eval_batches(paths: Sequence[str], split: str, window: int, batch_size: int,
     n_parcels = _padded_parcels(datasets, max_parcels)
     process_index, process_count = _resolve_processes(process_index, process_count)
     host_batch = _host_batch(batch_size, process_count)
-    table = np.concatenate([sw.epoch_windows(0, seed=0) for sw in _index(datasets, split, window, window)])
+    table = np.concatenate([sw.epoch_windows(0, seed=0)
+                            for sw in _index(datasets, split, window, window, holdout, "tail")])
     n_batches = -(-len(table) // batch_size)
     fill = np.arange(n_batches * batch_size) % len(table)
     full = np.column_stack([table[fill], np.arange(len(fill)) < len(table)])

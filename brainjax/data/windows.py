@@ -45,6 +45,8 @@ class ScanWindows:
       window: window length in TRs.
       stride: 0 for one random crop per scan per epoch, else the step between fixed windows.
       skipped: scans of the split that are shorter than the window (not in ``rows``).
+      offsets: int64 [S] first TR of each scan's usable part (None = 0); with ``lengths`` the part's length,
+        so a time hold-out can cut windows from the head or the tail of a scan only.
     """
 
     dataset_id: int
@@ -53,6 +55,7 @@ class ScanWindows:
     window: int
     stride: int
     skipped: int
+    offsets: np.ndarray | None = None
 
     @property
     def windows_per_epoch(self) -> int:
@@ -72,26 +75,53 @@ class ScanWindows:
             # position of each window within its scan, times the stride
             first = np.repeat(np.cumsum(counts) - counts, counts)
             starts = (np.arange(rows.size) - first) * self.stride
+        if self.offsets is not None:
+            counts = np.ones(self.rows.size, np.int64) if self.stride == 0 else counts
+            starts = starts + np.repeat(self.offsets, counts)
         table = np.empty((rows.size, 3), np.int64)
         table[:, 0], table[:, 1], table[:, 2] = self.dataset_id, rows, starts
         return table
 
 
-def scan_windows(dataset: Dataset, dataset_id: int, split: str, window: int, stride: int) -> ScanWindows:
+def holdout_cut(lengths: np.ndarray, window: int, fraction: float) -> np.ndarray:
+    """First held-out TR of each scan (int64 [S]) for a time hold-out of ``fraction`` of every scan.
+
+    The tail ``[cut, length)`` holds at least one window (``max(ceil(fraction * length), window)`` TRs) and the
+    head ``[0, cut)`` at least one more; a scan too short for both keeps ``cut = length`` (all of it trains, none
+    of it validates). Head and tail never overlap, so no validation window shares a TR with a training window.
+    """
+    lengths = np.asarray(lengths, np.int64)
+    tail = np.maximum(np.ceil(fraction * lengths).astype(np.int64), window)
+    return np.where(lengths - tail >= window, lengths - tail, lengths)
+
+
+def scan_windows(dataset: Dataset, dataset_id: int, split: str, window: int, stride: int, *,
+                 holdout: float = 0.0, part: str = "all") -> ScanWindows:
     """Select the scans of ``split`` in ``dataset`` long enough for ``window`` TRs.
 
+    holdout, part: with ``holdout`` > 0, ``part="head"`` keeps each scan's first TRs and ``part="tail"`` its
+    held-out last ones (see :func:`holdout_cut`); ``"all"`` the whole scan.
     Raises ValueError naming the dataset and split when the split is empty or no scan is long enough.
     """
+    if part not in ("all", "head", "tail"):
+        raise ValueError(f"part must be all, head or tail, got {part!r}")
     rows = np.asarray(dataset.indices(split), np.int64)
     if rows.size == 0:
         raise ValueError(f"{dataset.path}: split {split!r} has no scans "
                          f"(splits present: {sorted({r['split'] for r in dataset.manifest})})")
     lengths = np.array([dataset.manifest[i]["length"] for i in rows], np.int64)
+    offsets = None
+    if part != "all":
+        cut = holdout_cut(lengths, window, holdout)
+        offsets = np.zeros_like(lengths) if part == "head" else cut
+        lengths = cut if part == "head" else lengths - cut
     keep = lengths >= window
     if not keep.any():
-        raise ValueError(f"{dataset.path}: window of {window} TRs is longer than every scan of split "
-                         f"{split!r} (longest has {int(lengths.max())} TRs)")
-    return ScanWindows(dataset_id, rows[keep], lengths[keep], window, stride, int((~keep).sum()))
+        where = f"split {split!r}" if part == "all" else f"the held-out tails ({holdout:g}) of split {split!r}"
+        raise ValueError(f"{dataset.path}: window of {window} TRs is longer than every scan of {where} "
+                         f"(longest has {int(lengths.max())} TRs)")
+    return ScanWindows(dataset_id, rows[keep], lengths[keep], window, stride, int((~keep).sum()),
+                       None if offsets is None else offsets[keep])
 
 
 def epoch_order(n_windows: int, epoch: int, seed: int, dataset_id: int, shuffle: bool) -> np.ndarray:

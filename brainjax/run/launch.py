@@ -17,8 +17,17 @@ from typing import Any
 import jax
 
 from brainjax.config import Config, Lineage, check
-from brainjax.data.pipeline import LoaderSpec, MappedLoader, eval_batches, make_loader, mapped_passes, to_global
+from brainjax.data.pipeline import (
+    LoaderSpec,
+    MappedLoader,
+    check_windows,
+    eval_batches,
+    make_loader,
+    mapped_passes,
+    to_global,
+)
 from brainjax.distributed import is_main
+from brainjax.errors import DatasetError
 from brainjax.tasks import Task, task_for
 from brainjax.train.plan import memory_report
 from brainjax.train.trainer import RunResult, Trainer
@@ -27,15 +36,38 @@ from brainjax.train.trainer import RunResult, Trainer
 FinishHook = Callable[[Task, Any], Callable[..., dict]]
 
 
+def _validation_holdout(cfg: Config, paths: tuple[str, ...]) -> float | None:
+    """The time hold-out fraction of ``cfg.data.validation`` (0 = the val split, None = no validation), checked
+    against the data before the first step, so a run never dies at its first evaluation."""
+    mode, window = cfg.data.validation, cfg.data.window
+    if mode == "none":
+        return None
+    holdout = cfg.data.holdout if mode == "holdout" else 0.0
+    try:
+        check_windows(paths, "train" if holdout else "val", window, holdout)
+    except DatasetError as err:
+        if holdout:
+            raise DatasetError(f"validation by time hold-out: {err} (raise data.holdout, shorten data.window, or "
+                               f"train without validation: --validation none)") from err
+        raise DatasetError(f"no validation data: {err}. Choose --validation holdout (the last "
+                           f"{cfg.data.holdout:.0%} of every training scan by time, at least one window, never "
+                           f"trained on) or --validation none (train without validation), or prepare the "
+                           f"dataset with a val split") from err
+    return holdout
+
+
 def data_loaders(cfg: Config, build: Callable[[dict], dict] | None = None):
-    """(training loader, validation passes, parcels per window) for ``cfg.data``; several comma-separated
-    datasets are mixed by ``data.mix_weights`` and padded to ``model.max_parcels``."""
+    """(training loader, validation passes or None, parcels per window) for ``cfg.data``; several
+    comma-separated datasets are mixed by ``data.mix_weights`` and padded to ``model.max_parcels``.
+    ``data.validation`` picks the validation windows: the val split, the held-out tails of the training scans
+    (the training loader then reads only their heads), or none."""
     paths = tuple(cfg.data.path.split(","))
+    holdout = _validation_holdout(cfg, paths)
     loader = make_loader(LoaderSpec(
         paths=paths, split="train", window=cfg.data.window, batch_size=cfg.data.batch_size,
         stride=cfg.data.stride, seed=cfg.train.seed, weights=cfg.data.mix_weights, workers=cfg.data.workers,
         max_parcels=cfg.model.max_parcels if len(paths) > 1 else None,  # mixed atlases pad to one size
-        process_index=jax.process_index(), process_count=jax.process_count()))
+        process_index=jax.process_index(), process_count=jax.process_count(), holdout=holdout or 0.0))
     n_parcels = loader.n_parcels
     if loader.windows_per_epoch < cfg.data.batch_size:
         warnings.warn(f"data.batch_size={cfg.data.batch_size} is larger than the {loader.windows_per_epoch} training "
@@ -43,11 +75,15 @@ def data_loaders(cfg: Config, build: Callable[[dict], dict] | None = None):
                       f"or set data.stride to take more windows per scan)", stacklevel=2)
 
     def validation():
-        return eval_batches(paths, "val", cfg.data.window, cfg.data.batch_size, max_parcels=n_parcels)
+        split = "train" if holdout else "val"
+        return eval_batches(paths, split, cfg.data.window, cfg.data.batch_size, max_parcels=n_parcels,
+                            holdout=holdout or 0.0)
 
+    if holdout is None:
+        validation = None
     if build is None:
         return loader, validation, n_parcels
-    return MappedLoader(loader, build), mapped_passes(validation, build), n_parcels
+    return MappedLoader(loader, build), validation and mapped_passes(validation, build), n_parcels
 
 
 def launch(cfg: Config, workdir: str | os.PathLike, *, lineage: Lineage | None = None,
