@@ -28,7 +28,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 
 COMMANDS = ("synth", "prepare", "info", "pretrain", "plan", "embed", "finetune", "evaluate", "tokenizer", "describe",
-            "adapt", "instruct", "ask")
+            "adapt", "instruct", "ask", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -123,16 +123,6 @@ class Run:
         self.close()
 
 
-def load_model(workdir: str | os.PathLike, step: int | None = None, mesh: Any = None,
-               objective: str | None = None) -> LoadedModel:
-    """The model of ``workdir``'s checkpoint ``step`` (default: the latest), parameters only.
-
-    objective: refuse a run of another objective (e.g. ``"tokenizer"`` where a tokenizer is needed).
-    """
-    with Run(workdir) as run:
-        return run.load(step, mesh, objective)
-
-
 def warm_start_from(loaded: LoadedModel) -> Callable[[dict], dict]:
     """A Trainer ``warm_start``: put the loaded BrainLM's parameters into a fresh state.
 
