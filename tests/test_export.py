@@ -142,3 +142,16 @@ def test_export_command_writes_a_model_card_and_evaluate_accepts_it(v1, tmp_path
     assert cli(["export", "--workdir", str(work), "--out", str(out), "--data", str(data)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert cli(["evaluate", "--workdir", str(out), "--data", str(data), "--step", "1"]) == 2
+
+
+@pytest.mark.slow
+def test_finetune_starts_from_an_export(v1, tmp_path, capsys):
+    data, runs = v1
+    model = export_run(runs / "pretrain", tmp_path / "model", data=str(data))
+    common = ["finetune", "--workdir", str(model), "--data", str(data), "--task", "classify:sex", "--steps", "1",
+              "--set", "data.batch_size=8"]
+    assert cli(common) == 2
+    assert "pass --out" in capsys.readouterr().err and sorted(p.name for p in model.iterdir())[0] == "README.md"
+    assert cli([*common, "--out", str(tmp_path / "ft")]) == 0
+    tuned = load_model(tmp_path / "ft")
+    assert tuned.lineage.parent == str(model) and tuned.lineage.parent_step == 2

@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="the pretraining work dir to start from")
     parser.add_argument("--task", required=True, metavar="regress:PHENO|classify:PHENO|forecast")
     parser.add_argument("--data", help="dataset directory (default: the embedded synthetic dataset)")
-    parser.add_argument("--out", help="fine-tuning work dir (default: WORKDIR/finetune-TASK[-PHENO])")
+    parser.add_argument("--out", help="fine-tuning work dir (default: WORKDIR/finetune-TASK[-PHENO]; required when "
+                                      "--workdir is an export directory)")
     parser.add_argument("--step", type=int, help="pretrained checkpoint step (default: the latest)")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps (default: %(default)s)")
     parser.add_argument("--freeze-backbone", action="store_true", help="train the head only")
@@ -66,10 +67,12 @@ def main(args: argparse.Namespace) -> int:
     from brainjax.data.synthetic import data_or_default
     from brainjax.distributed import is_main
     from brainjax.paths import workdir_path
-    from brainjax.run import launch, load_model, warm_start_from
+    from brainjax.run import is_export, launch, load_model, warm_start_from
     from brainjax.tasks.head import HEAD_TASKS, describe_target, label_table, with_labels
 
     kind, target = parse_task(args.task)
+    if is_export(args.workdir) and not args.out:
+        raise UsageError(f"{args.workdir} is an exported model, not a work dir: pass --out for the fine-tuning run")
     data = data_or_default(args.data)
     dataset = Dataset(data)
     pretrained = load_model(args.workdir, args.step, objective="mae")
