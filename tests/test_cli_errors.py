@@ -34,10 +34,12 @@ def _cases(missing: str) -> list[tuple[list[str], str]]:
         (["info", missing], missing),
         (["describe", "--data", missing], missing),
         (["plan", "--platform", "abacus"], "--platform"),
+        (["export", "--workdir", missing, "--out", f"{missing}/model"], missing),
+        (["convert-brainlm", "--src", missing, "--out", f"{missing}/o"], missing),
     ]
 
 
-@pytest.mark.parametrize("index", range(15))
+@pytest.mark.parametrize("index", range(len(_cases(""))))
 def test_bad_input_prints_one_error_line_and_exits_2(index, tmp_path, capsys):
     missing = str(tmp_path / "nothing-here")
     argv, word = _cases(missing)[index]
