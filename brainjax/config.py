@@ -312,6 +312,10 @@ _AT_LEAST = {"data.window": 1, "data.batch_size": 1, "data.stride": 0, "data.eva
              "train.steps": 1, "train.log_every": 1, "train.eval_every": 0, "train.checkpoint_every": 1,
              "train.keep_last": 1, "train.keep_every": 0, "train.peak_flops": 0, "quantizer.codebook_size": 2,
              "quantizer.code_dim": 1, "language.lora_rank": 1, "language.text_len": 1, "language.lm_len": 1}
+# (section.field, highest allowed value): counts that build Python-level structure (a layer each), so an absurd
+# value would exhaust memory before any shape check; and no integer field beyond int32 anywhere
+_AT_MOST = {"model.depth": 1024, "model.dec_depth": 1024, "model.fourier_features": 64}
+_INT32_MAX = 2**31 - 1
 # fractions in [0, 1] (ratio: strictly inside, something must be masked and something seen)
 VALIDATION_MODES = ("split", "holdout", "none")
 _FRACTIONS = ("model.dropout", "optim.warmup_frac", "optim.min_lr_frac", "optim.b1", "optim.b2", "quantizer.decay")
@@ -326,6 +330,11 @@ def check(cfg: Config) -> Config:
 
     problems = [f"{k}={get(k)!r} must be >= {low}" for k, low in _AT_LEAST.items() if not get(k) >= low]
     problems += [f"{k}={get(k)!r} must be within [0, 1]" for k in _FRACTIONS if not 0 <= get(k) <= 1]
+    problems += [f"{k}={get(k)!r} must be <= {high}" for k, high in _AT_MOST.items() if get(k) > high]
+    problems += [f"{section.name}.{f.name}={value!r} is beyond any real configuration (> {_INT32_MAX})"
+                 for section in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, section.name))
+                 for f in dataclasses.fields(getattr(cfg, section.name))
+                 if isinstance(value := getattr(getattr(cfg, section.name), f.name), int) and abs(value) > _INT32_MAX]
     if cfg.mask.strategy != "future" and not 0 < cfg.mask.ratio < 1:
         problems.append(f"mask.ratio={cfg.mask.ratio!r} must be strictly between 0 and 1")
     for width, heads in (("width", "heads"), ("dec_width", "dec_heads")):

@@ -65,3 +65,16 @@ def test_every_config_field_has_a_comment():
             line = next(line for line in source.splitlines() if line.strip().startswith(f"{f.name}:"))
             assert "#" in line or f.name in ("b1", "b2", "weight_decay", "seed", "log_every", "eval_every",
                                              "checkpoint_every", "async_checkpoint"), f"{section.name}.{f.name}"
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("model.depth=2000", r"model.depth=2000 must be <= 1024"),
+    ("model.dec_depth=111111111111111111111111111111", r"model.dec_depth=.* must be <= 1024"),
+    ("train.log_every=111111111111111111111111111111", r"train.log_every=.* beyond any real configuration"),
+    ("data.window=-99999999999", r"data.window=.* beyond any real configuration"),
+])
+def test_absurd_sizes_are_refused_before_anything_is_built(setting, message):
+    from brainjax.config import check
+
+    with pytest.raises(ConfigError, match=message):
+        check(override(load_config("tiny"), [setting]))
