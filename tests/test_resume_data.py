@@ -31,6 +31,7 @@ def test_a_batch_larger_than_the_epoch_warns(tmp_path):
     from brainjax.run import data_loaders
 
     data = tiny_dataset(tmp_path / "small", subjects=2, scans=1)
-    cfg = with_data(override(load_config("tiny"), ["model.max_parcels=8", "data.batch_size=16"]), str(data))
+    settings = ["model.max_parcels=8", "data.batch_size=16", "data.validation=none"]  # two subjects: no val split
+    cfg = with_data(override(load_config("tiny"), settings), str(data))
     with pytest.warns(UserWarning, match=r"data.batch_size=16 is larger than the \d+ training windows per epoch"):
         data_loaders(cfg)

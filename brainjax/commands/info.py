@@ -1,8 +1,9 @@
 """``brainjax info DIR``: summarise a prepared dataset.
 
 Prints scans and subjects per split, the atlas (name, parcels, networks), TRs and scan lengths, phenotype
-columns (numeric: count, mean, range; categorical: the most common values), the preprocessing options
-from ``prepare.json`` and the failed scans with their reasons. A directory where ``prepare`` has not
+columns (numeric: count, mean, range; categorical: the most common values), the scans kept with missing
+parcels (partial coverage: which parcels, masked for that scan), the preprocessing options from
+``prepare.json`` and the failed scans with their reasons. A directory where ``prepare`` has not
 finished gets a short progress note instead of the summary. ``--verify`` reads every record back (checksums,
 scan ids, shapes) and exits 2 naming the damaged scans and their shards.
 """
@@ -14,13 +15,14 @@ import json
 from collections import Counter
 from pathlib import Path
 
-HELP = "summarise a prepared dataset (splits, atlas, TRs, lengths, phenotypes, failed scans)"
+HELP = "summarise a prepared dataset (splits, atlas, TRs, lengths, missing parcels, phenotypes, failed scans)"
 _MISSING = ("n/a", "", "nan")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DIR", help="dataset directory")
-    parser.add_argument("--failures", type=int, default=20, help="failed scans to list (default: %(default)s)")
+    parser.add_argument("--failures", type=int, default=20,
+                        help="failed scans, and scans with missing parcels, to list (default: %(default)s)")
     parser.add_argument("--verify", action="store_true",
                         help="read every record back and check it (exit 2 naming damaged scans and shards)")
 
@@ -49,6 +51,28 @@ def _describe(lengths: list[int]) -> str:
     median = ordered[len(ordered) // 2] if len(ordered) % 2 else 0.5 * (ordered[len(ordered) // 2 - 1]
                                                                         + ordered[len(ordered) // 2])
     return f"min {ordered[0]}, median {median:g}, max {ordered[-1]}, total {sum(ordered)}"
+
+
+def missing_summary(ds, max_scans: int = 20) -> list[str]:
+    """Lines on the scans kept with missing parcels (none: one line saying so)."""
+    from brainjax.data.clean import name_list
+
+    names = ds.atlas.names
+    partial = [row for row in ds.manifest if row["missing_parcels"]]
+    if not partial:
+        return ["missing parcels: none (every scan has every parcel)"]
+    counts = Counter(p for row in partial for p in row["missing_parcels"])
+    worst = max(len(row["missing_parcels"]) for row in partial)
+    common = ", ".join(f"{names[p]} ({n})" for p, n in counts.most_common(5))
+    lines = [f"missing parcels: {len(partial)} of {len(ds.manifest)} scans miss some (masked for those scans; at "
+             f"most {worst} of {ds.atlas.n_parcels}); most often: {common}"]
+    for row in partial[:max_scans]:
+        lines.append(f"  {row['scan_id']}: {len(row['missing_parcels'])} missing: "
+                     f"{name_list(names, row['missing_parcels'])} (indices "
+                     f"{','.join(map(str, row['missing_parcels']))})")
+    if len(partial) > max_scans:
+        lines.append(f"  ... {len(partial) - max_scans} more (manifest.tsv column missing_parcels)")
+    return lines
 
 
 def _in_progress(path: Path) -> str | None:
@@ -83,9 +107,12 @@ def summary(path: str | Path, max_failures: int = 20) -> str:
     if networks:
         counts = Counter(n for n in atlas.networks if n)
         lines.append("  networks: " + ", ".join(f"{n} ({counts[n]})" for n in networks))
+    elif isinstance(atlas.extra.get("networks"), str):  # why an atlas has none, e.g. schaefer400
+        lines.append(f"  networks: {atlas.extra['networks']}")
     trs = Counter(round(r["tr"], 4) for r in rows)
     lines.append("TR (s): " + ", ".join(f"{t:g} ({n} scans)" for t, n in sorted(trs.items())))
     lines.append("length (TRs): " + _describe([r["length"] for r in rows]))
+    lines += missing_summary(ds, max_failures)
     if ds.phenotypes:
         lines.append("phenotypes:")
         lines += [f"  {phenotype_summary(c, [str(r.get(c, 'n/a')) for r in rows])}" for c in ds.phenotypes]
@@ -94,7 +121,8 @@ def summary(path: str | Path, max_failures: int = 20) -> str:
         record = json.loads(options.read_text())
         cleaning = ", ".join(f"{k}={v}" for k, v in record.get("clean", {}).items())
         lines.append(f"preprocessing: confounds={record.get('confounds')}, min_length={record.get('min_length')}, "
-                     f"tr={record.get('tr')}, {cleaning}")
+                     f"max_missing_parcels={record.get('max_missing_parcels', 0.0)}, tr={record.get('tr')}, "
+                     f"{cleaning}")
     lines.append(f"failed scans: {len(ds.failures)}")
     for failure in ds.failures[:max_failures]:
         lines.append(f"  {failure.get('file')}: {failure.get('reason')}")

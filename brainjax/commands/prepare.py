@@ -1,19 +1,27 @@
 """``brainjax prepare``: turn fMRI scans into a brainjax dataset (parcel series, manifest, splits, statistics).
 
 Inputs are files or directories (searched recursively): 4-D NIfTI volumes, left/right surface series
-(GIfTI ``.func.gii`` or MGZ, paired by ``hemi-L``/``hemi-R`` or ``.lh.``/``.rh.``) and ready parcel tables
-(.npy/.csv/.tsv, T x P). BIDS/fMRIPrep names give subject, session and the scan id.
+(GIfTI ``.func.gii`` or MGZ, paired by ``hemi-L``/``hemi-R`` or ``.lh.``/``.rh.``), CIFTI-2 dense series
+(``.dtseries.nii``, with an fs_LR atlas such as ``schaefer400``) and ready parcel tables (.npy/.csv/.tsv,
+T x P). BIDS/fMRIPrep names and HCP folders (``SUBJECT/MNINonLinear/Results/...``) give subject, session and
+the scan id.
 
 Defaults, chosen for BrainLM-style pretraining (see :mod:`brainjax.data.clean` for the reasoning): atlas
 ``seitzman300`` spheres; linear detrend; 0.01 Hz high-pass, no low-pass; 9-parameter confounds (6 motion, WM,
 CSF, global signal) from an fMRIPrep/brainspace confounds table beside the scan when there is one; per-scan
 z-scoring; scans shorter than 100 TRs fail QC; every scan must share one TR unless ``--target-tr`` resamples.
 
+Partial coverage: a parcel that is empty (no voxel/vertex inside the data), non-finite or constant in a scan
+is missing there. A scan missing at most ``--max-missing-parcels`` of the parcels (default 5 %) is kept: the
+parcels are stored as 0, listed in manifest.tsv (``missing_parcels``, shown by ``brainjax info``) and masked
+out of that scan's training batches, losses, statistics and FC features; a scan missing more fails, naming
+them. ``--strict`` stops at the first failed scan and at the first scan with any missing parcel.
+
 Re-running the same command resumes (finished scans are skipped) and rebuilds missing or damaged shards;
 cluster jobs split the work with ``--shard I/N`` and the job that completes the last part finalizes the
 dataset. Two runs of the same shard at once are refused (``OUT/.lock-part-I-of-N``). Exit codes: 0 done (or
-waiting for other shards), 1 a scan failed under ``--strict``, 2 bad arguments or inputs, or the shard is
-being prepared by another run.
+waiting for other shards), 1 a scan failed (or missed a parcel) under ``--strict``, 2 bad arguments or inputs,
+or the shard is being prepared by another run.
 """
 
 from __future__ import annotations
@@ -39,6 +47,16 @@ def _optional_float(text: str) -> float | None:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (0.05 = 5 %), got {text!r}")
+    return value
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         index, count = (int(x) for x in text.split("/"))
@@ -54,9 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="dataset directory to create or resume")
     atlas = parser.add_argument_group("atlas")
     atlas.add_argument("--atlas", default="seitzman300",
-                       help="seitzman300 | dosenbach160 | power264 | fsaverage5-N | a file (default: %(default)s)")
+                       help="seitzman300 | dosenbach160 | power264 | fsaverage5-N | schaeferN | vosdewaelN "
+                            "(fs_LR 32k: CIFTI, GIfTI; NAME+subcortex with --mesh REF.dtseries.nii) | a file "
+                            "(default: %(default)s)")
     atlas.add_argument("--labels", help="label table for an atlas image (names, networks)")
-    atlas.add_argument("--mesh", help="surface mesh of a surface atlas")
+    atlas.add_argument("--mesh", help="surface mesh of a surface atlas; for NAME+subcortex a CIFTI dense file "
+                                      "whose subcortical structures become parcels")
     clean = parser.add_argument_group("cleaning")
     clean.add_argument("--tr", type=float, help="repetition time in seconds for every scan (overrides headers)")
     clean.add_argument("--target-tr", type=_optional_float, help="resample every scan to this TR (seconds)")
@@ -72,6 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     clean.add_argument("--standardize", choices=("zscore", "psc", "none"), default="zscore",
                        help="per-scan scaling of each parcel (default: %(default)s)")
     clean.add_argument("--min-length", type=int, default=100, help="minimum TRs after resampling (default: 100)")
+    clean.add_argument("--max-missing-parcels", type=_fraction, default=0.05, metavar="FRACTION",
+                       help="a scan may miss (empty, NaN or constant) at most this fraction of the parcels: they "
+                            "are stored as 0, listed in manifest.tsv and masked out for that scan; more fails the "
+                            "scan; 0 = any missing parcel fails it (default: %(default)s)")
     data = parser.add_argument_group("dataset")
     data.add_argument("--participants", help="BIDS participants.tsv (default: one at the top of an INPUT dir)")
     data.add_argument("--split-fractions", type=split_fractions, default=(0.8, 0.1, 0.1),
@@ -81,7 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--workers", type=int, default=1, help="processes (default: 1 = this process)")
     run.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                      help="process every N-th scan starting at I (cluster jobs; default: 0/1)")
-    run.add_argument("--strict", action="store_true", help="stop at the first failed scan instead of skipping it")
+    run.add_argument("--strict", action="store_true",
+                     help="stop (exit 1) at the first failed scan instead of skipping it, and at the first scan "
+                          "with any missing parcel instead of keeping it masked (as before partial coverage)")
     run.add_argument("--finalize", action="store_true",
                      help="rewrite manifest, splits and statistics even if nothing changed (needs all parts; "
                           "after a sharded run give the same N: --shard 0/N --finalize)")
@@ -96,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         options = PrepareOptions(
             atlas=args.atlas, labels=args.labels, mesh=args.mesh, tr=args.tr, confounds=args.confounds,
-            min_length=args.min_length,
+            min_length=args.min_length, max_missing_parcels=args.max_missing_parcels,
             clean=CleanOptions(detrend=args.detrend, high_pass=args.high_pass, low_pass=args.low_pass,
                                standardize=args.standardize, target_tr=args.target_tr))
         with warnings.catch_warnings(record=True) as caught:
@@ -122,6 +149,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"  FAILED {failure['file']}: {failure['reason']}")
     if len(result.failures) > 20:
         print(f"  ... {len(result.failures) - 20} more (see {args.out}/failures.tsv once finalized)")
+    if result.partial:
+        print(f"kept {len(result.partial)} scans with missing parcels (masked for those scans; manifest.tsv "
+              f"column missing_parcels):")
+        for scan in result.partial[:20]:
+            print(f"  PARTIAL {scan['file']}: {scan['reason']}")
+        if len(result.partial) > 20:
+            print(f"  ... {len(result.partial) - 20} more (see `brainjax info {args.out}` once finalized)")
     if result.finalized:
         print(f"dataset ready: {args.out} (inspect with `brainjax info {args.out}`)")
     elif not result.missing_parts:

@@ -12,6 +12,12 @@ Built-in coordinate atlases (spheres around MNI coordinates; files that ship ins
 Built-in surface atlases:
   ``fsaverage5-N``   N parcels (N even, 2..2000), N/2 per hemisphere: seeded k-means of the fsaverage5 sphere
                      vertices (see :mod:`brainjax.data.atlas_surface`). For surface series on fsaverage5.
+  ``schaeferN``      Schaefer 2018 parcels on fs_LR 32k for N = 100, 200, 300, 400, 1000 (999 parcels: label
+                     533 is absent), and ``vosdewaelN`` (N = 100..400), from BrainSpace's conte69 files; no
+                     network labels (see :mod:`brainjax.data.atlas_fslr`). For CIFTI dense series
+                     (``.dtseries.nii``) and fs_LR 32k GIfTI series.
+  ``schaeferN+subcortex``  the same plus one parcel per subcortical structure of the CIFTI file given as
+                     ``--mesh REF.dtseries.nii`` (any dense file of the cohort).
 
 Your own files:
   ``labels.nii.gz``  a 3-D integer label image in MNI space (0 = background), with ``--labels table`` to
@@ -37,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from brainjax.data.atlas_core import Atlas, AtlasError, AtlasSpec
+from brainjax.data.atlas_fslr import SUBCORTEX, fslr_atlas_names, fslr_parcellation, is_fslr_atlas, with_subcortex
 from brainjax.data.atlas_surface import fsaverage5_kmeans, load_surface_labels
 
 COORDINATE_ATLASES = ("seitzman300", "dosenbach160", "power264")
@@ -46,8 +53,9 @@ _VOLUME_SUFFIXES = (".nii", ".nii.gz")
 
 
 def list_builtin_atlases() -> list[str]:
-    """Built-in atlas names; ``fsaverage5-N`` accepts any even N from 2 to 2000 (examples listed)."""
-    return [*COORDINATE_ATLASES, *SURFACE_ATLAS_EXAMPLES]
+    """Built-in atlas names; ``fsaverage5-N`` accepts any even N from 2 to 2000 (examples listed); the fs_LR
+    ones also take ``+subcortex`` (with ``--mesh REF.dtseries.nii``)."""
+    return [*COORDINATE_ATLASES, *SURFACE_ATLAS_EXAMPLES, *fslr_atlas_names()]
 
 
 def load_atlas(spec: str, labels: str | None = None, mesh: str | None = None) -> AtlasSpec:
@@ -56,10 +64,17 @@ def load_atlas(spec: str, labels: str | None = None, mesh: str | None = None) ->
     Args:
       spec: built-in name, a label image path, or ``"lh_file,rh_file"`` surface label files.
       labels: label table for a label image (names, optional networks).
-      mesh: surface label files only: ``"fsaverage5"`` or ``"lh_mesh,rh_mesh"`` files.
+      mesh: surface label files: ``"fsaverage5"`` or ``"lh_mesh,rh_mesh"`` files; ``NAME+subcortex``: the
+        reference CIFTI file.
     Raises AtlasError for unknown names and bad or inconsistent files.
     """
     spec = str(spec).strip()
+    if is_fslr_atlas(spec):
+        if labels is not None or (mesh is not None and not spec.endswith(SUBCORTEX)):
+            raise AtlasError(f"atlas {spec} is built in: --labels / --mesh apply only to atlas files (and --mesh "
+                             f"to NAME{SUBCORTEX}: the reference CIFTI)")
+        base = _builtin(spec.removesuffix(SUBCORTEX))
+        return with_subcortex(base, mesh) if spec.endswith(SUBCORTEX) else base
     if spec in COORDINATE_ATLASES or re.fullmatch(r"fsaverage5-\d+", spec):
         if labels is not None or mesh is not None:
             raise AtlasError(f"atlas {spec} is built in: --labels / --mesh apply only to atlas files")
@@ -82,7 +97,7 @@ def load_atlas(spec: str, labels: str | None = None, mesh: str | None = None) ->
         raise AtlasError(f"atlas {spec}: unsupported file type (expected .nii/.nii.gz, or 'lh,rh' surface "
                          f"label files with --mesh); built-in atlases: {known}, fsaverage5-N for even N")
     raise AtlasError(f"unknown atlas {spec!r} (no such file); built-in atlases: {known}, "
-                     f"fsaverage5-N for even N")
+                     f"fsaverage5-N for even N, schaeferN/vosdewaelN{SUBCORTEX} with --mesh REF.dtseries.nii")
 
 
 @lru_cache(maxsize=16)
@@ -93,6 +108,8 @@ def _builtin(name: str) -> AtlasSpec:
         spec = _dosenbach()
     elif name == "power264":
         spec = _power()
+    elif is_fslr_atlas(name):
+        spec = fslr_parcellation(name)
     else:
         n_parcels = int(name.split("-")[1])
         if n_parcels % 2 or not 2 <= n_parcels <= 2000:

@@ -120,3 +120,5 @@ class AtlasSpec:
     radius: float | None = None                      # coordinate atlases: sphere radius in mm
     vertex_labels: dict[str, np.ndarray] | None = None  # surface: {"lh": int [V_lh], ...}, -1 = unassigned
     mesh: str | None = None                          # surface: mesh name or "lh,rh" mesh files
+    # CIFTI structures (e.g. CIFTI_STRUCTURE_THALAMUS_LEFT) that are the last len(structures) parcels, one each
+    structures: tuple[str, ...] | None = None

@@ -93,6 +93,73 @@ def check_variance(series: np.ndarray, names: Sequence[str], empty: Sequence[int
                         f"mask): {name_list(names, constant)}")
 
 
+@dataclass(frozen=True)
+class MissingParcels:
+    """Parcels of one scan whose values cannot be used, by cause (disjoint, ascending parcel indices).
+
+    ``empty``: no voxel/vertex inside the data (outside the field of view or the mask); ``nonfinite``: NaN/Inf
+    in the parcel means (``nonfinite_what`` says where they came from, e.g. NaN voxels); ``constant``: exactly
+    constant over time (e.g. signal drop-out, or zeros outside the brain mask).
+    """
+
+    empty: tuple[int, ...] = ()
+    nonfinite: tuple[int, ...] = ()
+    constant: tuple[int, ...] = ()
+    nonfinite_what: str = ""
+
+    @property
+    def indices(self) -> list[int]:
+        return sorted(self.empty + self.nonfinite + self.constant)
+
+    def __len__(self) -> int:
+        return len(self.empty) + len(self.nonfinite) + len(self.constant)
+
+    def describe(self, names: Sequence[str]) -> str:
+        """One phrase per cause, e.g. ``1 parcels have no voxels/vertices inside the data: a; zero-variance ...``."""
+        parts = []
+        if self.empty:
+            parts.append(f"{len(self.empty)} parcels have no voxels/vertices inside the data: "
+                         f"{name_list(names, self.empty)}")
+        if self.nonfinite:
+            what = self.nonfinite_what or "NaN/Inf values in the parcel means"
+            parts.append(f"{what}, inside {len(self.nonfinite)} parcels: {name_list(names, self.nonfinite)}")
+        if self.constant:
+            parts.append(f"zero-variance parcels ({len(self.constant)}; constant over time, e.g. outside the brain "
+                         f"mask): {name_list(names, self.constant)}")
+        return "; ".join(parts)
+
+
+def find_missing(series: np.ndarray, empty: Sequence[int] = (), nonfinite_what: str = "") -> MissingParcels:
+    """The parcels of ``series`` [T, P] that are empty (given by the reader), non-finite or constant over time."""
+    empty_set = {int(i) for i in empty}
+    bad = ~np.isfinite(series).all(axis=0)
+    bad[list(empty_set)] = False
+    nonfinite = np.flatnonzero(bad)
+    what = nonfinite_what
+    if nonfinite.size and not what:
+        values = ~np.isfinite(series[:, nonfinite])
+        what = f"NaN/Inf values in the parcel means ({int(values.sum())} of {series.shape[0] * nonfinite.size})"
+    flat = np.all(series == series[:1], axis=0) if series.shape[0] else np.ones(series.shape[1], bool)
+    flat[list(empty_set)] = False
+    flat[nonfinite] = False
+    return MissingParcels(tuple(sorted(empty_set)), tuple(int(i) for i in nonfinite),
+                          tuple(int(i) for i in np.flatnonzero(flat)), what if nonfinite.size else "")
+
+
+def allowed_missing(n_parcels: int, max_fraction: float) -> int:
+    """How many missing parcels a scan of ``n_parcels`` may have under ``--max-missing-parcels max_fraction``
+    (always fewer than all: a scan needs at least one parcel with signal)."""
+    return min(int(np.floor(max_fraction * n_parcels + 1e-9)), n_parcels - 1)
+
+
+def check_missing(missing: MissingParcels, names: Sequence[str], max_fraction: float) -> None:
+    """Raise when a scan misses more parcels than ``max_fraction`` of the atlas allows, naming them."""
+    allowed = allowed_missing(len(names), max_fraction)
+    if len(missing) > allowed:
+        raise ScanError(f"{missing.describe(names)} ({len(missing)} of {len(names)} parcels missing; "
+                        f"--max-missing-parcels {max_fraction:g} allows {allowed})")
+
+
 def check_length(n_timepoints: int, min_length: int, after: str = "") -> None:
     if n_timepoints < min_length:
         raise ScanError(f"too short: {n_timepoints} TRs{after} < --min-length {min_length}")

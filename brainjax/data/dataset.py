@@ -5,12 +5,18 @@
     DIR/dataset.json          format version, parcel count, split seed and fractions
     DIR/atlas.json            :class:`~brainjax.data.atlas_core.Atlas`
     DIR/manifest.tsv          one row per scan: scan_id subject session site tr length n_parcels split
-                              shard index, then phenotype columns (``n/a`` where missing)
-    DIR/stats.npz             per-parcel ``median`` and ``iqr`` over the training split
+                              shard index missing_parcels, then phenotype columns (``n/a`` where missing)
+    DIR/stats.npz             per-parcel ``median`` and ``iqr`` over the training split (each parcel over
+                              the scans where it is present; ``n_present`` counts them)
     DIR/failures.tsv          scans that were skipped, with the reason
     DIR/shards/*.array_record one record per scan (see :mod:`brainjax.data.records`)
     DIR/parts/*.jsonl         per-writer metadata that :func:`finalize` merges (several jobs may write parts);
                               each row also keeps its shard's size and CRC32 (``shard_bytes``, ``shard_crc32``)
+
+``missing_parcels`` lists, comma-separated, the parcel indices (0-based, atlas order) that a scan misses
+(empty, non-finite or constant in its input; stored as 0): empty when none. A manifest without the column
+(datasets written before it) means no scan misses any parcel. Missing parcels are masked out of the scan's
+batches (``parcel_mask``), of the statistics and of FC features (:meth:`Dataset.present`).
 
 Writers (``synth``, ``prepare``) call :func:`write_part` one or more times and then :func:`finalize`.
 Splits are assigned per subject, so a subject's scans all land in one split. ``dataset.json`` keeps a digest
@@ -37,7 +43,8 @@ from brainjax.paths import atomic_path, atomic_write_text, file_checksum, inside
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
-BASE_COLUMNS = ("scan_id", "subject", "session", "site", "tr", "length", "n_parcels", "split", "shard", "index")
+BASE_COLUMNS = ("scan_id", "subject", "session", "site", "tr", "length", "n_parcels", "split", "shard", "index",
+                "missing_parcels")
 MISSING = "n/a"
 # Above this many float32 values the statistics use an evenly spaced subset of time points per scan.
 _STATS_MAX_VALUES = 200_000_000
@@ -53,6 +60,7 @@ class ScanMeta:
     session: str = ""
     site: str = ""
     phenotypes: dict | None = None  # per-scan phenotypes (synthetic data); participants.tsv adds more
+    missing_parcels: tuple[int, ...] = ()  # parcels without usable signal in this scan (stored as 0)
 
 
 def write_part(out: str | os.PathLike, part: str, items: Iterable[tuple[ScanMeta, np.ndarray]],
@@ -81,6 +89,8 @@ def write_part(out: str | os.PathLike, part: str, items: Iterable[tuple[ScanMeta
         row = {"scan_id": meta.scan_id, "subject": meta.subject, "session": meta.session, "site": meta.site,
                "tr": float(meta.tr), "length": int(data.shape[1]), "n_parcels": int(data.shape[0]),
                "phenotypes": meta.phenotypes or {}}
+        if meta.missing_parcels:
+            row["missing_parcels"] = sorted(int(i) for i in meta.missing_parcels)
         chunk.append((row, ScanRecord(meta.scan_id, meta.subject, data)))
         if len(chunk) >= scans_per_shard:
             flush()
@@ -112,18 +122,61 @@ def assign_splits(subjects: Iterable[str], fractions: Sequence[float] = (0.8, 0.
     return {unique[i]: labels[j] for j, i in enumerate(order)}
 
 
-def robust_stats(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, bool]:
+def robust_stats(arrays: Sequence[np.ndarray], present: Sequence[np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Per-parcel median and interquartile range over the time points of all arrays ([P, T_i] each).
 
+    present: per array, bool [P] (False = the parcel is missing in that scan; None = all present). Each
+    parcel's statistics use only the scans where it is present; a parcel present in none gets median 0 and
+    IQR 1 (its values are masked out everywhere anyway).
     Returns (median [P], iqr [P], subsampled). Normalisation is ``(x - median) / iqr``.
     """
     if not arrays:
         raise DatasetError("no training scans to compute normalisation statistics from")
     total = sum(a.size for a in arrays)
     step = max(1, int(np.ceil(total / _STATS_MAX_VALUES)))
-    values = np.concatenate([np.asarray(a, np.float32)[:, ::step] for a in arrays], axis=1)
-    q25, median, q75 = np.percentile(values, [25, 50, 75], axis=1)
+    parts = [np.asarray(a, np.float32)[:, ::step] for a in arrays]
+    values = np.concatenate(parts, axis=1)
+    if present is None or all(np.all(m) for m in present):
+        q25, median, q75 = np.percentile(values, [25, 50, 75], axis=1)
+    else:
+        if len(present) != len(arrays):
+            raise ValueError(f"robust_stats: {len(present)} presence masks for {len(arrays)} arrays")
+        valid = np.concatenate([np.broadcast_to(np.asarray(m, bool)[:, None], p.shape)
+                                for m, p in zip(present, parts)], axis=1)
+        full = valid.all(axis=1)
+        q25, median, q75 = np.zeros(len(values)), np.zeros(len(values)), np.ones(len(values))
+        if full.any():
+            q25[full], median[full], q75[full] = np.percentile(values[full], [25, 50, 75], axis=1)
+        for p in np.flatnonzero(~full):  # few parcels: one at a time over the scans where they are present
+            kept = values[p, valid[p]]
+            if kept.size:
+                q25[p], median[p], q75[p] = np.percentile(kept, [25, 50, 75])
+            else:
+                q25[p], median[p], q75[p] = -0.5, 0.0, 0.5
     return median.astype(np.float32), (q75 - q25).astype(np.float32), step > 1
+
+
+def parse_parcels(text: str | None, n_parcels: int, where: str = "manifest") -> tuple[int, ...]:
+    """``"3,17"`` (a manifest's ``missing_parcels`` cell) -> (3, 17); ``""``/``n/a``/None -> ()."""
+    text = "" if text is None else str(text).strip()
+    if text.lower() in ("", MISSING):
+        return ()
+    try:
+        parcels = tuple(sorted({int(v) for v in text.split(",")}))
+    except ValueError:
+        raise DatasetError(f"{where}: missing_parcels {text!r} is not a comma-separated list of parcel "
+                           f"indices") from None
+    if parcels[0] < 0 or parcels[-1] >= n_parcels:
+        raise DatasetError(f"{where}: missing_parcels {text!r} names parcels outside 0..{n_parcels - 1}")
+    return parcels
+
+
+def present_mask(n_parcels: int, missing: Sequence[int]) -> np.ndarray:
+    """bool [n_parcels]: False at the ``missing`` parcel indices."""
+    mask = np.ones(n_parcels, bool)
+    mask[list(missing)] = False
+    return mask
 
 
 def read_parts(out: Path) -> tuple[list[dict], list[dict]]:
@@ -218,6 +271,9 @@ def finalize(out: str | os.PathLike, atlas: Atlas, fractions: Sequence[float] = 
         if row["n_parcels"] != atlas.n_parcels:
             raise DatasetError(f"{out}: scan {row['scan_id']} has {row['n_parcels']} parcels, atlas "
                                f"{atlas.name} has {atlas.n_parcels}")
+        if any(not 0 <= int(i) < atlas.n_parcels for i in row.get("missing_parcels", ())):
+            raise DatasetError(f"{out}: scan {row['scan_id']} lists missing parcels {row['missing_parcels']} "
+                               f"outside the atlas's {atlas.n_parcels}")
     splits = assign_splits([r["subject"] for r in rows], fractions, seed)
     participants = participants or {}
     # a participants "site" column fills the manifest's site; other base names cannot be phenotypes
@@ -226,23 +282,22 @@ def finalize(out: str | os.PathLike, atlas: Atlas, fractions: Sequence[float] = 
     manifest = []
     for r in sorted(rows, key=lambda r: r["scan_id"]):
         phen = {**participants.get(r["subject"], {}), **r.get("phenotypes", {})}
-        row = {k: r[k] for k in BASE_COLUMNS if k != "split"}
+        row = {k: r[k] for k in BASE_COLUMNS if k not in ("split", "missing_parcels")}
+        row["missing_parcels"] = ",".join(str(int(i)) for i in sorted(r.get("missing_parcels", ())))
         row["site"] = row["site"] or phen.get("site", "")
         row["split"] = splits[r["subject"]]
         row.update({k: phen.get(k, MISSING) for k in pheno_keys})
         manifest.append(row)
     readers: dict[str, ShardReader] = {}
-    train = []
-    for row in manifest:
-        if row["split"] == "train":
-            reader = readers.setdefault(row["shard"], ShardReader(out / "shards" / row["shard"]))
-            train.append(reader.read(int(row["index"])).data)
-    if not train:  # tiny cohorts: fall back to every scan rather than refuse
-        train = [readers.setdefault(r["shard"], ShardReader(out / "shards" / r["shard"])).read(int(r["index"])).data
-                 for r in manifest]
-    median, iqr, subsampled = robust_stats(train)
+    # tiny cohorts without a training scan: every scan, rather than refuse
+    used = [row for row in manifest if row["split"] == "train"] or manifest
+    train = [readers.setdefault(r["shard"], ShardReader(out / "shards" / r["shard"])).read(int(r["index"])).data
+             for r in used]
+    present = [present_mask(atlas.n_parcels, parse_parcels(r["missing_parcels"], atlas.n_parcels)) for r in used]
+    median, iqr, subsampled = robust_stats(train, present)
     with atomic_path(out / "stats.npz") as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no ".npz"
-        np.savez(fh, median=median, iqr=iqr, n_scans=np.int64(len(train)), subsampled=np.bool_(subsampled))
+        np.savez(fh, median=median, iqr=iqr, n_scans=np.int64(len(train)), subsampled=np.bool_(subsampled),
+                 n_present=np.sum(present, axis=0, dtype=np.int64))
     atlas.save(out / "atlas.json")
     _write_tsv(out / "failures.tsv", ["file", "reason"], failures)
     _write_tsv(out / "manifest.tsv", list(BASE_COLUMNS) + pheno_keys, manifest)
@@ -273,8 +328,10 @@ def _read_tsv(path: Path) -> list[dict]:
 class Dataset:
     """A finished dataset directory opened for reading.
 
-    ``manifest`` is a list of dicts (strings from the TSV; ``tr``/``length``/``index`` converted).
-    ``read(i)`` returns the raw float32 [P, T] scan; ``normalize`` applies the saved statistics.
+    ``manifest`` is a list of dicts (strings from the TSV; ``tr``/``length``/``index`` converted,
+    ``missing_parcels`` a tuple of parcel indices, () when none or when the manifest predates the column).
+    ``read(i)`` returns the raw float32 [P, T] scan; ``normalize`` applies the saved statistics;
+    ``present(i)`` says which parcels scan ``i`` has (bool [P]).
     Opening checks that every shard file exists (``require_shards``); :meth:`verify` reads every record.
     """
 
@@ -296,6 +353,8 @@ class Dataset:
             _check_shard_name(self.path, row.get("shard"), f"{self.path / 'manifest.tsv'}:{line_no}")
             row["tr"], row["length"], row["index"] = float(row["tr"]), int(row["length"]), int(row["index"])
             row["n_parcels"] = int(row["n_parcels"])
+            row["missing_parcels"] = parse_parcels(row.get("missing_parcels"), self.atlas.n_parcels,
+                                                   f"{self.path / 'manifest.tsv'}:{line_no}")
         with np.load(self.path / "stats.npz", allow_pickle=False) as stats:
             self.median = stats["median"].astype(np.float32)
             self.iqr = stats["iqr"].astype(np.float32)
@@ -355,6 +414,10 @@ class Dataset:
             raise DatasetError(f"{reader.path}#{row['index']}: holds scan {record.scan_id!r}, manifest expects "
                                f"{row['scan_id']!r}")
         return record.data
+
+    def present(self, i: int) -> np.ndarray:
+        """bool [P]: the parcels scan ``i`` has (False where its manifest row lists a missing parcel)."""
+        return present_mask(self.atlas.n_parcels, self.manifest[i]["missing_parcels"])
 
     def normalize(self, data: np.ndarray) -> np.ndarray:
         """``(x - median) / iqr`` per parcel; ``data`` is [P, T] (or [..., P, T])."""

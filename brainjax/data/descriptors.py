@@ -40,7 +40,7 @@ from scipy.signal import periodogram
 from scipy.sparse.csgraph import shortest_path
 
 from brainjax.data.atlas_core import Atlas
-from brainjax.data.dataset import Dataset
+from brainjax.data.dataset import Dataset, DatasetError
 
 _N_GRADIENTS = 3  # fitted; the first two are described
 _MIN_PARCELS = 20  # BrainSpace keeps int(0.1 * P) entries per row, which must reach beyond the diagonal
@@ -322,6 +322,11 @@ def describe_dataset(dataset: Dataset, settings: DescriptorSettings) -> tuple[li
     (tiny cohorts) falls back to all scans, as :func:`brainjax.data.dataset.finalize` does, and ``n_train``
     then counts all of them.
     """
+    partial = [meta["scan_id"] for meta in dataset.manifest if meta.get("missing_parcels")]
+    if partial:  # graph, gradient and network descriptors are defined on the whole parcellation only
+        raise DatasetError(f"{dataset.path}: {len(partial)} scans miss parcels (e.g. {partial[0]}; see `brainjax "
+                           f"info`), and descriptors need every parcel: prepare the dataset with "
+                           f"--max-missing-parcels 0 to leave such scans out")
     train = dataset.indices("train") or dataset.indices()
     reference = fit_gradient_reference(_LazyScans(dataset, train), settings)
     rows = []

@@ -14,7 +14,9 @@ dataset, batch ``k`` of every process together form the one-process run's global
 Batches are host-local numpy dicts (``B`` = global batch / process count, ``P`` = padded parcel count)::
 
     signal       float32 [B, P, T]  (x - median) / IQR with the dataset's saved statistics; 0 on padding
-    parcel_mask  bool    [B, P]     True on real parcels
+                                    and on the scan's missing parcels
+    parcel_mask  bool    [B, P]     True on real parcels that the scan has (False on padding and on the
+                                    scan's missing parcels: see ``missing_parcels`` in the manifest)
     coords       float32 [B, P, 3]  MNI mm, 0 on padding
     tr           float32 [B]        repetition time in seconds
     scan         int32   [B]        manifest row within its dataset
@@ -85,8 +87,15 @@ class ReadWindow(grain.transforms.Map):
             raise DatasetError(f"{ds.path}: scan {meta['scan_id']} holds {crop.shape[1] + start} TRs, the "
                                f"manifest says {meta['length']}")
         signal = np.zeros((self.n_parcels, self.window), np.float32)
-        signal[:crop.shape[0]] = ds.normalize(crop)
-        example = {"signal": signal, "parcel_mask": self.masks[d], "coords": self.coords[d],
+        mask = self.masks[d]
+        if ds.manifest[row]["missing_parcels"]:  # partial coverage: those parcels are padding for this scan
+            present = ds.present(row)
+            signal[:crop.shape[0]] = np.where(present[:, None], ds.normalize(crop), 0.0)
+            mask = mask.copy()
+            mask[:present.size] &= present
+        else:
+            signal[:crop.shape[0]] = ds.normalize(crop)
+        example = {"signal": signal, "parcel_mask": mask, "coords": self.coords[d],
                    "tr": np.float32(ds.manifest[row]["tr"]), "scan": np.int32(row), "dataset": np.int32(d),
                    "start": np.int32(start)}
         if len(element) > 3:

@@ -3,7 +3,8 @@
 Layout added to a dataset directory (see :mod:`brainjax.data.dataset` for the rest)::
 
     DIR/prepare.json           preprocessing options; a re-run with other options is refused
-    DIR/staging/SCAN.json      per-scan status (ok or failed + reason, input fingerprints), written last
+    DIR/staging/SCAN.json      per-scan status (ok or failed + reason, missing parcels, input fingerprints),
+                               written last
     DIR/staging/SCAN.npy       float32 [P, T] of an ok scan until its job's part is written
 
 A job (``--shard I/N``) takes every N-th scan of the scan list sorted by id, stages each scan atomically,
@@ -14,6 +15,12 @@ processed again. Adding inputs later processes only the new scans: a rebuilt par
 arrays from the part it replaces (written to a temporary directory first, so the old part stays readable).
 A re-run also checks the part's shards (present, size and CRC32 as recorded; older parts: every record
 decoded) and rebuilds a missing or damaged one, processing its unreadable scans again.
+
+Partial coverage: a parcel that is empty (no voxel/vertex inside the data), non-finite or constant in one
+scan is *missing* there. Up to ``--max-missing-parcels`` (a fraction of the atlas, default 0.05) a scan is
+kept: its missing parcels are stored as 0, listed in the manifest (``missing_parcels``) and masked out of
+that scan's batches, statistics and FC features; beyond it the scan fails naming them. ``--strict`` stops at
+the first scan with any missing parcel, as it stops at any failed scan.
 
 Concurrency: a job holds ``DIR/.lock-part-I-of-N`` (pid, host, start time; created exclusively) while it
 runs, so a second prepare of the same shard refuses instead of racing; a lock left by a dead process on
@@ -82,9 +89,20 @@ class PrepareOptions:
     clean: CleanOptions = field(default_factory=CleanOptions)
     confounds: str = "auto"  # auto | none | comma-separated column names
     min_length: int = 100  # TRs after resampling; shorter scans fail QC
+    # A scan may miss (empty, non-finite or constant parcels) at most this fraction of the atlas's parcels:
+    # they are stored as 0, listed in the manifest's missing_parcels column and masked out for that scan.
+    max_missing_parcels: float = 0.05
+
+    def __post_init__(self):
+        if not 0.0 <= self.max_missing_parcels <= 1.0:
+            raise ValueError(f"max_missing_parcels must be a fraction in [0, 1], got {self.max_missing_parcels}")
 
     def record(self) -> dict:
         return {"version": PREPARE_VERSION, **asdict(self)}
+
+
+# What a ``prepare.json`` written before an option existed means for that option (the behaviour then).
+_OPTION_DEFAULTS_BEFORE = {"max_missing_parcels": 0.0}  # any missing parcel failed the scan
 
 
 @dataclass
@@ -96,6 +114,8 @@ class PrepareResult:
     processed: int = 0
     skipped: int = 0  # already staged by an earlier run
     failures: list[dict] = field(default_factory=list)  # {"file", "reason", "scan_id"} of this shard
+    # scans of this shard kept with missing parcels: {"file", "scan_id", "missing_parcels", "reason"}
+    partial: list[dict] = field(default_factory=list)
     part_written: bool = False
     finalized: bool = False
     missing_parts: list[int] = field(default_factory=list)
@@ -153,6 +173,10 @@ def prepare_scan(scan: ScanInput, spec, options: PrepareOptions,
                  dataset_tr: tuple[float | None, int, int] = (None, 0, 0)) -> tuple[np.ndarray, dict]:
     """Read, check and clean one scan. Returns (float32 [P, T], info) or raises ScanError with the reason.
 
+    Parcels that are empty, non-finite or constant in this scan are *missing*: up to
+    ``options.max_missing_parcels`` of the atlas, they are left out of cleaning and stored as 0 (the mean of
+    a standardised parcel), and ``info["missing_parcels"]`` lists them (``info["missing_reason"]`` says why);
+    more fail the scan with a reason naming them.
     ``dataset_tr`` = (reference TR, scans with it, all scans) when scans must share a TR, else (None, 0, 0).
     """
     names = spec.atlas.names
@@ -160,19 +184,24 @@ def prepare_scan(scan: ScanInput, spec, options: PrepareOptions,
     tr = options.tr or sidecar_tr(scan.files[0]) or raw.tr
     tr = qc.check_tr(tr, f"{scan.files[0]} (header/sidecar)")
     qc.check_same_tr(tr, dataset_tr[0], dataset_tr[2], dataset_tr[1])
-    qc.check_finite(raw.series, names, " in the parcel means")
-    qc.check_variance(raw.series, names, raw.empty_parcels)
+    missing = qc.find_missing(raw.series, raw.empty_parcels, raw.nonfinite_what)
+    qc.check_missing(missing, names, options.max_missing_parcels)
+    present = np.ones(len(names), bool)
+    present[missing.indices] = False
     target = options.clean.target_tr
     out_length = raw.series.shape[0] if target is None else int(np.ceil(raw.series.shape[0] * tr / target))
     qc.check_length(out_length, options.min_length, "" if target is None else f" at TR {target:g} s")
     confounds, confounds_from = _confounds_for(scan, raw, options.confounds)
-    series = qc.clean_series(raw.series, tr, options.clean, confounds)
+    series = qc.clean_series(raw.series[:, present], tr, options.clean, confounds)
     if target is not None:
         series = qc.resample_tr(series, tr, target)
-    qc.check_finite(series, names, " after cleaning")
+    qc.check_finite(series, [n for n, keep in zip(names, present) if keep], " after cleaning")
+    data = np.zeros((len(names), series.shape[0]), np.float32)
+    data[present] = series.T
     info = {"tr": float(target or tr), "source_tr": tr, "length": int(series.shape[0]),
-            "confounds": confounds_from, "n_confounds": 0 if confounds is None else int(confounds.shape[1])}
-    return np.ascontiguousarray(series.T, np.float32), info
+            "confounds": confounds_from, "n_confounds": 0 if confounds is None else int(confounds.shape[1]),
+            "missing_parcels": missing.indices, "missing_reason": missing.describe(names)}
+    return data, info
 
 
 def stage_scan(scan: ScanInput, spec, options: PrepareOptions, staging: Path,
@@ -223,9 +252,13 @@ def _check_options(out: Path, record: dict) -> None:
         finally:
             tmp.unlink()
     previous = json.loads(path.read_text())
+    before = [key for key in _OPTION_DEFAULTS_BEFORE if key not in previous]
+    previous = {**_OPTION_DEFAULTS_BEFORE, **previous}  # older records: the behaviour of their time
     if previous != json.loads(json.dumps(record)):
         diffs = _differences(previous, json.loads(json.dumps(record)))
-        raise OptionsMismatchError(f"{out} was prepared with other options ({'; '.join(diffs)}); mixing "
+        hint = "".join(f"; {path.name} predates --{k.replace('_', '-')} (its value then: {previous[k]!r})"
+                       for k in before if previous[k] != record.get(k))
+        raise OptionsMismatchError(f"{out} was prepared with other options ({'; '.join(diffs)}{hint}); mixing "
                                    f"preprocessing in one dataset is refused: use another --out directory, "
                                    f"or delete {out} to start over")
 
@@ -294,7 +327,8 @@ def _write_part_atomically(out: Path, part: str, statuses: list[dict], staging: 
 
     failures = [{"file": s["file"], "reason": s["reason"], "scan_id": s["scan_id"]}
                 for s in statuses if s["status"] != "ok"]
-    items = ((ScanMeta(s["scan_id"], s["subject"], s["tr"], s["session"]), array(s))
+    items = ((ScanMeta(s["scan_id"], s["subject"], s["tr"], s["session"],
+                       missing_parcels=tuple(s.get("missing_parcels", ()))), array(s))
              for s in statuses if s["status"] == "ok")
     write_part(tmp, part, items, failures)
     (out / "parts" / f"{part}.jsonl").unlink(missing_ok=True)  # the part is incomplete until moved back in
@@ -329,7 +363,9 @@ def prepare(inputs: list[str | os.PathLike], out: str | os.PathLike, options: Pr
     Args:
       shard: (I, N): this job takes scans I, I+N, I+2N... of the sorted scan list.
       workers: processes for scans (<= 1: in this process).
-      strict: raise ScanError on the first failed scan (including failures staged by earlier runs).
+      strict: raise ScanError on the first failed scan or scan with any missing parcel (including those
+        staged by earlier runs); without it such scans are skipped, or kept with their missing parcels masked
+        up to ``options.max_missing_parcels``.
       force_finalize: finalize even if this job wrote nothing new (all N parts must exist).
       spec: an already loaded AtlasSpec (else ``load_atlas(options.atlas, options.labels, options.mesh)``).
     Raises LockedError when another live prepare of the same shard runs into ``out``.
@@ -401,7 +437,7 @@ def _run_job(scans: list[ScanInput], out: Path, part: str, shard: tuple[int, int
     todo = [s for s in mine if statuses[s.scan_id] is None
             or (not part_current and statuses[s.scan_id]["status"] == "ok" and lost(s))]
     result.skipped = len(mine) - len(todo)
-    _raise_if_strict(strict, [s for s in statuses.values() if s is not None and s["status"] != "ok"])
+    _raise_if_strict(strict, [s for s in statuses.values() if s is not None])
     dataset_tr = _dataset_tr(scans, options) if todo else (None, 0, 0)
     bar = tqdm(total=len(todo), desc=f"prepare {part}", unit="scan", disable=not progress)
     if workers <= 1 or len(todo) <= 1:
@@ -416,6 +452,9 @@ def _run_job(scans: list[ScanInput], out: Path, part: str, shard: tuple[int, int
     ordered = [statuses[s.scan_id] for s in mine]
     result.failures = [{"file": s["file"], "reason": s["reason"], "scan_id": s["scan_id"]}
                        for s in ordered if s["status"] != "ok"]
+    result.partial = [{"file": s["file"], "scan_id": s["scan_id"], "missing_parcels": s["missing_parcels"],
+                       "reason": s.get("missing_reason", "")}
+                      for s in ordered if s["status"] == "ok" and s.get("missing_parcels")]
     if not part_current:
         _write_part_atomically(out, part, ordered, staging, old_rows)
         result.part_written = True
@@ -462,9 +501,17 @@ def _require_some_scan(out: Path) -> None:
 
 
 def _raise_if_strict(strict: bool, statuses: list[dict]) -> None:
-    failed = [s for s in statuses if s["status"] != "ok"]
-    if strict and failed:
-        raise ScanError(f"{failed[0]['file']}: {failed[0]['reason']} (--strict)")
+    """Under ``--strict``: stop at a failed scan, or at a scan with any missing parcel (as before partial
+    coverage). Such a scan stays staged as ok, so a run without --strict keeps it (parcels masked)."""
+    if not strict:
+        return
+    for status in statuses:
+        if status["status"] != "ok":
+            raise ScanError(f"{status['file']}: {status['reason']} (--strict)")
+        if status.get("missing_parcels"):
+            raise ScanError(f"{status['file']}: {status.get('missing_reason') or 'missing parcels'} (--strict: a "
+                            f"scan with any missing parcel stops the run; without --strict it is kept with "
+                            f"those parcels masked, up to --max-missing-parcels)")
 
 
 def _run_pool(todo, workers, init_args, statuses, bar, strict) -> None:

@@ -1,12 +1,13 @@
-"""Input readers for ``brainjax prepare``: NIfTI volumes, GIfTI/MGZ surface series, ready parcel tables.
+"""Input readers for ``brainjax prepare``: NIfTI volumes, GIfTI/MGZ surface series, CIFTI-2 dense series
+(:mod:`brainjax.data.cifti`), ready parcel tables.
 
 Every reader returns parcel means as float64 ``[T, P]`` in the atlas's parcel order, plus what it learned on
 the way (TR, parcels without any voxel/vertex, extra columns usable as confounds). Scan discovery and
 BIDS/fMRIPrep name parsing live in :mod:`brainjax.data.scans`; confound selection ends this module.
 
 TR sources, first found wins: ``--tr``; a BIDS sidecar ``NAME.json`` (``RepetitionTime``); the file itself
-(NIfTI ``zooms[3]`` with its time unit, MGZ ``tr`` in ms, GIfTI ``TimeStep`` metadata); else an error that
-asks for ``--tr``.
+(NIfTI ``zooms[3]`` with its time unit, MGZ ``tr`` in ms, GIfTI ``TimeStep`` metadata, the CIFTI series
+step); else an error that asks for ``--tr``.
 
 Every reader refuses data that are not real numbers (complex, boolean, text, objects, RGB) with the data type
 and the file named, before any conversion to float could drop an imaginary part or turn flags into a signal.
@@ -24,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from brainjax.data.atlas_core import AtlasSpec
-from brainjax.data.clean import ScanError, name_list
+from brainjax.data.cifti import cifti_tr, read_cifti
+from brainjax.data.clean import ScanError
 from brainjax.data.scans import ScanInput, split_name
 
 # fMRIPrep's 9-parameter set (Satterthwaite et al. 2013): 6 rigid-body motion, white matter, CSF, global.
@@ -55,6 +57,7 @@ class RawScan:
     empty_parcels: list[int] = field(default_factory=list)  # parcels with no voxel/vertex in the data
     extra_names: list[str] = field(default_factory=list)  # table columns that are not atlas parcels
     extra: np.ndarray | None = None  # [T, len(extra_names)]
+    nonfinite_what: str = ""  # where NaN columns of ``series`` came from (NaN/Inf voxels inside those parcels)
 
 
 # ---------------------------------------------------------------------------------------------- TR look-up
@@ -108,6 +111,8 @@ def probe_tr(scan: ScanInput) -> float | None:
         if scan.kind == "surface":
             img = nib.load(first)
             return _mgh_tr(img) if split_name(first)[1] in (".mgz", ".mgh") else _gifti_tr(img)
+        if scan.kind == "cifti":
+            return cifti_tr(first)
     except Exception:  # noqa: BLE001 - an unreadable file fails later with its own reason
         return None
     return None
@@ -146,32 +151,38 @@ def _parcel_extractor(spec: AtlasSpec, mask):
         raise ScanError(f"atlas {spec.atlas.name} ({spec.atlas.kind}) cannot parcellate volumes; use a label "
                         f"image or coordinate atlas")
 
-    def spheres(img):
-        masker = NiftiSpheresMasker(seeds=spec.atlas.xyz.tolist(), radius=spec.radius, mask_img=mask,
+    def spheres(img, seeds=tuple(range(n_parcels))):
+        masker = NiftiSpheresMasker(seeds=spec.atlas.xyz[list(seeds)].tolist(), radius=spec.radius, mask_img=mask,
                                     allow_overlap=True, standardize=None)
+        series = np.zeros((img.shape[3], n_parcels))
         try:
-            return np.asarray(masker.fit_transform(img), np.float64), []
+            series[:, list(seeds)] = masker.fit_transform(img)
+            return series, []
         except ValueError as err:
             found = re.search(r"spheres are empty: \[([\d\s,]*)\]", str(err))
-            if not found:
+            if not found or len(seeds) < n_parcels:
                 raise
-            return np.zeros((img.shape[3], n_parcels)), [int(i) for i in re.findall(r"\d+", found.group(1))]
+            empty = [int(i) for i in re.findall(r"\d+", found.group(1))]
+            kept = [i for i in range(n_parcels) if i not in set(empty)]
+            if kept:  # the other spheres' means (prepare masks the empty ones, or rejects the scan)
+                series = spheres(img, kept)[0]
+            return series, empty
     return spheres
 
 
 def read_volume(path: str | Path, spec: AtlasSpec) -> RawScan:
     """Parcel means of a 4-D NIfTI: NiftiLabelsMasker (label image) or NiftiSpheresMasker (coordinates).
 
-    nilearn silently turns NaN voxels into zeros, so non-finite voxels are counted first and a scan with any
-    inside a parcel fails (NaNs outside every parcel are harmless and ignored).
+    nilearn silently turns NaN voxels into zeros, so non-finite voxels are counted first and the parcels they
+    fall in get NaN means (``prepare`` counts them as missing; NaNs outside every parcel are harmless).
     """
     import nibabel as nib
 
     path = Path(path)
     img = nib.load(path)
     if len(img.shape) != 4:
-        cifti = " (CIFTI is not read yet: split it into per-hemisphere GIfTI with wb_command)" \
-            if path.name.endswith(("tseries.nii", "tseries.nii.gz")) else ""
+        cifti = " (CIFTI dense series are read uncompressed, as .dtseries.nii, with an fs_LR atlas such as " \
+            "schaefer400)" if path.name.endswith(("tseries.nii", "tseries.nii.gz")) else ""
         raise ScanError(f"expected a 4-D image, got shape {img.shape}{cifti}")
     tr = _nifti_tr(img)
     check_dtype(img.get_data_dtype(), path)
@@ -188,14 +199,15 @@ def read_volume(path: str | Path, spec: AtlasSpec) -> RawScan:
             zooms = tuple(round(float(z), 2) for z in img.header.get_zooms()[:3])
             raise ScanError(f"the atlas {spec.atlas.name} could not be applied to this image's grid (shape "
                             f"{img.shape[:3]}, voxel size {zooms}): {type(err).__name__}: {err}") from None
-        if bad.any() and not empty:
+        nonfinite_what = ""
+        if bad.any():
             # the same extractor on a one-frame image of non-finite counts tells which parcels they fall in
             counts = nib.Nifti1Image(bad.sum(axis=3, keepdims=True).astype(np.float32), img.affine)
-            hit = np.flatnonzero(extract(counts)[0][0] > 0)
+            hit = np.setdiff1d(np.flatnonzero(extract(counts)[0][0] > 0), empty)
             if hit.size:
-                raise ScanError(f"NaN/Inf values in {int(bad.any(axis=3).sum())} voxels ({int(bad.sum())} values), "
-                                f"inside {hit.size} parcels: {name_list(spec.atlas.names, hit)}")
-    return RawScan(series, tr, empty)
+                series[:, hit] = np.nan
+                nonfinite_what = f"NaN/Inf values in {int(bad.any(axis=3).sum())} voxels ({int(bad.sum())} values)"
+    return RawScan(series, tr, empty, nonfinite_what=nonfinite_what)
 
 
 # ---------------------------------------------------------------------------------------------- surfaces
@@ -379,6 +391,9 @@ def read_scan(scan: ScanInput, spec: AtlasSpec) -> RawScan:
             return read_volume(scan.files[0], spec)
         if scan.kind == "surface":
             return read_surface(scan.files, spec)
+        if scan.kind == "cifti":
+            found = read_cifti(scan.files[0], spec)
+            return RawScan(found.series, found.tr, found.empty, nonfinite_what=found.nonfinite)
         if scan.kind == "series":
             return read_series(scan.files[0], spec)
     except ScanError:

@@ -7,8 +7,17 @@ the file stem (hemisphere marker removed) and the subject is the stem too.
 
 Directory search keeps only files that look like BOLD series of a kind the atlas can read: 4-D NIfTI
 (BIDS suffix ``bold``; MNI spaces only when a ``space`` is named), surface series (``.func.gii``, MGZ with a
-hemisphere marker; the atlas mesh's space when named) and parcel tables (.npy/.csv/.tsv, not confounds,
-events or participants). Files named explicitly are always taken.
+hemisphere marker; the atlas mesh's space when named), CIFTI-2 dense series (``.dtseries.nii``, read with
+a surface atlas: wherever surface series are accepted) and parcel tables (.npy/.csv/.tsv, not confounds,
+events or participants). Files named explicitly are always taken (other CIFTI files, e.g. ``.ptseries.nii``,
+then fail with the reason). With an fs_LR atlas, a named density must be ``den-32k`` (GIfTI) or ``den-91k``.
+
+HCP layout: a file ``<subject>/MNINonLinear/Results/<scan>/<scan>*`` (e.g.
+``100307/MNINonLinear/Results/rfMRI_REST1_LR/rfMRI_REST1_LR_Atlas_MSMAll.dtseries.nii``, or the volume
+``rfMRI_REST1_LR.nii.gz`` beside it) gets subject ``100307``, scan id ``100307_rfMRI_REST1_LR`` and session
+``REST1`` (rest runs; task runs have none). What follows the scan name (``_Atlas_MSMAll``, ``_hp2000_clean``)
+is not part of the id, so two variants of one run are refused as one scan id twice: pass one, e.g.
+``*/MNINonLinear/Results/*/*_Atlas_MSMAll.dtseries.nii``.
 """
 
 from __future__ import annotations
@@ -21,7 +30,10 @@ from pathlib import Path
 from brainjax.errors import InputError
 
 EXTENSIONS = {".nii.gz": "volume", ".nii": "volume", ".func.gii": "surface", ".gii": "surface",
-              ".mgz": "surface", ".mgh": "surface", ".npy": "series", ".csv": "series", ".tsv": "series"}
+              ".mgz": "surface", ".mgh": "surface", ".npy": "series", ".csv": "series", ".tsv": "series",
+              **{f".{c}.nii": "cifti" for c in ("dtseries", "ptseries", "dscalar", "pscalar", "dlabel", "plabel",
+                                                 "dconn", "pconn", "pdconn", "dpconn")}}
+CIFTI_SERIES = ".dtseries.nii"  # the only CIFTI type directory search takes
 ALL_KINDS = frozenset(EXTENSIONS.values())
 # Entities that name a derivative of the scan rather than the scan itself.
 DERIVATIVE_ENTITIES = {"space", "res", "den", "desc", "hemi", "cohort", "label", "atlas", "seg", "model"}
@@ -29,6 +41,8 @@ _SKIP_WORDS = ("confounds", "regressors", "participants", "_events", "_scans", "
                "_probseg", "_boldref", "_sbref", "_T1w", "_T2w", ".surf.", ".shape.", ".label.")
 _HEMI_INFIX = re.compile(r"(^|[._])(lh|rh)(?=[._])")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_HCP_SCAN = re.compile(r"[rt]fMRI_[A-Za-z0-9_]+")  # HCP run folders: rfMRI_REST1_LR, tfMRI_WM_RL...
+_DENSITIES = {"fsLR": ("32k", "91k")}  # mesh -> densities of its surface (GIfTI) and CIFTI files
 
 
 class DiscoveryError(InputError):
@@ -39,8 +53,9 @@ class DiscoveryError(InputError):
 class ScanInput:
     """One scan to prepare: its identity and the files that hold it.
 
-    ``files``: (path,) for volumes and series, (lh, rh) for surfaces. ``kind`` is ``volume``, ``surface``,
-    ``series`` or ``invalid`` (then ``error`` says why, e.g. a hemisphere without its partner).
+    ``files``: (path,) for volumes, CIFTI and series, (lh, rh) for surfaces. ``kind`` is ``volume``,
+    ``surface``, ``cifti``, ``series`` or ``invalid`` (then ``error`` says why, e.g. a hemisphere without its
+    partner).
     """
 
     scan_id: str
@@ -98,12 +113,25 @@ def _without_hemisphere(stem: str) -> str:
     return re.sub(r"^(lh|rh)[._]|[._](lh|rh)(?=[._]|$)", "", stem)
 
 
+def hcp_identity(path: str | os.PathLike) -> tuple[str, str, str] | None:
+    """(scan_id, subject, session) of a file ``<subject>/MNINonLinear/Results/<scan>/<scan>*`` (HCP layout)."""
+    parts = Path(path).parts
+    at = len(parts) - 4  # index of MNINonLinear
+    if at < 1 or parts[at] != "MNINonLinear" or parts[at + 1] != "Results":
+        return None
+    subject, scan = parts[at - 1], parts[at + 2]
+    if not _HCP_SCAN.fullmatch(scan) or not parts[-1].startswith(scan):
+        return None
+    session = re.match(r"rfMRI_(REST\d+)", scan)
+    return f"{subject}_{scan}", subject, session.group(1) if session else ""
+
+
 def scan_identity(path: str | os.PathLike) -> tuple[str, str, str]:
-    """(scan_id, subject, session) of a file from its BIDS entities, or from its stem."""
+    """(scan_id, subject, session) of a file from its BIDS entities, HCP layout, or its stem."""
     stem = _without_hemisphere(split_name(path)[0])
     entities, _ = bids_entities(stem)
     if not entities:
-        return stem, stem, ""
+        return hcp_identity(path) or (stem, stem, "")
     scan_id = "_".join(f"{k}-{v}" for k, v in entities.items() if k not in DERIVATIVE_ENTITIES)
     return scan_id, entities["sub"], entities.get("ses", "")
 
@@ -116,6 +144,8 @@ def _wanted(path: Path, kinds: set[str], mesh: str | None) -> bool:
         return False
     entities, suffix = bids_entities(split_name(name)[0])
     space = entities.get("space")
+    if entities.get("den") and entities["den"] not in _DENSITIES.get(mesh, (entities["den"],)):
+        return False
     if kind == "volume":
         if entities:
             return suffix == "bold" and (space is None or space.startswith("MNI"))
@@ -128,6 +158,9 @@ def _wanted(path: Path, kinds: set[str], mesh: str | None) -> bool:
         if name.endswith(".gii") and not name.endswith(".func.gii") and suffix != "bold":
             return False
         return hemisphere(name) is not None and (space is None or mesh is None or space == mesh)
+    if kind == "cifti":
+        return name.endswith(CIFTI_SERIES) and (suffix in (None, "bold")) and (space is None or mesh is None
+                                                                               or space == mesh)
     return suffix in (None, "timeseries", "bold")
 
 
@@ -158,8 +191,9 @@ def discover_scans(inputs: list[str | os.PathLike], kinds: frozenset[str] | set[
     failure). Two files that map to the same scan id raise DiscoveryError naming both.
     """
     exclude = Path(exclude).resolve() if exclude is not None else None
+    kinds = set(kinds) | ({"cifti"} if "surface" in kinds else set())  # CIFTI cortex is read with surface atlases
     singles, hemis = [], {}
-    for path in _collect(inputs, set(kinds), mesh, exclude):
+    for path in _collect(inputs, kinds, mesh, exclude):
         kind = EXTENSIONS[split_name(path.name)[1]]
         if kind == "surface":
             side = hemisphere(path.name)

@@ -8,6 +8,8 @@ the atlas has networks and also used to classify parcels into networks (:mod:`br
 The baselines are the split's group functional connectivity, spectrally clustered as an affinity
 ("fc_baseline") and k-means clustered on its rows ("fc_rows", as the token covariance). The best
 model-derived source (by ARI) is compared with the best FC one by a parcel bootstrap of the ARI difference.
+A parcel that a scan misses (manifest ``missing_parcels``; masked out of its windows) is left out of every
+average for that scan: each parcel (pair) is averaged over the windows and scans that have it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from flax import nnx
 from brainjax.data.dataset import Dataset
 from brainjax.eval import networks as nw
 from brainjax.eval.inputs import normalized_scans, split_windows
-from brainjax.eval.readouts import ScanMeans, has_time_patches, square, upper_triangle, window_readouts
+from brainjax.eval.readouts import ScanMeans, has_time_patches, pair_present, square, upper_triangle, window_readouts
 from brainjax.models.inputs import WINDOW_KEYS
 
 
@@ -35,12 +37,17 @@ def parcel_representations(loaded, data: str, split: str, *, batch_size: int = 1
     embed = nnx.jit(lambda m, b: window_readouts(m, b, tokcov))
     attend = nnx.jit(lambda m, b: m.attention_maps(b))
     sums, windows, covariances = {}, 0, ScanMeans(np.float32)  # float32: P(P-1)/2 per scan held until the end
+    counts = {}  # windows that have each parcel ([P]) / parcel pair ([P, P]): missing parcels are left out
+    present = {}  # scan -> bool [P] (windows of a scan share its missing parcels)
     for host, batch in split_windows(loaded, data, split, batch_size, max_windows):
         rows = np.flatnonzero(host["valid"])
         windows += rows.size
         out = jax.device_get(embed(model, batch))
-        tokens = np.asarray(out["parcel"], np.float64)[rows]
+        real = np.asarray(host["parcel_mask"], np.float64)
+        present.update(zip(host["scan"][rows].tolist(), np.asarray(host["parcel_mask"], bool)[rows]))
+        tokens = np.asarray(out["parcel"], np.float64)[rows] * real[rows][:, :, None]
         sums["embedding"] = sums.get("embedding", 0.0) + tokens.sum(0)
+        counts["embedding"] = counts.get("embedding", 0.0) + real[rows].sum(0)[:, None]
         if tokcov:
             covariances.add(host["scan"][rows], upper_triangle(out["tokcov"][rows]))
         # dense [L, L] attention: a few windows at a time keeps memory at a few hundred MB at BrainLM sizes
@@ -51,12 +58,18 @@ def parcel_representations(loaded, data: str, split: str, *, batch_size: int = 1
             sums["attention_last"] = sums.get("attention_last", 0.0) + parcel[:, -1].sum(0)
             sums["attention_mean"] = sums.get("attention_mean", 0.0) + parcel.mean(1).sum(0)
             sums["cls_attention"] = sums.get("cls_attention", 0.0) + cls.mean(1).sum(0)
+        pairs = (real[rows][:, :, None] * real[rows][:, None, :]).sum(0)  # maps are 0 off the real pairs
+        for name in ("attention_last", "attention_mean"):
+            counts[name] = counts.get(name, 0.0) + pairs
+        counts["cls_attention"] = counts.get("cls_attention", 0.0) + real[rows].sum(0)
     if windows == 0:
         raise ValueError(f"{data}: split {split!r} has no whole window of {loaded.cfg.data.window} TRs")
-    reps = {**{k: v / windows for k, v in sums.items()}, "windows": windows}
+    reps = {**{k: v / np.maximum(counts[k], 1.0) for k, v in sums.items()}, "windows": windows}
     if tokcov:
-        _, per_scan = covariances.means()
-        reps["tokcov"] = square(per_scan.astype(np.float64).mean(0), len(sums["embedding"]))
+        scans, per_scan = covariances.means()
+        have = pair_present(np.stack([present[s] for s in scans.tolist()])).astype(np.float64)
+        mean = (per_scan.astype(np.float64) * have).sum(0) / np.maximum(have.sum(0), 1.0)
+        reps["tokcov"] = square(mean, len(sums["embedding"]))
     return reps
 
 
@@ -80,8 +93,8 @@ def evaluate_networks(loaded, data: str, split: str, *, batch_size: int = 16, ma
         return {"skipped": f"atlas {dataset.atlas.name} has no network labels (need at least 2 networks)"}
     n_parcels = dataset.atlas.n_parcels
     reps = parcel_representations(loaded, data, split, batch_size=batch_size, max_windows=max_windows)
-    scans, _ = normalized_scans(dataset, split, max_scans)
-    fc = nw.group_fc(scans)
+    scans, rows = normalized_scans(dataset, split, max_scans)
+    fc = nw.group_fc(scans, [dataset.present(i) for i in rows])
     sources = {"embedding": ("features", reps["embedding"][:n_parcels]),
                "attention_last": ("affinity", reps["attention_last"][:n_parcels, :n_parcels]),
                "attention_mean": ("affinity", reps["attention_mean"][:n_parcels, :n_parcels])}

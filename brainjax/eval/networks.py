@@ -62,25 +62,39 @@ def _check_clusters(n_clusters: int, n_parcels: int) -> None:
         raise ValueError(f"n_clusters must be in [1, {n_parcels}] (the number of parcels), got {n_clusters}")
 
 
-def group_fc(series: Sequence[np.ndarray]) -> np.ndarray:
+def group_fc(series: Sequence[np.ndarray], present: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """Group functional connectivity: mean over scans of Fisher-z correlation between parcels.
 
-    series: scans, each float [P, T] (same P). Returns float64 [P, P], symmetric, diagonal 0.
+    series: scans, each float [P, T] (same P). present: per scan bool [P] (False = a parcel the scan misses,
+    never read), or None (all present): each entry is the mean over the scans that have both parcels (0 when
+    none has). Returns float64 [P, P], symmetric, diagonal 0.
     """
     if len(series) == 0:
         raise ValueError("group_fc needs at least one scan")
-    total = None
+    if present is not None and len(present) != len(series):
+        raise ValueError(f"group_fc: {len(present)} presence masks for {len(series)} scans")
+    total = count = None
     for i, scan in enumerate(series):
-        scan = _finite_matrix(scan, f"series[{i}]")
-        if scan.shape[1] < 3:
-            raise ValueError(f"series[{i}] has {scan.shape[1]} time points; correlation needs at least 3")
+        scan = np.asarray(scan, np.float64)
+        if scan.ndim != 2:
+            raise ValueError(f"series[{i}] must be 2-D, got shape {scan.shape}")
         if total is not None and scan.shape[0] != total.shape[0]:
             raise ValueError(f"series[{i}] has {scan.shape[0]} parcels, series[0] has {total.shape[0]}")
-        if np.any(np.ptp(scan, axis=1) == 0):
-            raise ValueError(f"series[{i}] has constant parcels (rows {np.flatnonzero(np.ptp(scan, axis=1) == 0)})")
-        z = np.arctanh(np.clip(np.corrcoef(scan), -_MAX_R, _MAX_R))
-        total = z if total is None else total + z
-    fc = total / len(series)
+        keep = np.ones(scan.shape[0], bool) if present is None else np.asarray(present[i], bool)
+        if keep.shape != scan.shape[:1]:
+            raise ValueError(f"group_fc: presence mask {i} has shape {keep.shape}, series[{i}] {scan.shape}")
+        part = _finite_matrix(scan[keep], f"series[{i}]")
+        if part.shape[1] < 3:
+            raise ValueError(f"series[{i}] has {part.shape[1]} time points; correlation needs at least 3")
+        if np.any(np.ptp(part, axis=1) == 0):
+            flat = np.flatnonzero(keep)[np.ptp(part, axis=1) == 0]
+            raise ValueError(f"series[{i}] has constant parcels (rows {flat})")
+        if total is None:
+            total, count = np.zeros((scan.shape[0],) * 2), np.zeros((scan.shape[0],) * 2)
+        pair = np.ix_(keep, keep)
+        total[pair] += np.arctanh(np.clip(np.corrcoef(part), -_MAX_R, _MAX_R))
+        count[pair] += 1
+    fc = total / np.maximum(count, 1)
     fc = (fc + fc.T) / 2  # remove float round-off asymmetry
     np.fill_diagonal(fc, 0.0)
     return fc

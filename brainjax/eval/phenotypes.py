@@ -7,6 +7,10 @@ go through the same subject-level cross-validated linear and k-NN probes (:mod:`
 pretraining objective never sees a phenotype, so probing across every split is not leakage; the folds keep
 each subject's scans together. Per phenotype and probe model, the best model-derived readout is compared
 with FC by a paired bootstrap over subjects (:func:`brainjax.eval.probe.compare`).
+
+Partial coverage: the FC and token covariance entries of a parcel that a scan misses (manifest
+``missing_parcels``) are NaN, which the probes impute with that entry's mean over the training fold; the
+CLS / mean embeddings never saw the parcel (it is masked out of the encoder's input).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from brainjax.data.dataset import MISSING, Dataset
 from brainjax.eval.embeddings import embed_dataset
 from brainjax.eval.inputs import split_windows
 from brainjax.eval.probe import classification_metrics, compare_all, fc_features, probe_all, regression_metrics
+from brainjax.eval.readouts import mask_missing_pairs
 
 
 def evaluate_probes(loaded, data: str, splits: tuple[str, ...], *, batch_size: int = 16, folds: int = 5,
@@ -32,9 +37,12 @@ def evaluate_probes(loaded, data: str, splits: tuple[str, ...], *, batch_size: i
     arrays = embed_dataset(loaded, data, splits, batch_size)
     index = {row["scan_id"]: i for i, row in enumerate(dataset.manifest)}
     rows = [index[s] for s in arrays["scan_id"]]
-    fc = fc_features([dataset.normalize(dataset.read(i)) for i in rows])
+    present = np.stack([dataset.present(i) for i in rows])
+    fc = fc_features([dataset.normalize(dataset.read(i)) for i in rows], present)
     manifest = [dataset.manifest[i] for i in rows]
     readouts = {name: arrays[name] for name in ("cls", "mean", "tokcov") if name in arrays}
+    if "tokcov" in readouts and not present.all():
+        readouts["tokcov"] = mask_missing_pairs(readouts["tokcov"], present)
     results = probe_all({**readouts, "fc": fc}, manifest, dataset.phenotypes, folds=folds, seed=seed)
     return {"n_scans": len(rows), "splits": list(splits), "phenotypes": results,
             "comparison": compare_all(results, "fc", seed=seed)}

@@ -11,6 +11,9 @@ numbers are honest:
 - Metrics are computed once over all out-of-fold predictions (every labelled scan is predicted exactly once);
   the per-fold mean and std of the main metric are reported beside them.
 - AUROC is computed from predicted probabilities, never from hard labels.
+- A NaN feature is a missing value (an FC entry of a parcel that scan misses, see ``fc_features``): it is
+  imputed with that feature's mean over the outer training fold (scans where it is present), fitted with the
+  scaler, so neither the held-out scans nor a fill value reach the probe.
 
 ``probe`` returns a reason instead of raising when a phenotype cannot be probed (too few scans, subjects or
 subjects per class), so a sweep over many phenotypes survives the unusable ones.
@@ -29,6 +32,7 @@ import numpy as np
 from scipy.stats import pearsonr
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, r2_score, recall_score, roc_auc_score
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
@@ -46,15 +50,21 @@ _MISSING = {"", "n/a"}
 _R_CLIP = 0.999999
 
 
-def fc_features(series: Sequence[np.ndarray]) -> np.ndarray:
+def fc_features(series: Sequence[np.ndarray], present: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """Functional connectivity per scan: Fisher-z Pearson correlations between parcels, upper triangle.
 
     series: N arrays, each float [P, T] (same P for every scan, T >= 2 may differ).
+    present: per scan bool [P] (False = a parcel the scan misses, ``Dataset.present``), or None (all present).
+    A missing parcel's values are never read: its entries are NaN (missing features, which the probes impute
+    with the training fold's mean of that entry), the other entries are the correlations of the present
+    parcels alone.
     Returns float32 [N, P*(P-1)/2], row-major upper triangle without the diagonal; r is clipped to +-0.999999
     so identical parcels give a large finite z rather than inf.
     """
     if len(series) == 0:
         raise ValueError("fc_features: no scans given")
+    if present is not None and len(present) != len(series):
+        raise ValueError(f"fc_features: {len(present)} presence masks for {len(series)} scans")
     n_parcels = None
     rows = []
     for i, scan in enumerate(series):
@@ -69,15 +79,21 @@ def fc_features(series: Sequence[np.ndarray]) -> np.ndarray:
             raise ValueError(f"fc_features: scan {i} has {x.shape[0]} parcels, scan 0 has {n_parcels}")
         if x.shape[1] < 2:
             raise ValueError(f"fc_features: scan {i} has {x.shape[1]} time points, need at least 2")
+        keep = np.ones(n_parcels, bool) if present is None else np.asarray(present[i], bool)
+        if keep.shape != (n_parcels,):
+            raise ValueError(f"fc_features: presence mask {i} has shape {keep.shape}, expected ({n_parcels},)")
+        x = x[keep]
         if not np.isfinite(x).all():
             raise ValueError(f"fc_features: scan {i} contains NaN or Inf")
         flat = np.flatnonzero(np.ptp(x, axis=1) == 0)
         if flat.size:
-            raise ValueError(f"fc_features: scan {i} has constant parcel(s) {flat.tolist()}; correlation undefined")
+            raise ValueError(f"fc_features: scan {i} has constant parcel(s) {np.flatnonzero(keep)[flat].tolist()}; "
+                             f"correlation undefined")
         centred = x - x.mean(axis=1, keepdims=True)
         unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
-        r = (unit @ unit.T)[np.triu_indices(n_parcels, k=1)]
-        rows.append(np.arctanh(np.clip(r, -_R_CLIP, _R_CLIP)))
+        z = np.full((n_parcels, n_parcels), np.nan)
+        z[np.ix_(keep, keep)] = np.arctanh(np.clip(unit @ unit.T, -_R_CLIP, _R_CLIP))
+        rows.append(z[np.triu_indices(n_parcels, k=1)])
     return np.stack(rows).astype(np.float32)
 
 
@@ -236,7 +252,9 @@ class RowSpace(TransformerMixin, BaseEstimator):
 
 
 def _scaled(model) -> object:
-    return make_pipeline(StandardScaler(), RowSpace(), model)
+    # NaN features (missing FC entries) get the training fold's mean; without NaN the imputer changes nothing
+    return make_pipeline(SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler(), RowSpace(),
+                         model)
 
 
 def _spread(scores: list[float]) -> tuple[float, float]:
@@ -261,8 +279,9 @@ def _check_once(counts: np.ndarray) -> None:
 
 
 def _regress(x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits: list, seed: int,
-             notes: list[str]) -> tuple[dict, dict, dict]:
-    """Out-of-fold ridge / kNN / training-mean predictions -> (models, chance, predictions float [N] per model)."""
+             notes: list[str], scored: np.ndarray | None = None) -> tuple[dict, dict, dict]:
+    """Out-of-fold ridge / kNN / training-mean predictions -> (models, chance, predictions float [N] per model).
+    ``scored``: the rows the splits predict and the metrics cover (default: every row)."""
     names = ("ridge", "knn")
     preds = {name: np.zeros(len(y)) for name in names}
     baseline, counts = np.zeros(len(y)), np.zeros(len(y), dtype=int)
@@ -282,10 +301,12 @@ def _regress(x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits: list, see
             preds[name][test] = model.fit(x[train], y[train]).predict(x[test])
             fold_r2[name].append(float(r2_score(y[test], preds[name][test])) if len(test) > 1 else float("nan"))
         alphas.append(float(models["ridge"][-1].alpha_))
-    _check_once(counts)
-    out = _summaries(regression_metrics, y, preds, fold_r2)
+    keep = np.arange(len(y)) if scored is None else scored
+    _check_once(counts[keep])
+    preds = {name: pred[keep] for name, pred in preds.items()}
+    out = _summaries(regression_metrics, y[keep], preds, fold_r2)
     out["ridge"]["alpha"] = alphas
-    return out, regression_metrics(y, baseline), preds
+    return out, regression_metrics(y[keep], baseline[keep]), preds
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int):
@@ -318,8 +339,9 @@ def _choose_c(pipe, x: np.ndarray, y: np.ndarray, inner: list) -> tuple[object, 
 
 
 def _classify(x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits: list, n_classes: int, seed: int,
-              notes: list[str]) -> tuple[dict, dict, dict]:
-    """Out-of-fold logistic / kNN class probabilities -> (models, chance, probabilities float [N, K] per model)."""
+              notes: list[str], scored: np.ndarray | None = None) -> tuple[dict, dict, dict]:
+    """Out-of-fold logistic / kNN class probabilities -> (models, chance, probabilities float [N, K] per model).
+    ``scored``: the rows the splits predict and the metrics cover (default: every row)."""
     names = ("logistic", "knn")
     probs = {name: np.zeros((len(y), n_classes)) for name in names}
     counts = np.zeros(len(y), dtype=int)
@@ -344,7 +366,9 @@ def _classify(x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits: list, n_
                 probs[name][np.ix_(test, model[-1].classes_)] = model.predict_proba(x[test])
         for name in names:
             fold_auc[name].append(classification_metrics(y[test], probs[name][test])["auroc"])
-    _check_once(counts)
+    keep = np.arange(len(y)) if scored is None else scored
+    _check_once(counts[keep])
+    probs, y = {name: p[keep] for name, p in probs.items()}, y[keep]
     out = _summaries(classification_metrics, y, probs, fold_auc)
     out["logistic"]["C"] = cs
     majority = float(np.bincount(y, minlength=n_classes).max() / len(y))
@@ -355,16 +379,17 @@ def _checked_features(features: np.ndarray, n_rows: int, name: str) -> np.ndarra
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] != n_rows:
         raise ValueError(f"{name}: expected features [N={n_rows}, D], got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name}: features contain NaN or Inf")
-    return x
+    if np.isinf(x).any():
+        raise ValueError(f"{name}: features contain Inf (NaN marks a missing value and is imputed; Inf is refused)")
+    return x  # NaN stays: a missing value, imputed in each fit (a feature no training scan has gets 0)
 
 
 def probe(features: np.ndarray, values: Sequence[str], groups: Sequence[str], *, folds: int = 5,
-          seed: int = 0) -> dict:
-    """Probe one phenotype with subject-level cross-validation.
+          seed: int = 0, train: Sequence[bool] | None = None) -> dict:
+    """Probe one phenotype with subject-level cross-validation (or, with ``train``, across cohorts).
 
-    features: float [N, D]; values: [N] manifest strings ("n/a"/"" = missing, those scans are dropped);
+    features: float [N, D] (NaN = a missing value, imputed with the training fold's mean); values: [N]
+    manifest strings ("n/a"/"" = missing, those scans are dropped);
     groups: [N] subject ids. Continuous kinds get "ridge" and "knn" regressors, binary/categorical kinds
     "logistic" and "knn" classifiers (labels mapped to 0..K-1 in sorted order, names in "classes").
     Returns a JSON-able dict {"kind", "n_scans", "n_subjects", "folds", ["classes"], "models": {name:
@@ -372,6 +397,11 @@ def probe(features: np.ndarray, values: Sequence[str], groups: Sequence[str], *,
     "predictions": {"rows": int [M] labelled rows of the input, "subjects": [M], "y": [M] (float values or
     class indices), name: out-of-fold prediction per model ([M] values or [M, K] probabilities)}}, or
     {"kind", "skipped": reason} when the phenotype is constant or has too few scans/subjects.
+
+    train: bool [N], transfer to an external cohort: the probes (hyper-parameters by subject-grouped inner CV)
+    are fitted on the rows marked True and predict the others; "n_scans", metrics and predictions then cover
+    the predicted rows only ("n_train" the fitted ones, "folds" 1, "transfer" True). Groups of the two
+    cohorts must not share ids (prefix them).
     """
     n = len(values)
     x = _checked_features(features, n, "probe")
@@ -386,6 +416,8 @@ def probe(features: np.ndarray, values: Sequence[str], groups: Sequence[str], *,
     labelled = np.array([not _is_missing(v) for v in values])
     kept = [str(v).strip() for v, keep in zip(values, labelled) if keep]
     rows, x, subjects = np.flatnonzero(labelled), x[labelled], subjects[labelled]
+    if train is not None:
+        return _transfer(kind, kept, rows, x, subjects, np.asarray(train, bool)[labelled], seed)
     n_subjects = int(np.unique(subjects).size)
     if len(kept) < 2 * folds:
         return {"kind": kind, "skipped": f"{len(kept)} labelled scans, need at least {2 * folds}"}
@@ -415,12 +447,48 @@ def probe(features: np.ndarray, values: Sequence[str], groups: Sequence[str], *,
     return {**result, "models": models, "chance": chance, "notes": notes, "predictions": predictions}
 
 
+def _transfer(kind: str, kept: list[str], rows: np.ndarray, x: np.ndarray, subjects: np.ndarray,
+              fit: np.ndarray, seed: int) -> dict:
+    """``probe`` with one split: fitted on the ``fit`` rows, scored on the rest (see ``probe``'s ``train``)."""
+    fitted, tested = np.flatnonzero(fit), np.flatnonzero(~fit)
+    n_fit_subjects = int(np.unique(subjects[fitted]).size)
+    if fitted.size < 4 or n_fit_subjects < 3:
+        return {"kind": kind, "skipped": f"{fitted.size} labelled training scans of {n_fit_subjects} subjects, "
+                                         f"need at least 4 of 3"}
+    if tested.size < 2:
+        return {"kind": kind, "skipped": f"{tested.size} labelled scans to test, need at least 2"}
+    classes = None
+    if kind == "continuous":
+        y = _as_numbers(kept)
+    else:
+        y, classes = _encode(kept)
+        for k, name in enumerate(classes):
+            count = np.unique(subjects[fitted][y[fitted] == k]).size
+            if count < 2:
+                return {"kind": kind, "skipped": f"class {name!r} has {count} training subject(s), need 2"}
+    notes: list[str] = []
+    splits = [(fitted, tested)]
+    if kind == "continuous":
+        models, chance, preds = _regress(x, y, subjects, splits, seed, notes, scored=tested)
+    else:
+        models, chance, preds = _classify(x, y, subjects, splits, len(classes), seed, notes, scored=tested)
+    result = {"kind": kind, "n_scans": int(tested.size), "n_subjects": int(np.unique(subjects[tested]).size),
+              "n_train": int(fitted.size), "folds": 1, "transfer": True}
+    if classes is not None:
+        result["classes"] = classes
+    predictions = {"rows": rows[tested].tolist(), "subjects": subjects[tested].tolist(), "y": y[tested].tolist(),
+                   **{name: pred.tolist() for name, pred in preds.items()}}
+    return {**result, "models": models, "chance": chance, "notes": notes, "predictions": predictions}
+
+
 def probe_all(feature_sets: Mapping[str, np.ndarray], manifest: Sequence[Mapping[str, str]],
-              phenotypes: Sequence[str], *, folds: int = 5, seed: int = 0) -> dict:
+              phenotypes: Sequence[str], *, folds: int = 5, seed: int = 0,
+              train: Sequence[bool] | None = None) -> dict:
     """``probe`` for every phenotype on every feature set.
 
     feature_sets: name -> float [N, D] whose rows align with the N manifest rows; manifest: [N] rows with a
-    "subject" key (the CV groups) and phenotype columns (a missing key counts as a missing value).
+    "subject" key (the CV groups) and phenotype columns (a missing key counts as a missing value); train: bool
+    [N] for a transfer across cohorts (see ``probe``).
     Returns {phenotype: {feature_set_name: probe result}}.
     """
     rows = list(manifest)
@@ -436,7 +504,8 @@ def probe_all(feature_sets: Mapping[str, np.ndarray], manifest: Sequence[Mapping
         if not any(pheno in row for row in rows):
             raise ValueError(f"probe_all: phenotype {pheno!r} is not a manifest column")
         values = [row.get(pheno, "") for row in rows]
-        results[pheno] = {name: probe(x, values, subjects, folds=folds, seed=seed) for name, x in checked.items()}
+        results[pheno] = {name: probe(x, values, subjects, folds=folds, seed=seed, train=train)
+                          for name, x in checked.items()}
     return results
 
 

@@ -31,7 +31,8 @@ def token_covariance(tokens: jax.Array | np.ndarray, parcel_mask: jax.Array | np
     covariance of parcels p, q is the mean over n and w of the product of their centred tokens, normalised by
     the diagonal into a correlation r, clipped to +-0.999999 and Fisher-z transformed (arctanh).
     Returns float32 [B, P, P], symmetric; the diagonal, padded parcels' rows / columns and those of parcels
-    whose tokens do not vary over patches (correlation undefined) are 0. Traceable under jit.
+    whose tokens do not vary over patches (correlation undefined) are 0: a parcel a scan misses is masked
+    like padding, and :func:`pair_present` tells such fill values from measurements. Traceable under jit.
     """
     tokens = jnp.asarray(tokens, jnp.float32)
     if tokens.ndim != 4:
@@ -77,6 +78,26 @@ def square(triangle: np.ndarray, n_parcels: int) -> np.ndarray:
     rows, cols = np.triu_indices(n_parcels, k=1)
     out[..., rows, cols] = triangle
     out[..., cols, rows] = triangle
+    return out
+
+
+def pair_present(present: np.ndarray) -> np.ndarray:
+    """Which upper-triangle entries (``upper_triangle`` order) join two present parcels.
+
+    present: bool [..., P] (False = a parcel the scan misses). Returns bool [..., P(P-1)/2]. A connectivity
+    entry of a missing parcel is no measurement (``token_covariance`` gives it 0, a fill value): callers mark
+    it missing (NaN) or leave it out of averages with this mask.
+    """
+    present = np.asarray(present, bool)
+    rows, cols = np.triu_indices(present.shape[-1], k=1)
+    return present[..., rows] & present[..., cols]
+
+
+def mask_missing_pairs(triangles: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """``triangles`` [N, P(P-1)/2] (float) with the entries of missing parcels set to NaN (a copy); present:
+    bool [N, P]. NaN features are imputed by the probes from the training fold."""
+    out = np.array(triangles, dtype=np.result_type(triangles, np.float32), copy=True)
+    out[~pair_present(present)] = np.nan
     return out
 
 

@@ -3,7 +3,8 @@
 Tokens are parcel x time patch, flattened parcel-major: token ``p * N + n`` is parcel ``p``, patch ``n``.
 Every strategy gives each token a *priority* (0 = keep visible, 1 = mask) and a random tie-breaker; the
 visible set is the ``V`` lowest scores, so the encoder always sees exactly ``V`` slots (static shapes under
-jit). Padded parcels score +inf: they are never visible and never in the loss.
+jit). Padded parcels, and the parcels a scan misses (partial coverage; both have ``parcel_mask`` False), score
++inf: they are never visible and never in the loss.
 
 Strategies (``MaskConfig.strategy``):
 
@@ -146,7 +147,7 @@ def _sample_one(rng: jax.Array, mask_cfg: MaskConfig, real_parcel: jax.Array, n_
 def sample_masking(rng: jax.Array, mask_cfg: MaskConfig, parcel_mask: jax.Array, n_patches: int) -> Masking:
     """Sample a :class:`Masking` for a batch.
 
-    rng: PRNG key; parcel_mask: bool [B, P] (False = padded parcel); n_patches: N patches per parcel.
+    rng: PRNG key; parcel_mask: bool [B, P] (False = padded or missing parcel); n_patches: N patches per parcel.
     Returns visible_idx int32 [B, V], visible_valid bool [B, V], masked bool [B, P * N], with
     ``V = visible_count(mask_cfg, P, n_patches)`` static. The same rng gives the same masking.
     """
