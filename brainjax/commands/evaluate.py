@@ -9,6 +9,11 @@ Tasks (``--tasks``, comma-separated; default all that apply):
 * ``networks``     parcel embeddings / attention -> networks vs the atlas labels, vs FC-row clustering
 * ``finetuned``    (fine-tuned regress/classify checkpoints) held-out predictions of the trained head
 
+External cohorts (a dataset that is all test data, BrainLM's headline use): the reconstruction and
+forecasting baselines are fitted on the checkpoint's own training data (or ``--baseline-data``), never on the
+evaluated scans, and the report says which (``baselines``); ``--probe-train D`` fits the probes on D's labelled
+scans and tests them on the external cohort, subject-level as within one cohort.
+
 The checkpoint is loaded for evaluation only (onto however many devices this process has); nothing in the
 work dir changes. The report goes to ``--out`` (default ``WORKDIR/eval/report.json``).
 """
@@ -27,7 +32,8 @@ TASKS = ("reconstruct", "probe", "forecast", "networks", "finetuned")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", required=True, help="a pretraining or fine-tuning work dir")
+    parser.add_argument("--workdir", required=True, help="a pretraining or fine-tuning work dir, an export "
+                        "directory (brainjax export), or BrainLM's ViT-MAE weights (a Hugging Face directory)")
     parser.add_argument("--data", help="dataset directory (default: the embedded synthetic dataset)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"),
                         help="held-out split for reconstruct/forecast/networks/finetuned (default: %(default)s)")
@@ -42,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--forecast-patches", type=int, default=1, help="patches forecast (default: %(default)s)")
     parser.add_argument("--lstm-steps", type=int, default=300,
                         help="training steps of the LSTM forecasting baseline (0 = leave it out)")
+    parser.add_argument("--baseline-data", help="dataset whose training split fits the reconstruction and "
+                        "forecasting baselines (default: the evaluated dataset's, or for an external cohort "
+                        "without one the checkpoint's own training data)")
+    parser.add_argument("--probe-train", help="external-cohort probes: fit on this dataset's scans and labels "
+                        "(e.g. the pretraining cohort) and test on every scan of --data, instead of "
+                        "cross-validating within --data")
     parser.add_argument("--seed", type=int, default=0, help="masking draws, clustering and CV folds")
     parser.add_argument("--no-figures", action="store_true", help="write the JSON report only")
 
@@ -61,20 +73,27 @@ def choose_tasks(text: str | None, finetune_task: str) -> list[str]:
     return tasks
 
 
-def run_task(task: str, loaded, data: str, args: argparse.Namespace, figures: Path | None) -> dict:
+def run_task(task: str, loaded, data: str, args: argparse.Namespace, figures: Path | None,
+             baselines: dict | None) -> dict:
     common = dict(batch_size=args.batch, max_windows=args.max_windows)
     if task == "reconstruct":
         from brainjax.eval.reconstruct import evaluate_reconstruction
-        return evaluate_reconstruction(loaded, data, args.split, seed=args.seed, figure_dir=figures, **common)
+        return evaluate_reconstruction(loaded, data, args.split, seed=args.seed, figure_dir=figures,
+                                       baselines_from=baselines["path"], **common)
     if task == "probe":
-        from brainjax.eval.phenotypes import evaluate_probes
         splits = tuple(s for s in args.probe_splits.split(",") if s)
+        if args.probe_train:
+            from brainjax.eval.transfer import evaluate_probe_transfer
+            return evaluate_probe_transfer(loaded, str(Path(args.probe_train).resolve()), data, splits,
+                                           batch_size=args.batch, seed=args.seed)
+        from brainjax.eval.phenotypes import evaluate_probes
         result = evaluate_probes(loaded, data, splits, batch_size=args.batch, folds=args.folds, seed=args.seed)
         return {**result, "folds": args.folds}
     if task == "forecast":
         from brainjax.eval.forecast import evaluate_forecast
         return evaluate_forecast(loaded, data, args.split, future_patches=args.forecast_patches, seed=args.seed,
-                                 lstm_steps=args.lstm_steps, figure_dir=figures, **common)
+                                 lstm_steps=args.lstm_steps, figure_dir=figures, baselines_from=baselines["path"],
+                                 **common)
     if task == "networks":
         from brainjax.eval.network_maps import evaluate_networks
         return evaluate_networks(loaded, data, args.split, seed=args.seed, figure_dir=figures, **common)
@@ -88,6 +107,7 @@ def main(args: argparse.Namespace) -> int:
     from brainjax.data.dataset import Dataset
     from brainjax.data.synthetic import data_or_default
     from brainjax.errors import BrainjaxError
+    from brainjax.eval.inputs import baseline_data
     from brainjax.eval.report import format_report, write_report
     from brainjax.run import load_model
 
@@ -96,14 +116,25 @@ def main(args: argparse.Namespace) -> int:
     Dataset(data)  # fail on a bad dataset before loading the model
     loaded = load_model(args.workdir, args.step, objective="mae")  # BrainLM runs and their heads
     tasks = choose_tasks(args.tasks, loaded.cfg.finetune.task)
+    supported = getattr(loaded.backbone, "evaluate_tasks", None)  # e.g. a ViT-MAE: no attention maps
+    if supported is not None:
+        if args.tasks and set(tasks) - set(supported):
+            raise UsageError(f"--tasks {args.tasks}: {args.workdir} supports {','.join(supported)} only")
+        tasks = [t for t in tasks if t in supported]
     figures = None if args.no_figures else out.parent
+    baseline_source = args.baseline_data and str(Path(args.baseline_data).resolve())
+    # fitted baselines exist for reconstruct and forecast only; found (or refused) before any task runs
+    baselines = baseline_data(loaded, data, baseline_source) if {"reconstruct", "forecast"} & set(tasks) else None
     report = {"workdir": str(Path(args.workdir).resolve()), "step": loaded.step, "data": data,
               "split": args.split, "config": loaded.cfg.name, "finetune": loaded.cfg.finetune.task or None,
-              "devices": jax.device_count(), "platform": jax.default_backend(), "tasks": {}, "seconds": {}}
+              "devices": jax.device_count(), "platform": jax.default_backend(), "baselines": baselines,
+              "tasks": {}, "seconds": {}}
+    if baselines and baselines["path"] != data:
+        print(f"baselines fitted on {baselines['path']} ({baselines['source']})", file=sys.stderr)
     for task in tasks:
         start = time.perf_counter()
         try:
-            report["tasks"][task] = run_task(task, loaded, data, args, figures)
+            report["tasks"][task] = run_task(task, loaded, data, args, figures, baselines)
         except ValueError as err:  # name the task that failed (the cli prints one line and exits 2)
             raise (type(err) if isinstance(err, BrainjaxError) else ValueError)(f"{task}: {err}") from err
         report["seconds"][task] = round(time.perf_counter() - start, 2)

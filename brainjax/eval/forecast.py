@@ -30,11 +30,12 @@ VAR_ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 def evaluate_forecast(loaded, data: str, split: str, *, future_patches: int = 1, batch_size: int = 16,
                       max_windows: int = 0, seed: int = 0, ar_order: int = 3, var_order: int = 1,
                       lstm_steps: int = 300, max_train_scans: int = 200, n_boot: int = N_BOOT,
-                      figure_dir: Path | None = None) -> dict:
+                      figure_dir: Path | None = None, baselines_from: str | None = None) -> dict:
     """Forecast errors per method: {"context_trs", "horizon_trs", "tr", "windows", "methods": {name:
     forecast_errors dict}, "var_alpha", ..., "comparison", "per_step", "vs"} with the last three from
     :func:`~brainjax.eval.forecast_baselines.compare_forecasts` (``n_boot`` draws over scans, a scan's
-    windows together, seeded by ``seed``); ``lstm_steps=0`` leaves the LSTM out."""
+    windows together, seeded by ``seed``); ``lstm_steps=0`` leaves the LSTM out. baselines_from: the dataset
+    whose training (and validation) split fits the baselines (default: ``data``)."""
     model = loaded.backbone
     patch, window = model.cfg.patch, loaded.cfg.data.window
     n_patches = window // patch
@@ -43,8 +44,9 @@ def evaluate_forecast(loaded, data: str, split: str, *, future_patches: int = 1,
                          f"patches of {patch} TRs; forecast between 1 and {n_patches - 1}")
     horizon, context_len = future_patches * patch, window - future_patches * patch
     dataset = Dataset(data)
-    train, _ = normalized_scans(dataset, "train", max_train_scans)
-    val, _ = normalized_scans(dataset, "val", max_train_scans)
+    source = Dataset(baselines_from) if baselines_from else dataset
+    train, _ = normalized_scans(source, "train", max_train_scans, complete=True)
+    val, _ = normalized_scans(source, "val", max_train_scans, complete=True)
     baselines = {"persistence": lambda ctx: fb.persistence(ctx, horizon)}
     ar = fb.fit_ar(train, ar_order)
     baselines[f"ar{ar_order}"] = lambda ctx: fb.predict_ar(ar, ctx, horizon)

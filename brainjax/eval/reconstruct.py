@@ -36,7 +36,8 @@ def strategy_config(base: MaskConfig, strategy: str, future_patches: int = 1) ->
 
 def evaluate_reconstruction(loaded, data: str, split: str, *, strategies=STRATEGIES, batch_size: int = 16,
                             max_windows: int = 0, seed: int = 0, max_train_scans: int = 200,
-                            n_boot: int = N_BOOT, figure_dir: Path | None = None) -> dict:
+                            n_boot: int = N_BOOT, figure_dir: Path | None = None,
+                            baselines_from: str | None = None) -> dict:
     """Model and baseline reconstruction metrics per strategy (JSON-able).
 
     Returns {strategy: {"model": metrics, "parcel_mean": ..., "interpolation": ..., "regression": ...,
@@ -44,10 +45,14 @@ def evaluate_reconstruction(loaded, data: str, split: str, *, strategies=STRATEG
     (``r2_per_parcel`` included) and the comparison of
     :func:`~brainjax.eval.recon_baselines.compare_to_best` (``n_boot`` draws over scans, a scan's windows
     resampled together, seeded by ``seed``), plus "windows" (windows scored) and, with ``figure_dir``, "figures".
+    baselines_from: the dataset whose training split fits the regression baseline (default: ``data``; see
+    :func:`~brainjax.eval.inputs.baseline_data`).
     """
     model = loaded.backbone
+    # a model that masks in its own way (a ViT-MAE's random blocks) is scored on the strategies it has
+    strategies = tuple(s for s in strategies if s in getattr(model, "mask_strategies", STRATEGIES))
     dataset = Dataset(data)
-    train, _ = normalized_scans(dataset, "train", max_train_scans)
+    train, _ = normalized_scans(Dataset(baselines_from or data), "train", max_train_scans, complete=True)
     moments = accumulate_moments(train)  # the regression baseline's covariance: training split only
     patch = model.cfg.patch
     configs = {s: strategy_config(loaded.cfg.mask, s) for s in strategies}

@@ -83,7 +83,11 @@ def probe_table(probe: dict) -> str:
             rows.append([pheno, "-", "-", *(skipped.get(f, "") and "skipped" for f in names), "", "", ""])
     level = next((c["level"] for by_model in comparisons.values() for c in by_model.values()
                   if isinstance(c, dict) and c.get("level")), 0.95)
-    return _table(f"probes: subject-level {probe.get('folds', '')}-fold CV over {probe['n_scans']} scans "
+    transfer = probe.get("transfer")
+    scheme = (f"probes fitted on {transfer['train']} ({transfer['n_train']} scans), tested on the "
+              f"{probe['n_scans']} scans evaluated" if transfer else
+              f"probes: subject-level {probe.get('folds', '')}-fold CV over {probe['n_scans']} scans")
+    return _table(f"{scheme} "
                   "(cls/mean = embeddings, tokcov = token covariance readout, fc = connectivity baseline; "
                   f"best readout - fc with its {level:.0%} subject-bootstrap interval)",
                   ["phenotype", "probe", "metric", *names, "best", "best - fc [CI]", "verdict"], rows)
@@ -147,6 +151,9 @@ def format_report(report: dict) -> str:
     """All task tables of a report, in task order."""
     parts = [f"checkpoint {report['workdir']} step {report['step']} | data {report['data']} | "
              f"split {report['split']}"]
+    baselines = report.get("baselines")
+    if baselines and baselines["path"] != report["data"]:
+        parts[0] += f"\nbaselines fitted on {baselines['path']} ({baselines['source']})"
     for task, result in report["tasks"].items():
         parts.append(TABLES[task](result))
     return "\n\n".join(parts)

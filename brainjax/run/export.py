@@ -40,6 +40,7 @@ from brainjax import sharding
 from brainjax.config import MeshConfig, from_saved, to_dict
 from brainjax.errors import CheckpointMismatchError, InputError, UsageError
 from brainjax.paths import strict_json, write_json
+from brainjax.run.hf_vitmae import is_hf_vitmae, load_hf_vitmae
 from brainjax.run.workdir import LoadedModel, Run
 from brainjax.tasks import task_for
 
@@ -203,11 +204,17 @@ def load_pretrained(path: str | os.PathLike, mesh: Any = None, objective: str | 
 
 def load_model(path: str | os.PathLike, step: int | None = None, mesh: Any = None,
                objective: str | None = None) -> LoadedModel:
-    """The model of a work dir's checkpoint ``step`` (default: the latest) or of an export directory, parameters
-    only; every evaluation command loads through here, so each accepts either.
+    """The model of a work dir's checkpoint ``step`` (default: the latest), of an export directory, or of a
+    Hugging Face ViT-MAE directory (BrainLM's released weights, :mod:`brainjax.run.hf_vitmae`), parameters
+    only; every evaluation command loads through here, so each accepts any of them.
 
     objective: refuse a run of another objective (e.g. ``"tokenizer"`` where a tokenizer is needed).
     """
+    if is_hf_vitmae(path):  # BrainLM's released ViT-MAE weights (a local Hugging Face directory)
+        loaded = load_hf_vitmae(path, mesh, objective)
+        if step is not None:
+            raise UsageError(f"{path} is a Hugging Face model without steps; leave out --step")
+        return loaded
     if is_export(path):
         loaded = load_pretrained(path, mesh, objective)
         if step is not None and step != loaded.step:
