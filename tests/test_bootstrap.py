@@ -180,3 +180,11 @@ def test_weighted_auroc_equals_repeated_rows():
     want = roc_auc_score(np.repeat(labels, w), np.repeat(prob, w, axis=0), multi_class="ovr", average="macro")
     assert weighted_auroc(w, labels, prob) == pytest.approx(want, rel=1e-12)
     assert np.isnan(weighted_auroc(np.where(labels == 2, 0, w), labels, prob))
+
+
+def test_a_single_independent_unit_gives_no_interval_and_no_verdict():
+    """Four windows of one scan: every draw repeats the scan, a zero-width interval would claim a win."""
+    diff = lambda w: float(np.average([0.2, 0.3, 0.25, 0.1], weights=w))  # noqa: E731
+    out = paired_interval(diff, 4, groups=["scan0"] * 4, n_boot=50)
+    assert out["diff"] == pytest.approx(0.2125) and np.isnan(out["low"]) and verdict(out) == "ties"
+    assert verdict(paired_interval(diff, 4, groups=["a", "a", "b", "b"], n_boot=200)) == "beats"

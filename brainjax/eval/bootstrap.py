@@ -53,15 +53,17 @@ def paired_interval(difference: Callable[[np.ndarray], float], n_units: int, *, 
     difference: maps unit weights float [U] to the scalar difference on that draw; called once with all
     weights 1 for the point estimate. Returns {"diff", "low", "high", "level", "n_boot", "n_units"}; draws
     on which the difference is undefined (NaN, e.g. one class only) are dropped, and "low"/"high" are NaN when
-    fewer than half the draws are defined.
+    fewer than half the draws are defined, or when there is a single independent unit (one scan or subject:
+    every draw repeats it, so the spread says nothing about uncertainty and no verdict can be claimed).
     """
     if not 0 < level < 1:
         raise ValueError(f"bootstrap level must be in (0, 1), got {level}")
     point = float(difference(np.ones(n_units)))
+    independent = n_units if groups is None else np.unique(np.asarray(groups)).size
     draws = np.array([difference(w) for w in resample_weights(n_units, n_boot, seed, groups)], np.float64)
     draws = draws[np.isfinite(draws)]
     low = high = float("nan")
-    if draws.size >= n_boot / 2:
+    if draws.size >= n_boot / 2 and independent >= 2:
         tail = (1 - level) / 2
         low, high = (float(v) for v in np.quantile(draws, [tail, 1 - tail]))
     return {"diff": point, "low": low, "high": high, "level": level, "n_boot": n_boot, "n_units": n_units}
