@@ -9,14 +9,15 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-import torch
-import transformers
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from brainjax.models.lm import LMConfig
 from brainjax.models.lm_loading import from_pretrained
+
+torch = pytest.importorskip("torch")  # the logits reference (not installable on every Python)
+transformers = pytest.importorskip("transformers")
 
 # Four 7-word sentences (an unpadded batch) and two shorter ones (left padding in a batch of the same shape).
 SENTENCES = ["the brain is a network of regions", "regions talk to each other over time",

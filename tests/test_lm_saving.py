@@ -8,8 +8,6 @@ import json
 import jax
 import numpy as np
 import pytest
-import torch
-import transformers
 from flax import nnx
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
@@ -17,6 +15,9 @@ from brainjax.models import lm_saving
 from brainjax.models.lm import DecoderLM, LMConfig
 from brainjax.models.lm_loading import from_pretrained
 from brainjax.models.lm_saving import save_pretrained
+
+torch = pytest.importorskip("torch")  # the logits reference (not installable on every Python)
+transformers = pytest.importorskip("transformers")
 
 TEXTS = ["the brain is a network of regions", "regions talk to each other over time", "a model reads the signal"]
 VOCAB = 64
