@@ -105,7 +105,7 @@ def test_transfer_probe_skips_when_a_class_is_missing_from_training():
     groups = [f"s{i}" for i in range(20)]
     assert "skipped" not in probe(x, labels, groups, train=np.arange(20) < 12)  # 2 training subjects of b
     result = probe(x, labels, groups, train=np.arange(20) < 11)
-    assert "class 'b' has 1 training subject" in result["skipped"]
+    assert "class 'b' has 1 training subject(s)" in result["skipped"]
 
 
 @pytest.mark.slow

@@ -115,6 +115,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _print_scans(label: str, scans: list[dict], where: str, limit: int = 20) -> None:
+    """One line per scan (file: reason), the first ``limit``; ``where`` tells where the rest are listed."""
+    for scan in scans[:limit]:
+        print(f"  {label} {scan['file']}: {scan['reason']}")
+    if len(scans) > limit:
+        print(f"  ... {len(scans) - limit} more (see {where} once finalized)")
+
+
 def main(args: argparse.Namespace) -> int:
     from brainjax.data.clean import CleanOptions, ScanError
     from brainjax.data.prepare import PrepareOptions, PrepareWarning, prepare
@@ -145,17 +153,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"rebuilt shard {shard} ({reason})")
     print(f"shard {index}/{count}: {result.n_mine} of {result.n_scans} scans; processed {result.processed}, "
           f"already staged {result.skipped}, failed {len(result.failures)} ({result.seconds:.1f} s)")
-    for failure in result.failures[:20]:
-        print(f"  FAILED {failure['file']}: {failure['reason']}")
-    if len(result.failures) > 20:
-        print(f"  ... {len(result.failures) - 20} more (see {args.out}/failures.tsv once finalized)")
+    _print_scans("FAILED", result.failures, f"{args.out}/failures.tsv")
     if result.partial:
         print(f"kept {len(result.partial)} scans with missing parcels (masked for those scans; manifest.tsv "
               f"column missing_parcels):")
-        for scan in result.partial[:20]:
-            print(f"  PARTIAL {scan['file']}: {scan['reason']}")
-        if len(result.partial) > 20:
-            print(f"  ... {len(result.partial) - 20} more (see `brainjax info {args.out}` once finalized)")
+        _print_scans("PARTIAL", result.partial, f"`brainjax info {args.out}`")
     if result.finalized:
         print(f"dataset ready: {args.out} (inspect with `brainjax info {args.out}`)")
     elif not result.missing_parts:

@@ -423,26 +423,41 @@ def probe(features: np.ndarray, values: Sequence[str], groups: Sequence[str], *,
         return {"kind": kind, "skipped": f"{len(kept)} labelled scans, need at least {2 * folds}"}
     if n_subjects < 3:
         return {"kind": kind, "skipped": f"{n_subjects} labelled subjects, need at least 3"}
-    classes = None
-    if kind == "continuous":
-        y = _as_numbers(kept)
-    else:
-        y, classes = _encode(kept)
-        for k, name in enumerate(classes):
-            count = np.unique(subjects[y == k]).size
-            if count < 2:
-                return {"kind": kind, "skipped": f"class {name!r} has {count} subject(s), need at least 2"}
+    y, classes, skipped = _targets(kind, kept, subjects, np.ones(len(kept), bool), "")
+    if skipped:
+        return {"kind": kind, "skipped": skipped}
     n_splits = min(folds, n_subjects)
     splits = list(GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(x, y, subjects))
-    notes: list[str] = []
-    if kind == "continuous":
-        models, chance, preds = _regress(x, y, subjects, splits, seed, notes)
-    else:
-        models, chance, preds = _classify(x, y, subjects, splits, len(classes), seed, notes)
     result = {"kind": kind, "n_scans": len(kept), "n_subjects": n_subjects, "folds": n_splits}
-    if classes is not None:
-        result["classes"] = classes
-    predictions = {"rows": rows.tolist(), "subjects": subjects.tolist(), "y": y.tolist(),
+    return _fitted(result, x, y, classes, rows, subjects, splits, seed, None)
+
+
+def _targets(kind: str, kept: list[str], subjects: np.ndarray, fit: np.ndarray, which: str
+             ) -> tuple[np.ndarray, list[str] | None, str]:
+    """(y, class names or None, reason to skip or ""): numbers for continuous kinds, class indices otherwise,
+    skipped when a class has fewer than 2 subjects among the ``fit`` rows (``which`` names them)."""
+    if kind == "continuous":
+        return _as_numbers(kept), None, ""
+    y, classes = _encode(kept)
+    for k, name in enumerate(classes):
+        count = np.unique(subjects[fit & (y == k)]).size
+        if count < 2:
+            return y, classes, f"class {name!r} has {count} {which}subject(s), need at least 2"
+    return y, classes, ""
+
+
+def _fitted(result: dict, x: np.ndarray, y: np.ndarray, classes: list[str] | None, rows: np.ndarray,
+            subjects: np.ndarray, splits: list, seed: int, scored: np.ndarray | None) -> dict:
+    """``result`` completed by the probes fitted over ``splits`` and their predictions of the ``scored`` rows
+    (default: every row): models, chance, notes, classes and predictions (see ``probe``)."""
+    notes: list[str] = []
+    if classes is None:
+        models, chance, preds = _regress(x, y, subjects, splits, seed, notes, scored=scored)
+    else:
+        models, chance, preds = _classify(x, y, subjects, splits, len(classes), seed, notes, scored=scored)
+        result = {**result, "classes": classes}
+    keep = np.arange(len(y)) if scored is None else scored
+    predictions = {"rows": rows[keep].tolist(), "subjects": subjects[keep].tolist(), "y": y[keep].tolist(),
                    **{name: pred.tolist() for name, pred in preds.items()}}
     return {**result, "models": models, "chance": chance, "notes": notes, "predictions": predictions}
 
@@ -457,28 +472,12 @@ def _transfer(kind: str, kept: list[str], rows: np.ndarray, x: np.ndarray, subje
                                          f"need at least 4 of 3"}
     if tested.size < 2:
         return {"kind": kind, "skipped": f"{tested.size} labelled scans to test, need at least 2"}
-    classes = None
-    if kind == "continuous":
-        y = _as_numbers(kept)
-    else:
-        y, classes = _encode(kept)
-        for k, name in enumerate(classes):
-            count = np.unique(subjects[fitted][y[fitted] == k]).size
-            if count < 2:
-                return {"kind": kind, "skipped": f"class {name!r} has {count} training subject(s), need 2"}
-    notes: list[str] = []
-    splits = [(fitted, tested)]
-    if kind == "continuous":
-        models, chance, preds = _regress(x, y, subjects, splits, seed, notes, scored=tested)
-    else:
-        models, chance, preds = _classify(x, y, subjects, splits, len(classes), seed, notes, scored=tested)
+    y, classes, skipped = _targets(kind, kept, subjects, fit, "training ")
+    if skipped:
+        return {"kind": kind, "skipped": skipped}
     result = {"kind": kind, "n_scans": int(tested.size), "n_subjects": int(np.unique(subjects[tested]).size),
               "n_train": int(fitted.size), "folds": 1, "transfer": True}
-    if classes is not None:
-        result["classes"] = classes
-    predictions = {"rows": rows[tested].tolist(), "subjects": subjects[tested].tolist(), "y": y[tested].tolist(),
-                   **{name: pred.tolist() for name, pred in preds.items()}}
-    return {**result, "models": models, "chance": chance, "notes": notes, "predictions": predictions}
+    return _fitted(result, x, y, classes, rows, subjects, [(fitted, tested)], seed, tested)
 
 
 def probe_all(feature_sets: Mapping[str, np.ndarray], manifest: Sequence[Mapping[str, str]],
