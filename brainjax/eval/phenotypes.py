@@ -26,6 +26,21 @@ from brainjax.eval.probe import classification_metrics, compare_all, fc_features
 from brainjax.eval.readouts import mask_missing_pairs
 
 
+def probe_features(loaded, data: str, splits: tuple[str, ...], batch_size: int) -> tuple[dict, list[dict]]:
+    """What the probes read for every scan of ``splits`` with a whole window: ({"cls", "mean", ["tokcov"], "fc"}:
+    float [N, D], with NaN on the pairs of parcels a scan misses) and the N manifest rows, in the same order."""
+    dataset = Dataset(data)
+    arrays = embed_dataset(loaded, data, splits, batch_size)
+    index = {row["scan_id"]: i for i, row in enumerate(dataset.manifest)}
+    rows = [index[s] for s in arrays["scan_id"]]
+    present = np.stack([dataset.present(i) for i in rows])
+    features = {name: arrays[name] for name in ("cls", "mean", "tokcov") if name in arrays}
+    if "tokcov" in features and not present.all():
+        features["tokcov"] = mask_missing_pairs(features["tokcov"], present)
+    features["fc"] = fc_features([dataset.normalize(dataset.read(i)) for i in rows], present)
+    return features, [dataset.manifest[i] for i in rows]
+
+
 def evaluate_probes(loaded, data: str, splits: tuple[str, ...], *, batch_size: int = 16, folds: int = 5,
                     seed: int = 0) -> dict:
     """{"phenotypes": {phenotype: {"cls" | "mean" | "tokcov" | "fc": probe result}}, "comparison": {phenotype:
@@ -34,17 +49,9 @@ def evaluate_probes(loaded, data: str, splits: tuple[str, ...], *, batch_size: i
     dataset = Dataset(data)
     if not dataset.phenotypes:
         return {"skipped": f"{data}: the manifest has no phenotype columns"}
-    arrays = embed_dataset(loaded, data, splits, batch_size)
-    index = {row["scan_id"]: i for i, row in enumerate(dataset.manifest)}
-    rows = [index[s] for s in arrays["scan_id"]]
-    present = np.stack([dataset.present(i) for i in rows])
-    fc = fc_features([dataset.normalize(dataset.read(i)) for i in rows], present)
-    manifest = [dataset.manifest[i] for i in rows]
-    readouts = {name: arrays[name] for name in ("cls", "mean", "tokcov") if name in arrays}
-    if "tokcov" in readouts and not present.all():
-        readouts["tokcov"] = mask_missing_pairs(readouts["tokcov"], present)
-    results = probe_all({**readouts, "fc": fc}, manifest, dataset.phenotypes, folds=folds, seed=seed)
-    return {"n_scans": len(rows), "splits": list(splits), "phenotypes": results,
+    features, manifest = probe_features(loaded, data, splits, batch_size)
+    results = probe_all(features, manifest, dataset.phenotypes, folds=folds, seed=seed)
+    return {"n_scans": len(manifest), "splits": list(splits), "phenotypes": results,
             "comparison": compare_all(results, "fc", seed=seed)}
 
 

@@ -15,26 +15,16 @@ import numpy as np
 
 from brainjax.data.dataset import Dataset
 from brainjax.errors import DatasetError
-from brainjax.eval.embeddings import embed_dataset
-from brainjax.eval.probe import compare_all, fc_features, probe_all
-from brainjax.eval.readouts import mask_missing_pairs
+from brainjax.eval.phenotypes import probe_features
+from brainjax.eval.probe import compare_all, probe_all
 
 EVERY_SPLIT = ("train", "val", "test")
 
 
 def _cohort(loaded, path: str, splits: tuple[str, ...], batch_size: int, tag: str) -> tuple[dict, list[dict]]:
     """{readout: float [N, D]} (FC included) and the manifest rows (subjects prefixed with ``tag``)."""
-    dataset = Dataset(path)
-    arrays = embed_dataset(loaded, path, splits, batch_size)
-    index = {row["scan_id"]: i for i, row in enumerate(dataset.manifest)}
-    rows = [index[s] for s in arrays["scan_id"]]
-    present = np.stack([dataset.present(i) for i in rows])
-    features = {name: arrays[name] for name in ("cls", "mean", "tokcov") if name in arrays}
-    if "tokcov" in features and not present.all():
-        features["tokcov"] = mask_missing_pairs(features["tokcov"], present)
-    features["fc"] = fc_features([dataset.normalize(dataset.read(i)) for i in rows], present)
-    manifest = [{**dataset.manifest[i], "subject": f"{tag}:{dataset.manifest[i]['subject']}"} for i in rows]
-    return features, manifest
+    features, manifest = probe_features(loaded, path, splits, batch_size)
+    return features, [{**row, "subject": f"{tag}:{row['subject']}"} for row in manifest]
 
 
 def evaluate_probe_transfer(loaded, train_data: str, test_data: str, splits: tuple[str, ...] = EVERY_SPLIT, *,

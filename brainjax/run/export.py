@@ -41,7 +41,7 @@ from brainjax.config import MeshConfig, from_saved, to_dict
 from brainjax.errors import CheckpointMismatchError, InputError, UsageError
 from brainjax.paths import strict_json, write_json
 from brainjax.run.hf_vitmae import is_hf_vitmae, load_hf_vitmae
-from brainjax.run.workdir import LoadedModel, Run
+from brainjax.run.workdir import LoadedModel, Run, model_target
 from brainjax.tasks import task_for
 
 FORMAT = "brainjax-model"
@@ -170,18 +170,14 @@ def load_pretrained(path: str | os.PathLike, mesh: Any = None, objective: str | 
     cfg = dataclasses.replace(cfg, mesh=MeshConfig(data=-1, fsdp=1))
     task = task_for(cfg, lineage)
     mesh = mesh if mesh is not None else sharding.make_mesh(cfg.mesh)
-    graphdef = nnx.graphdef(sharding.abstract_model(lambda: task.init_model(nnx.Rngs(0))))
-
-    def variables():
-        _, params, rest = nnx.split(task.init_model(nnx.Rngs(0)), nnx.Param, ...)
-        return {"params": nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest)}
-    target = sharding.abstract_sharded(variables, mesh)
+    graphdef, target = model_target(task, mesh)
     weights = path / WEIGHTS
     try:
         stored = load_file(str(weights))
     except (OSError, SafetensorError) as err:
         raise InputError(f"{weights}: cannot read the weights ({err})") from err
-    expected = {**_flat(target["params"], "params"), **_flat(target["rest"], "rest")}
+    shapes = {part: nnx.to_pure_dict(target[part]) for part in ("params", "rest")}
+    expected = {**_flat(shapes["params"], "params"), **_flat(shapes["rest"], "rest")}
     missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
     if missing or extra:
         raise CheckpointMismatchError(f"{weights}: does not hold the model its config.json describes (missing "
@@ -191,14 +187,10 @@ def load_pretrained(path: str | os.PathLike, mesh: Any = None, objective: str | 
         if stored[name].shape != spec.shape or stored[name].dtype != spec.dtype:
             raise CheckpointMismatchError(f"{weights}: tensor {name} is {stored[name].dtype}{list(stored[name].shape)}"
                                           f", the model needs {spec.dtype}{list(spec.shape)}")
-    placed = {part: jax.tree_util.tree_map_with_path(
-        lambda p, spec, part=part: jax.device_put(stored[_name(part, p)], spec.sharding), target[part])
-        for part in ("params", "rest")}
-    abstract_params, abstract_rest = nnx.split(sharding.abstract_model(lambda: task.init_model(nnx.Rngs(0))),
-                                               nnx.Param, ...)[1:]
-    nnx.replace_by_pure_dict(abstract_params, placed["params"])
-    nnx.replace_by_pure_dict(abstract_rest, placed["rest"])
-    model = nnx.merge(graphdef, abstract_params, abstract_rest)
+    for part in ("params", "rest"):
+        nnx.replace_by_pure_dict(target[part], jax.tree_util.tree_map_with_path(
+            lambda p, spec, part=part: jax.device_put(stored[_name(part, p)], spec.sharding), shapes[part]))
+    model = nnx.merge(graphdef, target["params"], target["rest"])
     return LoadedModel(model, cfg, lineage, int(config.get("step", -1)), mesh)
 
 

@@ -40,6 +40,16 @@ class LoadedModel:
         return getattr(self.model, "backbone", self.model)
 
 
+def model_target(task, mesh) -> tuple[nnx.GraphDef, dict]:
+    """(graphdef, {"params", "rest"}: States of ShapeDtypeStructs laid out on ``mesh``) of ``task``'s model:
+    what a restore fills (shapes only, nothing is initialised) and how the model is merged back."""
+    def variables():
+        _, params, rest = nnx.split(task.init_model(nnx.Rngs(0)), nnx.Param, ...)
+        return {"params": params, "rest": rest}
+    graphdef = nnx.graphdef(sharding.abstract_model(lambda: task.init_model(nnx.Rngs(0))))
+    return graphdef, sharding.abstract_sharded(variables, mesh)
+
+
 class Run:
     """A work dir with checkpoints (``WORKDIR/checkpoints``); local or ``gs://``."""
 
@@ -97,13 +107,7 @@ class Run:
         cfg = dataclasses.replace(cfg, mesh=MeshConfig(data=-1, fsdp=1))
         task = task_for(cfg, lineage)  # the models hold no per-parcel weights: max_parcels fits every atlas
         mesh = mesh if mesh is not None else sharding.make_mesh(cfg.mesh)
-        abstract = sharding.abstract_model(lambda: task.init_model(nnx.Rngs(0)))
-        graphdef = nnx.graphdef(abstract)
-
-        def variables():
-            _, params, rest = nnx.split(task.init_model(nnx.Rngs(0)), nnx.Param, ...)
-            return {"params": params, "rest": rest}
-        target = sharding.abstract_sharded(variables, mesh)
+        graphdef, target = model_target(task, mesh)
         try:
             restored = self.checkpointer.restore_params(step, target)
         except CorruptCheckpointError:
