@@ -78,6 +78,13 @@ class ModelConfig:
     norm_targets: bool = shapes_params(False)  # MSE against per-patch normalised targets (MAE paper option)
     neighbour_context: bool = shapes_params(False)  # each decoder query also embeds the raw values of its parcel's
     # visible neighbouring patches in time (previous, next): the continuity that interpolation and AR baselines use
+    factor_prior: int = shapes_params(0)  # rank of a learned factor-analysis prior (0 = off): every token starts from
+    # the factor model's conditional mean given the visible parcels of its time patch (the regression baseline's
+    # answer, learnt), the decoder sees it and predicts the correction (brainjax.nn.priors)
+    linear_skip: bool = shapes_params(False)  # add a linear map of the visible neighbouring patches (previous, next)
+    # to every prediction: the AR path a one-patch-at-a-time decoder otherwise smooths over
+    parcel_trend: bool = shapes_params(False)  # the neighbour features (context and skip) also carry a line fitted
+    # through the parcel's visible patches over the window: the slow drift and 1/f level that neighbours miss
     contrastive_weight: float = shapes_params(0.0)  # scan-level objective beside the MAE loss: InfoNCE between the CLS
     # of two maskings of the same window (0 = off, BrainLM); gives the CLS an objective of its own
     contrastive_dim: int = shapes_params(64)  # width of the projection head the InfoNCE loss compares
@@ -307,14 +314,15 @@ _AT_LEAST = {"data.window": 1, "data.batch_size": 1, "data.stride": 0, "data.eva
              "model.patch": 1, "model.max_parcels": 1, "model.width": 1, "model.depth": 1, "model.heads": 1,
              "model.mlp": 1, "model.dec_width": 1, "model.dec_depth": 1, "model.dec_heads": 1, "model.dec_mlp": 1,
              "model.fourier_features": 0, "model.max_patches": 1, "model.attention_chunk": 1,
-             "model.contrastive_weight": 0, "model.contrastive_dim": 1, "mask.future_patches": 1,
+             "model.contrastive_weight": 0, "model.contrastive_dim": 1, "model.factor_prior": 0,
+             "mask.future_patches": 1,
              "optim.base_lr": 0, "optim.weight_decay": 0, "optim.clip_norm": 0, "optim.accum_steps": 1,
              "train.steps": 1, "train.log_every": 1, "train.eval_every": 0, "train.checkpoint_every": 1,
              "train.keep_last": 1, "train.keep_every": 0, "train.peak_flops": 0, "quantizer.codebook_size": 2,
              "quantizer.code_dim": 1, "language.lora_rank": 1, "language.text_len": 1, "language.lm_len": 1}
 # (section.field, highest allowed value): counts that build Python-level structure (a layer each), so an absurd
 # value would exhaust memory before any shape check; and no integer field beyond int32 anywhere
-_AT_MOST = {"model.depth": 1024, "model.dec_depth": 1024, "model.fourier_features": 64}
+_AT_MOST = {"model.depth": 1024, "model.dec_depth": 1024, "model.fourier_features": 64, "model.factor_prior": 4096}
 _INT32_MAX = 2**31 - 1
 # fractions in [0, 1] (ratio: strictly inside, something must be masked and something seen)
 VALIDATION_MODES = ("split", "holdout", "none")

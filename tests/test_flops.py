@@ -26,11 +26,15 @@ def _xla_flops(fn, *args) -> float:
     return float(cost["flops"]) / BATCH
 
 
-@pytest.mark.parametrize("decoder", ["full", "cross"])
-def test_formula_matches_xla_cost_analysis_on_a_loop_free_program(decoder):
+QUALITY_PATHS = {"neighbour_context": True, "linear_skip": True, "factor_prior": 32, "parcel_identity": True}
+
+
+@pytest.mark.parametrize("decoder,extra", [("full", {}), ("cross", {}), ("cross", QUALITY_PATHS)],
+                         ids=["full", "cross", "cross-linear-paths"])
+def test_formula_matches_xla_cost_analysis_on_a_loop_free_program(decoder, extra):
     model_cfg = dataclasses.replace(load_config("default").model, width=128, mlp=512, depth=2, heads=4,
                                     dec_width=128, dec_mlp=512, dec_depth=1, dec_heads=4, attention="xla",
-                                    patch=20, max_parcels=PARCELS, remat=False, decoder=decoder)
+                                    patch=20, max_parcels=PARCELS, remat=False, decoder=decoder, **extra)
     mask = MaskConfig(strategy="random", ratio=0.75)
     model = BrainLM(model_cfg, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)

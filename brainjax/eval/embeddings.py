@@ -24,7 +24,9 @@ def embed_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int, *
     tokcov: also average the token covariance readout (Fisher-z, over the dataset's real parcels); it is
     left out when a window holds fewer than 2 time patches (nothing to correlate over).
     Returns, scans in manifest order: scan_id, subject, split str [N]; cls, mean float32 [N, width]; tokcov
-    float32 [N, P(P-1)/2] (when computed); windows int32 [N] (windows averaged); step int.
+    float32 [N, P(P-1)/2] (when computed); factcov float32 [N, r(r+1)/2 + P] (a model with a factor prior:
+    :func:`~brainjax.eval.readouts.factor_covariance`'s coupling, then its residual per parcel); windows
+    int32 [N] (windows averaged); step int.
     """
     dataset = Dataset(data)
     model = loaded.backbone  # a fine-tuned head model embeds with its backbone
@@ -33,7 +35,7 @@ def embed_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int, *
     embed = nnx.jit(lambda model, batch: window_readouts(model, batch, tokcov))
     n_parcels = dataset.atlas.n_parcels  # batches may pad beyond them (mixed atlases): those are dropped
     # float32 sums for tokcov: P(P-1)/2 per scan held until the end, and a scan has only tens of windows
-    means = {"cls": ScanMeans(), "mean": ScanMeans(), "tokcov": ScanMeans(np.float32)}
+    means = {"cls": ScanMeans(), "mean": ScanMeans(), "tokcov": ScanMeans(np.float32), "factcov": ScanMeans()}
     batch_size = device_batch_size(batch_size, loaded.mesh.size)
     for split in [s for s in splits if dataset.indices(s)]:  # a dataset may lack a split (e.g. no test)
         for batch in eval_batches([data], split, window, batch_size, process_index=0, process_count=1):
@@ -44,6 +46,9 @@ def embed_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int, *
             means["mean"].add(scans, out["mean"][rows])
             if tokcov:
                 means["tokcov"].add(scans, upper_triangle(out["tokcov"][rows], n_parcels))
+            if "factcov" in out:  # the coupling, then the residual of the dataset's real parcels
+                factor = [out["factcov"][rows], out["factres"][rows, :n_parcels]]
+                means["factcov"].add(scans, np.concatenate(factor, -1))
     if not means["cls"].counts:
         raise ValueError(f"{data}: no scan of splits {','.join(splits)} has a whole window of {window} TRs")
     rows, cls = means["cls"].means()
@@ -56,6 +61,8 @@ def embed_dataset(loaded, data: str, splits: tuple[str, ...], batch_size: int, *
               "step": np.int64(loaded.step)}
     if tokcov:
         arrays["tokcov"] = means["tokcov"].means()[1].astype(np.float32)
+    if means["factcov"].counts:
+        arrays["factcov"] = means["factcov"].means()[1].astype(np.float32)
     return arrays
 
 

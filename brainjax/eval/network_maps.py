@@ -3,8 +3,10 @@
 Per parcel, the unmasked encoder's token embeddings are averaged over patches and windows ([P, width]); the
 parcel-to-parcel attention (:meth:`BrainLM.attention_maps`) is averaged over windows, for the last layer
 and over all layers ([P, P]); the token covariance readout (:mod:`brainjax.eval.readouts`, Fisher-z [P, P])
-is averaged over each scan's windows, then over the split's scans. Each is clustered into as many groups as
-the atlas has networks and also used to classify parcels into networks (:mod:`brainjax.eval.networks`).
+is averaged over each scan's windows, then over the split's scans; a model with a factor prior
+(``model.factor_prior``) adds the correlation its learnt loadings imply (no data needed). Each is clustered
+into as many groups as the atlas has networks and also used to classify parcels into networks
+(:mod:`brainjax.eval.networks`).
 The baselines are the split's group functional connectivity, spectrally clustered as an affinity
 ("fc_baseline") and k-means clustered on its rows ("fc_rows", as the token covariance). The best
 model-derived source (by ARI) is compared with the best FC one by a parcel bootstrap of the ARI difference.
@@ -73,6 +75,19 @@ def parcel_representations(loaded, data: str, split: str, *, batch_size: int = 1
     return reps
 
 
+def factor_correlation(model, xyz: np.ndarray) -> np.ndarray | None:
+    """The correlation matrix [P, P] (float64) implied by a model's learnt factor prior, Σ = L Lᵀ + Ψ for the
+    parcels at ``xyz`` [P, 3]; None for a model without one (``model.factor_prior`` = 0)."""
+    if getattr(model, "factor_loadings", None) is None:
+        return None
+    coords = np.asarray(xyz, np.float32)[None]
+    loadings, noise = jax.device_get(model.factor_model(coords, np.ones(coords.shape[:2], bool)))
+    loadings = np.asarray(loadings[0], np.float64)
+    sigma = loadings @ loadings.T + np.diag(np.asarray(noise[0], np.float64))
+    scale = np.sqrt(np.diag(sigma))
+    return sigma / scale[:, None] / scale[None, :]
+
+
 def _host_inputs(host: dict) -> dict:
     return {k: host[k] for k in WINDOW_KEYS}
 
@@ -80,8 +95,8 @@ def _host_inputs(host: dict) -> dict:
 def evaluate_networks(loaded, data: str, split: str, *, batch_size: int = 16, max_windows: int = 0,
                       seed: int = 0, max_scans: int = 200, figure_dir: Path | None = None) -> dict:
     """Network identification per source (embedding, attention_last, attention_mean, tokcov (k-means on its
-    rows), tokcov_spectral; fc_baseline (spectral) and fc_rows (k-means)) and the bootstrap of the best model
-    source's ARI minus the best FC source's.
+    rows), tokcov_spectral, with a factor prior factor (k-means) / factor_spectral; fc_baseline (spectral)
+    and fc_rows (k-means)) and the bootstrap of the best model source's ARI minus the best FC source's.
 
     Returns {"n_networks", "networks", "windows", "sources": {name: identify() result}, "comparison":
     {"source", "baseline", "metric": "ari", "diff", "low", "high", ..., "verdict"}}; ``skipped`` when the
@@ -101,6 +116,10 @@ def evaluate_networks(loaded, data: str, split: str, *, batch_size: int = 16, ma
     if "tokcov" in reps:  # clustered both ways FC is: k-means on its rows and spectral on the matrix
         sources["tokcov"] = ("features", reps["tokcov"][:n_parcels, :n_parcels])
         sources["tokcov_spectral"] = ("affinity", reps["tokcov"][:n_parcels, :n_parcels])
+    factor = factor_correlation(loaded.backbone, dataset.atlas.xyz)
+    if factor is not None:  # the learnt factor prior's implied correlation, both ways again
+        sources["factor"] = ("features", factor)
+        sources["factor_spectral"] = ("affinity", factor)
     model_sources = list(sources)
     sources.update(fc_baseline=("affinity", fc), fc_rows=("features", fc))
     results = {name: nw.identify(values, truth, names, kind=kind, seed=seed)

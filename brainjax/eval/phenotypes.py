@@ -27,16 +27,20 @@ from brainjax.eval.readouts import mask_missing_pairs
 
 
 def probe_features(loaded, data: str, splits: tuple[str, ...], batch_size: int) -> tuple[dict, list[dict]]:
-    """What the probes read for every scan of ``splits`` with a whole window: ({"cls", "mean", ["tokcov"], "fc"}:
+    """What the probes read for every scan of ``splits`` with a whole window: ({"cls", "mean", ["tokcov"],
+    ["factcov"], "fc"}:
     float [N, D], with NaN on the pairs of parcels a scan misses) and the N manifest rows, in the same order."""
     dataset = Dataset(data)
     arrays = embed_dataset(loaded, data, splits, batch_size)
     index = {row["scan_id"]: i for i, row in enumerate(dataset.manifest)}
     rows = [index[s] for s in arrays["scan_id"]]
     present = np.stack([dataset.present(i) for i in rows])
-    features = {name: arrays[name] for name in ("cls", "mean", "tokcov") if name in arrays}
+    features = {name: arrays[name] for name in ("cls", "mean", "tokcov", "factcov") if name in arrays}
     if "tokcov" in features and not present.all():
         features["tokcov"] = mask_missing_pairs(features["tokcov"], present)
+    if "factcov" in features and not present.all():  # the residual of a parcel a scan misses is no measurement
+        features["factcov"] = features["factcov"].copy()
+        features["factcov"][:, -present.shape[1]:][~present] = np.nan
     features["fc"] = fc_features([dataset.normalize(dataset.read(i)) for i in rows], present)
     return features, [dataset.manifest[i] for i in rows]
 

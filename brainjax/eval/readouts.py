@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from brainjax.nn.priors import factor_scores
+
 R_CLIP = 0.999999  # as fc_features: identical parcels give a large finite z rather than inf
 # a parcel whose tokens vary less than this (relative to their mean square) is constant up to float32 rounding
 _FLAT = 1e-10
@@ -106,14 +108,49 @@ def has_time_patches(cfg) -> bool:
     return cfg.data.window // cfg.model.patch >= 2
 
 
+def factor_covariance(loadings: jax.Array, noise: jax.Array, signal: jax.Array,
+                      parcel_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A factor model's view of one window's connectivity: (coupling [B, r(r+1)/2], residual [B, P]) float32.
+
+    loadings [B, P, r], noise [B, P] (a model's learnt factor prior, ``BrainLM.factor_model``); signal
+    float [B, P, T] (normalised, T >= 2); parcel_mask bool [B, P] (False = padded or missing: left out of the
+    scores, so a scan missing a parcel needs no imputation). The factor scores z_t = E[z | x_t] of every TR
+    (all real parcels seen) are correlated over the window: coupling is the upper triangle of their Fisher-z
+    correlation (r(r-1)/2, row-major), then the log of each score's variance (r) — the latent networks'
+    coupling and strength; residual is the log variance over the window of each parcel's signal that the
+    factors leave unexplained (x - L z; 0 on masked parcels) — how much of a parcel is its own.
+    """
+    signal = jnp.asarray(signal, jnp.float32)
+    if signal.ndim != 3 or signal.shape[-1] < 2:
+        raise ValueError(f"factor_covariance: signal must be [B, P, T] with T >= 2, got shape {signal.shape}")
+    mask = jnp.asarray(parcel_mask).astype(bool)
+    signal = jnp.where(mask[:, :, None], signal, 0.0)
+    scores = factor_scores(loadings, noise, signal[:, :, None, :], mask[:, :, None])[:, 0]  # [B, r, T]
+    centred = scores - scores.mean(-1, keepdims=True)
+    cov = jnp.einsum("brt,bst->brs", centred, centred, precision=jax.lax.Precision.HIGHEST) / signal.shape[-1]
+    var = jnp.maximum(jnp.diagonal(cov, axis1=1, axis2=2), 1e-12)
+    r = jnp.clip(cov / jnp.sqrt(var[:, :, None] * var[:, None, :]), -R_CLIP, R_CLIP)
+    rows, cols = np.triu_indices(cov.shape[-1], k=1)
+    coupling = jnp.concatenate([jnp.arctanh(r[:, rows, cols]), jnp.log(var)], -1)
+    residual = signal - jnp.einsum("bpr,brt->bpt", loadings.astype(jnp.float32), scores,
+                                   precision=jax.lax.Precision.HIGHEST)
+    residual = jnp.where(mask, jnp.log(jnp.maximum(residual.var(-1), 1e-12)), 0.0)
+    return coupling, residual
+
+
 def window_readouts(model, batch: dict, tokcov: bool) -> dict:
     """The unmasked encoder's readouts of one batch (traceable; tokens never leave the device):
     cls, mean float32 [B, width]; parcel [B, P, width] (tokens averaged over patches); with ``tokcov``,
-    tokcov [B, P, P] (:func:`token_covariance`)."""
+    tokcov [B, P, P] (:func:`token_covariance`); with a factor prior (``model.factor_prior``), factcov
+    [B, r(r+1)/2] and factres [B, P] (:func:`factor_covariance`)."""
     out = model.embed(batch)
     readouts = {"cls": out["cls"], "mean": out["mean"], "parcel": out["tokens"].mean(2)}
     if tokcov:
         readouts["tokcov"] = token_covariance(out["tokens"], batch["parcel_mask"])
+    if getattr(model, "factor_loadings", None) is not None:
+        mask = jnp.asarray(batch["parcel_mask"]).astype(bool)
+        loadings, noise = model.factor_model(batch["coords"], mask)
+        readouts["factcov"], readouts["factres"] = factor_covariance(loadings, noise, batch["signal"], mask)
     return readouts
 
 

@@ -88,7 +88,8 @@ def probe_table(probe: dict) -> str:
               f"{probe['n_scans']} scans evaluated" if transfer else
               f"probes: subject-level {probe.get('folds', '')}-fold CV over {probe['n_scans']} scans")
     return _table(f"{scheme} "
-                  "(cls/mean = embeddings, tokcov = token covariance readout, fc = connectivity baseline; "
+                  "(cls/mean = embeddings, tokcov = token covariance readout, factcov = factor-prior network coupling, "
+                  "fc = connectivity baseline; "
                   f"best readout - fc with its {level:.0%} subject-bootstrap interval)",
                   ["phenotype", "probe", "metric", *names, "best", "best - fc [CI]", "verdict"], rows)
 

@@ -31,6 +31,7 @@ from brainjax.nn.layers import (
     logical,
 )
 from brainjax.nn.masking import Masking, no_masking, sample_masking, visible_count
+from brainjax.nn.priors import factor_posterior_mean
 
 DECODERS = ("full", "cross", "factorised")
 
@@ -90,8 +91,21 @@ class BrainLM(nnx.Module):
             logical(token_init, ("dec_embed",))(rngs.params(), (cfg.dec_width,)))
         self.dec_spatial, self.dec_temporal, self.decoder, self.head = patch_decoder(cfg, common, cfg.decoder)
         self.neighbours = nnx.data(None)
-        if cfg.neighbour_context:  # [previous patch, seen?, next patch, seen?] -> decoder width
-            self.neighbours = linear(2 * cfg.patch + 2, cfg.dec_width, (None, "dec_embed"), dtype=dtype, rngs=rngs)
+        n_context = 2 * cfg.patch + 2 + (4 if cfg.parcel_trend else 0)  # see _neighbour_features
+        if cfg.neighbour_context:  # [previous patch, seen?, next patch, seen?, (trend)] -> decoder width
+            self.neighbours = linear(n_context, cfg.dec_width, (None, "dec_embed"), dtype=dtype, rngs=rngs)
+        if (cfg.factor_prior or cfg.linear_skip) and cfg.norm_targets:
+            raise ValueError("model.factor_prior / model.linear_skip predict raw values: not with model.norm_targets")
+        self.skip = nnx.data(None)
+        if cfg.linear_skip:  # the neighbour features gated by which neighbours are seen -> a patch of values
+            self.skip = linear(n_context + 2 * cfg.patch + 1, cfg.patch, (None, "patch"), dtype=jnp.float32, rngs=rngs,
+                               init=nnx.initializers.zeros_init())
+        self.factor_loadings = self.factor_noise = self.prior_context = nnx.data(None)
+        if cfg.factor_prior:  # loadings and noise variance of each parcel from its decoder parcel embedding
+            self.factor_loadings = linear(cfg.dec_width, cfg.factor_prior, ("dec_embed", None), dtype=jnp.float32,
+                                          rngs=rngs)
+            self.factor_noise = linear(cfg.dec_width, 1, ("dec_embed", None), dtype=jnp.float32, rngs=rngs)
+            self.prior_context = linear(cfg.patch, cfg.dec_width, ("patch", "dec_embed"), dtype=dtype, rngs=rngs)
         self.parcel_table = self.dec_parcel_table = nnx.data(None)
         if cfg.parcel_identity:
             self.parcel_table = nnx.Param(logical(token_init, (None, "embed"))(
@@ -106,18 +120,31 @@ class BrainLM(nnx.Module):
         """CLS [B, width] -> projection [B, contrastive_dim] float32 (only with contrastive_weight > 0)."""
         return self.cls_proj2(jax.nn.gelu(self.cls_proj1(cls.astype(self.dtype)))).astype(jnp.float32)
 
-    def _positions(self, spatial: SpatialEmbedding, temporal: TemporalEmbedding, coords, tr, n_patches,
-                   table: nnx.Param | None = None):
-        """[B, P, N, width] spatial + temporal embedding in the compute dtype (+ the parcel-slot ``table``)."""
+    @staticmethod
+    def _parcel_embedding(spatial: SpatialEmbedding, coords, table: nnx.Param | None = None) -> jax.Array:
+        """[B, P, width] float32: the coordinate embedding (+ the parcel-slot ``table``)."""
         space = spatial(coords).astype(jnp.float32)
         if table is not None:
             n_parcels = coords.shape[1]
             if n_parcels > table.shape[0]:
                 raise ValueError(f"{n_parcels} parcels but model.max_parcels={table.shape[0]}")
             space = space + table[...][:n_parcels][None]
-        space = space[:, :, None, :]
+        return space
+
+    def _positions(self, spatial: SpatialEmbedding, temporal: TemporalEmbedding, coords, tr, n_patches,
+                   table: nnx.Param | None = None):
+        """[B, P, N, width] spatial + temporal embedding in the compute dtype (+ the parcel-slot ``table``)."""
+        space = self._parcel_embedding(spatial, coords, table)[:, :, None, :]
         time = temporal(n_patches, tr)[:, None, :, :]
         return (space + time).astype(self.dtype)
+
+    def factor_model(self, coords: jax.Array, parcel_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The learnt factor prior's loadings float32 [B, P, r] (zero on padded parcels) and noise variances
+        float32 [B, P] (only with ``model.factor_prior``); coords [B, P, 3] as in a batch."""
+        parcels = self._parcel_embedding(self.dec_spatial, coords, self.dec_parcel_table)
+        loadings = jnp.where(parcel_mask[:, :, None], self.factor_loadings(parcels), 0.0)
+        noise = jax.nn.softplus(self.factor_noise(parcels)[..., 0]) + 1e-2  # floor: no parcel is noise-free
+        return loadings, noise
 
     def _encode(self, batch: dict, masking: Masking, dropout_key: jax.Array | None):
         """Encoder over CLS + visible tokens: ([B, 1 + V, width], key_mask [B, 1 + V], patches [B,P,N,patch])."""
@@ -164,8 +191,19 @@ class BrainLM(nnx.Module):
         _, _, coords, tr = _sanitize(batch)
         positions = self._positions(self.dec_spatial, self.dec_temporal, coords, tr, n_patches,
                                     self.dec_parcel_table)
-        if self.neighbours is not None:
-            positions = positions + self._neighbour_context(patches, masking, parcel_mask)
+        base = jnp.zeros(patches.shape, jnp.float32)  # the linear part of the prediction, if any
+        if self.neighbours is not None or self.skip is not None:
+            neighbours = self._neighbour_features(patches, masking, parcel_mask)
+            if self.neighbours is not None:
+                positions = positions + self.neighbours(neighbours.astype(self.dtype))
+            if self.skip is not None:
+                base = base + self.skip(_gated_neighbours(neighbours, patch))
+        if self.factor_loadings is not None:
+            loadings, noise = self.factor_model(coords, parcel_mask)
+            seen = parcel_mask[:, :, None] & ~masking.masked.reshape(batch_size, n_parcels, n_patches)
+            prior = factor_posterior_mean(loadings, noise, patches, seen)
+            positions = positions + self.prior_context(prior.astype(self.dtype))
+            base = base + prior
         positions = positions.reshape(batch_size, n_parcels * n_patches, -1)
         if self.cfg.decoder == "cross":
             decoded = self._cross_decode(projected, positions, masking, mask_token, keys[1])
@@ -173,7 +211,7 @@ class BrainLM(nnx.Module):
             decoded = self._factorised_decode(projected, positions, masking, mask_token, n_parcels, keys[1])
         else:
             decoded = self._full_decode(projected, positions, masking, mask_token, parcel_mask, keys[1])
-        pred = self.head(decoded).astype(jnp.float32).reshape(batch_size, n_parcels, n_patches, patch)
+        pred = self.head(decoded).astype(jnp.float32).reshape(batch_size, n_parcels, n_patches, patch) + base
 
         target = patches
         if self.cfg.norm_targets:
@@ -183,10 +221,11 @@ class BrainLM(nnx.Module):
                 "masked": masking.masked.reshape(batch_size, n_parcels, n_patches),
                 "cls": hidden[:, 0].astype(jnp.float32)}
 
-    def _neighbour_context(self, patches: jax.Array, masking: Masking, parcel_mask: jax.Array) -> jax.Array:
-        """[B, P, N, dw] embedding of each token's previous and next patch of the same parcel, where visible.
-
-        Hidden neighbours contribute zeros and a 0 flag, so nothing masked reaches the decoder this way.
+    def _neighbour_features(self, patches: jax.Array, masking: Masking, parcel_mask: jax.Array) -> jax.Array:
+        """[B, P, N, F] float32: each token's previous patch of the same parcel, its seen flag, the next patch
+        and its flag (F = 2 * patch + 2), and with ``model.parcel_trend`` 4 more: the parcel's level and slope
+        over its seen patches (:func:`_parcel_trend`). Hidden patches contribute zeros and a 0 flag, so nothing
+        masked reaches the decoder this way.
         """
         batch_size, n_parcels, n_patches, _ = patches.shape
         masked = masking.masked.reshape(batch_size, n_parcels, n_patches)
@@ -198,8 +237,10 @@ class BrainLM(nnx.Module):
             padded = jnp.pad(x, pad)
             return padded[:, :, :n_patches] if by > 0 else padded[:, :, -n_patches:]
 
-        feats = jnp.concatenate([shift(values, 1), shift(seen, 1), shift(values, -1), shift(seen, -1)], -1)
-        return self.neighbours(feats.astype(self.dtype))
+        feats = [shift(values, 1), shift(seen, 1), shift(values, -1), shift(seen, -1)]
+        if self.cfg.parcel_trend:
+            feats.append(_parcel_trend(values.mean(-1, keepdims=True), seen))
+        return jnp.concatenate(feats, -1)
 
     def _token_grid(self, projected, positions, masking: Masking, mask_token):
         """Every token for the decoder [B, L, dw]: the encoder output where visible, the mask token where
@@ -275,6 +316,39 @@ class BrainLM(nnx.Module):
         real = parcel_mask[:, None, :, None] & parcel_mask[:, None, None, :]
         return {"parcel": jnp.where(real, jnp.stack(parcel, 1), 0.0),
                 "cls": jnp.where(parcel_mask[:, None], jnp.stack(cls, 1), 0.0)}
+
+
+def _gated_neighbours(feats: jax.Array, patch: int) -> jax.Array:
+    """[..., F] neighbour features -> [..., F + 2 * patch + 1]: the previous and next patch split by which
+    of the two are seen (previous only, next only, both) with their flags, then any trend features, so one
+    linear map is three: extrapolation forwards, backwards, and interpolation between the two."""
+    prev, prev_seen = feats[..., :patch], feats[..., patch:patch + 1]
+    nxt, next_seen = feats[..., patch + 1:2 * patch + 1], feats[..., 2 * patch + 1:2 * patch + 2]
+    both, prev_only, next_only = prev_seen * next_seen, prev_seen * (1 - next_seen), next_seen * (1 - prev_seen)
+    return jnp.concatenate([prev * prev_only, nxt * next_only, prev * both, nxt * both, prev_only, next_only, both,
+                            feats[..., 2 * patch + 2:]], -1)
+
+
+def _parcel_trend(patch_means: jax.Array, seen: jax.Array) -> jax.Array:
+    """[B, P, N, 4]: a least-squares line through each parcel's seen patch means over the window (slow drift
+    and 1/f power that no single neighbouring patch shows): level at the token, slope, slope x the token's
+    offset from the seen patches' centre, and the fraction of patches seen. A parcel with one seen patch gets
+    its value as the level and slope 0; none seen, zeros.
+
+    patch_means: [B, P, N, 1] (zero where hidden); seen: [B, P, N, 1] 0/1.
+    """
+    n_patches = seen.shape[2]
+    time = (jnp.arange(n_patches, dtype=jnp.float32) / max(n_patches - 1, 1))[None, None, :, None]  # 0..1
+    count = seen.sum(2, keepdims=True)
+    centre = (seen * time).sum(2, keepdims=True) / jnp.maximum(count, 1.0)
+    mean = (seen * patch_means).sum(2, keepdims=True) / jnp.maximum(count, 1.0)
+    offset = time - centre
+    spread = (seen * offset ** 2).sum(2, keepdims=True)
+    slope = jnp.where(spread > 1e-6, (seen * offset * patch_means).sum(2, keepdims=True) / jnp.maximum(spread, 1e-6),
+                      0.0)
+    shape = patch_means.shape
+    return jnp.concatenate([jnp.broadcast_to(mean, shape) + slope * offset, jnp.broadcast_to(slope, shape),
+                            slope * offset, jnp.broadcast_to(count / n_patches, shape)], -1)
 
 
 def info_nce(z1: jax.Array, z2: jax.Array, valid: jax.Array, temperature: float) -> jax.Array:
@@ -366,6 +440,14 @@ def model_flops_per_sample(cfg: ModelConfig, n_parcels: int, window: int, mask_c
         decoder = float(cfg.dec_depth * (per_layer + time))
     else:
         decoder = transformer_flops(tokens + 1, cfg.dec_width, cfg.dec_mlp, cfg.dec_depth)
+    if cfg.factor_prior:  # loadings, the r x r systems' Gram matrices and right-hand sides, L z, the query embedding
+        rank = cfg.factor_prior
+        decoder += (2 * n_parcels * cfg.dec_width * rank + 2 * tokens * rank * rank + 4 * tokens * rank * cfg.patch
+                    + 2 * tokens * cfg.patch * cfg.dec_width)
+    if cfg.neighbour_context:  # previous / next patch and their flags -> the decoder query
+        decoder += 2 * tokens * (2 * cfg.patch + 2) * cfg.dec_width
+    if cfg.linear_skip:  # previous / next / both patches and their flags -> a patch
+        decoder += 2 * tokens * (4 * cfg.patch + 3) * cfg.patch
     views = 2 if cfg.contrastive_weight > 0 else 1  # the scan-level objective encodes a second masking
     forward = (views * (2 * tokens * cfg.patch * cfg.width + encoder) + spatial(cfg.width) + spatial(cfg.dec_width)
                + 2 * (visible + 1) * cfg.width * cfg.dec_width + decoder + 2 * tokens * cfg.dec_width * cfg.patch)
