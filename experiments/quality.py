@@ -72,10 +72,12 @@ Hypotheses, kept (+) or rejected (-):
 - (-) ``model.parcel_trend`` (the neighbour features also carry a line fitted through the parcel's visible
   patches, for the slow drift and 1/f level), same 1,500 steps: val R² 0.457 vs 0.456, eval random 0.560 vs
   0.559, forecast 0.624 vs 0.625: no gain, not kept.
-- (this preset) a gated skip (one linear map each for previous-only, next-only and both neighbours seen:
-  forward extrapolation, backward, interpolation) at 3,000 steps, 1,561 s on the EPYC (val R² 0.452 at
-  1,000, 0.456 at 2,000, 0.459 at 3,000; the gate and the longer schedule were changed together, not
-  ablated apart). Test split, model - best baseline [95 % bootstrap interval]: random +0.023 [0.020, 0.027]
+- (-) a gated skip (one linear map each for previous-only, next-only and both neighbours seen: forward
+  extrapolation, backward, interpolation), 1,500 steps against the ungated one: val R² 0.4563 vs 0.4563,
+  eval random 0.559 vs 0.559, forecast 0.625 vs 0.625, step 1 0.326 vs 0.331: no gain. ``linear_skip`` is
+  the gated form (the preset's run used it; it costs nothing measurable).
+- (this preset) the last recipe at 3,000 steps, 1,561 s on the EPYC (val R² 0.452 at 1,000, 0.456 at
+  2,000, 0.459 at 3,000). Test split, model - best baseline [95 % bootstrap interval]: random +0.023 [0.020, 0.027]
   (0.521 vs regression 0.498: beats, short of +0.05), parcels +0.008 [0.007, 0.009] (beats; tied before),
   time_block +0.023 and future +0.061 (beat every baseline), forecast MSE 0.543 ties AR(3) 0.544 (-0.001
   [-0.006, 0.003]) and beats VAR(1) 0.569; per step it beats 4 of 20 (steps 10-13), ties 14 and loses steps
