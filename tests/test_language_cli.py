@@ -16,6 +16,7 @@ from safetensors.numpy import load_file
 from brainjax.cli import main as cli
 from brainjax.config import QuantizerConfig
 from brainjax.lm.default_lm import offline_corpus, train_text_tokenizer
+from brainjax.lm.scoring import is_number_prefix
 from brainjax.models.lm import DecoderLM, LMConfig
 from brainjax.models.lm_loading import from_pretrained
 from brainjax.models.lm_saving import save_pretrained
@@ -85,9 +86,13 @@ def test_instruct_then_ask(stage2, capsys):
                 "--targets", "sex,diagnosis", "--eval-targets", "sex,age", "--shots", "0,1", "--max-eval", "3"]) == 0
     report = json.loads((out / "questions.json").read_text())
     rows = {(r["target"], r["setting"], r["scoring"]): r for r in report["rows"]}
-    assert set(rows) == {("sex", s, m) for s in ("zero-shot", "1-shot") for m in ("logprob", "constrained")} | {
-        ("age", "zero-shot", "generate")}
+    scorings = ("logprob", "logprob/token", "constrained")
+    assert set(rows) == {("sex", s, m) for s in ("zero-shot", "1-shot") for m in scorings} | {
+        ("age", "zero-shot", "generate"), ("age", "zero-shot", "number grammar")}
     assert rows[("sex", "zero-shot", "logprob")]["tuned"] and not rows[("age", "zero-shot", "generate")]["tuned"]
+    # whatever the 2-step model says, the grammar-constrained answers are numbers
+    grammar = rows[("age", "zero-shot", "number grammar")]
+    assert grammar["parse_rate"] == 1.0 and all(is_number_prefix(t) for t in grammar["examples"])
     assert all(r["n"] == 3 for r in report["rows"])
     run = load_model(out)
     assert run.cfg.language.targets == ("sex", "diagnosis") and run.cfg.language.code_weight == 0.0

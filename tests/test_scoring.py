@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
-from brainjax.lm.scoring import chance_metrics, format_table, label_metrics, numeric_metrics, parse_number
+from brainjax.lm.scoring import (
+    NumberGrammar,
+    chance_metrics,
+    format_table,
+    is_number,
+    is_number_prefix,
+    label_metrics,
+    label_scores,
+    numeric_metrics,
+    parse_number,
+)
 
 
 @pytest.mark.parametrize("c", [2, 4])
@@ -109,3 +119,30 @@ def test_format_table():
     assert "MAE" in numeric and "4.250" in numeric and "AUROC" not in numeric
     with pytest.raises(ValueError, match="target"):
         format_table([{"setting": "zero-shot"}])
+
+
+@pytest.mark.parametrize("text,prefix,whole", [
+    ("", True, False), (" ", True, False), ("-", True, False), ("37", True, True), (" 37", True, True),
+    ("-2.5", True, True), ("3.", True, False), ("+4", True, True), (".5", False, False), ("1e3", False, False),
+    ("37 years", False, False), ("3.2.1", False, False), ("--3", False, False), ("abc", False, False)])
+def test_number_grammar_accepts_and_rejects_the_right_strings(text, prefix, whole):
+    assert is_number_prefix(text) is prefix and is_number(text) is whole
+    if whole:
+        assert parse_number(text) == float(text)
+
+
+def test_number_grammar_allows_only_tokens_that_keep_a_number():
+    texts = ["<eos>", "1", "23", ".", " 4", "-", "ab", "5 years", " ", "6."]
+    grammar = NumberGrammar(texts, eos_id=0)
+    allowed = lambda answer: {texts[i] for i in np.flatnonzero(grammar.allowed(answer))}  # noqa: E731
+    assert allowed("") == {"1", "23", " 4", "-", "6."}  # a number may start; no lone space, no eos yet
+    assert allowed("-") == {"1", "23", "6."}
+    assert allowed("12") == {"<eos>", "1", "23", ".", "6."}  # "6." would make "126.", still a prefix
+    assert allowed("1.") == {"1", "23"}  # a point needs a digit after it before the end
+    assert allowed("1.5") == {"<eos>", "1", "23"}
+
+
+def test_label_scores_sum_or_average_the_label_tokens_by_hand():
+    per = [[np.array([-1.0, -3.0]), np.array([-0.5])], [np.array([-2.0, -2.0, -2.0]), np.array([-4.0, -1.0])]]
+    np.testing.assert_allclose(label_scores(per), [[-4.0, -0.5], [-6.0, -5.0]])
+    np.testing.assert_allclose(label_scores(per, normalise=True), [[-2.0, -0.5], [-2.0, -2.5]])

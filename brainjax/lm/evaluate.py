@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from brainjax.data.pipeline import ReadWindow, run_on_mesh
+from brainjax.lm.scoring import NumberGrammar
 from brainjax.models.inputs import WINDOW_KEYS
 from brainjax.models.sequences import SequenceSpec, layout, stack
 
@@ -111,8 +112,9 @@ class Prompter:
         per = scores.reshape(len(prompts), len(labels), -1)
         return [[per[i, c, :len(answers[c])] for c in range(len(labels))] for i in range(len(prompts))]
 
-    def generate(self, prompts: list[list], max_new: int = 6) -> list[str]:
-        """Greedy free-form answers (stop at eos or a newline), decoded to text."""
+    def generate(self, prompts: list[list], max_new: int = 6, grammar: NumberGrammar | None = None) -> list[str]:
+        """Greedy answers (stop at eos or a newline), decoded to text; with ``grammar`` every step picks the best
+        token the number grammar allows, so each answer is a number (or its prefix at ``max_new``)."""
         generated = [[] for _ in prompts]
         self.fit_text(prompts, max_new + 1)
         done = np.zeros(len(prompts), bool)
@@ -120,6 +122,9 @@ class Prompter:
             samples = [dict(self.sample(p, g + [self.codec.eos_id]), step=np.int32(step))
                        for p, g in zip(prompts, generated)]
             logits = self._run(_next, samples)
+            if grammar is not None:
+                allowed = np.stack([grammar.allowed(self.codec.decode(g)) for g in generated])
+                logits = np.where(allowed, logits[:, :allowed.shape[1]], -np.inf)
             for i, token in enumerate(np.argmax(logits, axis=-1)):
                 if done[i]:
                     continue

@@ -1,5 +1,7 @@
-"""The stage-3 evaluation table: every target, zero-shot and k-shot, scored by log-probability and by
-constrained decoding, beside chance (see :mod:`brainjax.lm.evaluate` for how answers are scored)."""
+"""The stage-3 evaluation table: every target, zero-shot and k-shot, scored by log-probability (summed over
+the label's tokens, and per token), and by constrained decoding, beside chance; numeric targets by free
+generation and by generation constrained to the number grammar (see :mod:`brainjax.lm.evaluate` for how
+answers are scored)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from brainjax.data.dataset import Dataset
 from brainjax.lm.batches import load_descriptor_texts
 from brainjax.lm.evaluate import Prompter, constrained_choice, first_windows
 from brainjax.lm.instructions import build_targets, class_labels, make_examples, prompt_segments, select_shots
-from brainjax.lm.scoring import chance_metrics, label_metrics, numeric_metrics
+from brainjax.lm.scoring import NumberGrammar, chance_metrics, label_metrics, label_scores, numeric_metrics
 
 
 def _subset(examples: list, max_scans: int) -> list:
@@ -47,12 +49,16 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
         base = {"target": name, "tuned": name in tuned, "n": len(queries)}
         if target.kind == "numeric":
             prompter = Prompter(loaded, codec, windows, n_parcels, 1, batch_size)
-            texts = prompter.generate([prompt_segments(e.question, e.scan) for e in queries])
+            prompts = [prompt_segments(e.question, e.scan) for e in queries]
             y = np.array([float(e.answer) for e in queries])
             train = [float(e.answer) for e in make_examples(dataset, targets, [name], "train", seed=seed,
                                                             descriptors=descriptors)]
-            rows.append({**base, "setting": "zero-shot", "scoring": "generate",
-                         **numeric_metrics(texts, y, np.array(train)), "examples": texts[:3]})
+            grammar = NumberGrammar([codec.decode([i]) for i in range(codec.tokenizer.get_vocab_size())],
+                                    codec.eos_id)
+            for scoring, rule in (("generate", None), ("number grammar", grammar)):
+                texts = prompter.generate(prompts, grammar=rule)
+                rows.append({**base, "setting": "zero-shot", "scoring": scoring,
+                             **numeric_metrics(texts, y, np.array(train)), "examples": texts[:3]})
             if progress:
                 progress(f"{name} zero-shot: {len(queries)} scans, {time.perf_counter() - start:.0f} s")
             continue
@@ -75,11 +81,11 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
                 prompts.append(prompt_segments(e.question, e.scan, shot_list))
             prompter = Prompter(loaded, codec, windows, n_parcels, k * len(target.labels) + 1, batch_size)
             per = prompter.label_token_logprobs(prompts, target.labels)
-            logprobs = np.array([[float(t.sum()) for t in labels_of] for labels_of in per])
             choice = np.array([constrained_choice(labels_of, label_tokens) for labels_of in per])
             setting = "zero-shot" if k == 0 else f"{k}-shot"
-            rows.append({**base, "setting": setting, "scoring": "logprob", **label_metrics(logprobs, y),
-                         "chance": chance})
+            for scoring, normalise in (("logprob", False), ("logprob/token", True)):
+                rows.append({**base, "setting": setting, "scoring": scoring,
+                             **label_metrics(label_scores(per, normalise), y), "chance": chance})
             onehot = np.where(np.eye(len(target.labels))[choice] > 0, 0.0, -np.inf)
             rows.append({**base, "setting": setting, "scoring": "constrained", **label_metrics(onehot, y),
                          "chance": chance})

@@ -82,6 +82,53 @@ def chance_metrics(y_train: np.ndarray, y_test: np.ndarray, n_classes: int | Non
             "majority": majority}
 
 
+# The number grammar constrained decoding follows: optional spaces, an optional sign, digits, at most one
+# decimal point followed by digits ("37", " -2.5"; not "", ".5", "3.", "1e3", "37 years").
+_NUMBER_PREFIX = re.compile(r"\s*[-+]?(\d+(\.\d*)?)?")
+_NUMBER_WHOLE = re.compile(r"\s*[-+]?\d+(\.\d+)?")
+_NUMERIC_PIECE = re.compile(r"[\s\d.+-]+")
+
+
+def is_number_prefix(text: str) -> bool:
+    """Whether ``text`` can still grow into a number of the grammar (the empty string can)."""
+    return _NUMBER_PREFIX.fullmatch(text) is not None
+
+
+def is_number(text: str) -> bool:
+    """Whether ``text`` is a whole number of the grammar, so decoding may stop after it."""
+    return _NUMBER_WHOLE.fullmatch(text) is not None
+
+
+class NumberGrammar:
+    """Which next tokens keep a generated answer inside the number grammar.
+
+    token_texts: the decoded text of every token id (index = id); eos_id: the end token, allowed only once
+    the answer so far is a whole number. Only tokens made of digits, signs, points and spaces can ever be
+    allowed, so each step checks those few instead of the whole vocabulary.
+    """
+
+    def __init__(self, token_texts: Sequence[str], eos_id: int):
+        self.size, self.eos_id = len(token_texts), int(eos_id)
+        self.candidates = [(i, t) for i, t in enumerate(token_texts)
+                           if i != self.eos_id and t and _NUMERIC_PIECE.fullmatch(t)]
+
+    def allowed(self, answer: str) -> np.ndarray:
+        """bool [vocab]: the tokens that may follow the answer text so far."""
+        mask = np.zeros(self.size, bool)
+        for i, text in self.candidates:
+            mask[i] = is_number_prefix(answer + text) and not (answer + text).isspace()
+        mask[self.eos_id] = is_number(answer)
+        return mask
+
+
+def label_scores(token_logps: Sequence[Sequence[np.ndarray]], normalise: bool = False) -> np.ndarray:
+    """float [N, C] label scores from per-token log-probabilities (``token_logps[i][c]``: float [m_c] for scan
+    i and label c): their sum (the sequence log-probability), or with ``normalise`` their mean per token, so a
+    label split into more pieces is not penalised for its length."""
+    reduce = np.mean if normalise else np.sum
+    return np.array([[float(reduce(t)) for t in labels] for labels in token_logps], np.float64)
+
+
 def parse_number(text: str) -> float:
     """The first number in ``text`` ("about 37 years" -> 37.0), NaN when there is none."""
     match = _NUMBER.search(str(text))
