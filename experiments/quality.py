@@ -93,6 +93,11 @@ Hypotheses, kept (+) or rejected (-):
   +0.02); coupling + the log variance of each parcel's unexplained signal (kept: age moves DMN variance from
   the network to the parcel's own fluctuations) 0.830 / 0.967 / 0.976 against FC 0.889 / 0.963 / 0.986:
   age 93 % of FC's R² (-0.059, loses), diagnosis +0.005 and sex -0.010 (tie).
+- (?) more future masking in the mixture (``mask.mixture=0.5,0.3,0.1,0.1``), 1,500 steps against the
+  same recipe at (0.7, 0.1, 0.1, 0.1): eval random 0.559 vs 0.559, future +0.034 vs +0.029, forecast MSE
+  0.622 vs 0.625, step 1 0.300 vs 0.326, step 2 0.448 vs 0.461 (VAR(1) 0.240 at step 1): a small gain
+  for forecasting at no reconstruction cost, far from closing steps 1-2; not yet in the preset (its
+  3,000-step table would have to be measured again).
 - What still loses, and why: random masking beats regression by 0.023, not 0.05. The generator is
   linear-Gaussian (network 57 % of the variance, parcel-specific HRF-smooth 15 %, noise 27 %), so the best
   possible reconstruction is linear in the visible values; regression is already the best same-time linear
