@@ -150,9 +150,9 @@ def test_neighbour_context_embeds_visible_neighbours_only():
     n = T // cfg.patch
     masking = sample_masking(jax.random.key(7), MASK, batch["parcel_mask"], n)
     patches = np.asarray(batch["signal"]).reshape(B, P, n, cfg.patch)
-    got = np.asarray(model.neighbours(model._neighbour_features(jnp.asarray(patches), masking, batch["parcel_mask"])))
     hidden = np.asarray(masking.masked).reshape(B, P, n)
     seen = np.asarray(batch["parcel_mask"])[:, :, None] & ~hidden
+    got = np.asarray(model.neighbours(model._neighbour_features(jnp.asarray(patches), jnp.asarray(seen))))
     kernel = np.asarray(model.neighbours.kernel[...])
     bias = np.asarray(model.neighbours.bias[...])
     for b in range(B):

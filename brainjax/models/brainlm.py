@@ -196,16 +196,16 @@ class BrainLM(nnx.Module):
         _, _, coords, tr = _sanitize(batch)
         positions = self._positions(self.dec_spatial, self.dec_temporal, coords, tr, n_patches,
                                     self.dec_parcel_table)
-        base = jnp.zeros(patches.shape, jnp.float32)  # the linear part of the prediction, if any
+        base = 0.0  # the linear part of the prediction, if any
+        seen = parcel_mask[:, :, None] & ~masking.masked.reshape(batch_size, n_parcels, n_patches)
         if self.neighbours is not None or self.skip is not None:
-            neighbours = self._neighbour_features(patches, masking, parcel_mask)
+            neighbours = self._neighbour_features(patches, seen)
             if self.neighbours is not None:
                 positions = positions + self.neighbours(neighbours.astype(self.dtype))
             if self.skip is not None:
                 base = base + self.skip(_gated_neighbours(neighbours, patch))
         if self.factor_loadings is not None:
             loadings, noise = self.factor_model(coords, parcel_mask)
-            seen = parcel_mask[:, :, None] & ~masking.masked.reshape(batch_size, n_parcels, n_patches)
             prior = factor_posterior_mean(loadings, noise, patches, seen)
             positions = positions + self.prior_context(prior.astype(self.dtype))
             base = base + prior
@@ -226,15 +226,15 @@ class BrainLM(nnx.Module):
                 "masked": masking.masked.reshape(batch_size, n_parcels, n_patches),
                 "cls": hidden[:, 0].astype(jnp.float32)}
 
-    def _neighbour_features(self, patches: jax.Array, masking: Masking, parcel_mask: jax.Array) -> jax.Array:
-        """[B, P, N, F] float32: each token's previous patch of the same parcel, its seen flag, the next patch
+    def _neighbour_features(self, patches: jax.Array, seen: jax.Array) -> jax.Array:
+        """patches [B, P, N, patch], seen bool [B, P, N] (visible tokens of real parcels) ->
+        [B, P, N, F] float32: each token's previous patch of the same parcel, its seen flag, the next patch
         and its flag (F = 2 * patch + 2), and with ``model.parcel_trend`` 4 more: the parcel's level and slope
         over its seen patches (:func:`_parcel_trend`). Hidden patches contribute zeros and a 0 flag, so nothing
         masked reaches the decoder this way.
         """
-        batch_size, n_parcels, n_patches, _ = patches.shape
-        masked = masking.masked.reshape(batch_size, n_parcels, n_patches)
-        seen = (parcel_mask[:, :, None] & ~masked).astype(jnp.float32)[..., None]  # [B, P, N, 1]
+        n_patches = patches.shape[2]
+        seen = seen.astype(jnp.float32)[..., None]  # [B, P, N, 1]
         values = jnp.where(seen > 0, patches, 0.0)
 
         def shift(x, by):  # x[:, :, n - by] at position n (zeros where that patch does not exist)
