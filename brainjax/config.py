@@ -83,6 +83,10 @@ class ModelConfig:
     # answer, learnt), the decoder sees it and predicts the correction (brainjax.nn.priors)
     linear_skip: bool = shapes_params(False)  # add a linear map of the visible neighbouring patches (previous, next)
     # to every prediction: the AR path a one-patch-at-a-time decoder otherwise smooths over
+    factor_dynamics: bool = shapes_params(False)  # for a token whose time patch has nothing seen (future, time-block
+    # masking: no same-time parcel to condition on), the factor prior also carries a learnt linear map of the factor
+    # scores at the edges of the neighbouring patches (latent dynamics across networks, what VAR uses), and the
+    # linear skip gets separate maps for such tokens; needs factor_prior
     parcel_trend: bool = shapes_params(False)  # the neighbour features (context and skip) also carry a line fitted
     # through the parcel's visible patches over the window: the slow drift and 1/f level that neighbours miss
     contrastive_weight: float = shapes_params(0.0)  # scan-level objective beside the MAE loss: InfoNCE between the CLS

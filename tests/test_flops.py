@@ -26,7 +26,8 @@ def _xla_flops(fn, *args) -> float:
     return float(cost["flops"]) / BATCH
 
 
-QUALITY_PATHS = {"neighbour_context": True, "linear_skip": True, "factor_prior": 32, "parcel_identity": True}
+QUALITY_PATHS = {"neighbour_context": True, "linear_skip": True, "factor_prior": 32, "parcel_identity": True,
+                 "factor_dynamics": True}
 
 
 @pytest.mark.parametrize("decoder,extra", [("full", {}), ("cross", {}), ("cross", QUALITY_PATHS)],

@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 from test_brainlm import CFG, MASK, B, P, T, _batch
 
-from brainjax.models.brainlm import BrainLM, _gated_neighbours, _parcel_trend
+from brainjax.config import MaskConfig
+from brainjax.models.brainlm import DYNAMICS_EDGE, BrainLM, _gated_neighbours, _parcel_trend
 from brainjax.nn.masking import sample_masking
 from brainjax.nn.priors import factor_posterior_mean
 
@@ -65,15 +66,24 @@ def test_factor_prior_recovers_a_planted_factor_model_better_than_the_mean():
 
 def _model(**changes):
     cfg = dataclasses.replace(CFG, decoder="cross", parcel_identity=True, **changes)
-    return BrainLM(cfg, rngs=nnx.Rngs(0))
+    model = BrainLM(cfg, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(9)
+    for layer in (model.skip, model.dynamics):  # zero-initialised paths: give them weights, or a test sees nothing
+        if layer is not None:
+            layer.kernel[...] = jnp.asarray(rng.normal(0, 0.3, layer.kernel.shape), jnp.float32)
+            layer.bias[...] = jnp.asarray(rng.normal(0, 0.3, layer.bias.shape), jnp.float32)
+    return model
 
 
 @pytest.mark.parametrize("changes", [{"factor_prior": 3}, {"linear_skip": True},
                                      {"factor_prior": 2, "linear_skip": True, "neighbour_context": True,
-                                      "parcel_trend": True}])
-def test_linear_paths_read_nothing_hidden_and_leave_padding_out(changes):
+                                      "parcel_trend": True},
+                                     {"factor_prior": 2, "factor_dynamics": True, "linear_skip": True}])
+@pytest.mark.parametrize("strategy", ["random", "mixture"])
+def test_linear_paths_read_nothing_hidden_and_leave_padding_out(changes, strategy):
     model, batch = _model(**changes), _batch()
-    masking = sample_masking(jax.random.key(3), MASK, batch["parcel_mask"], T // CFG.patch)
+    mask_cfg = dataclasses.replace(MASK, strategy=strategy, mixture=(0.2, 0.4, 0.0, 0.4))  # future, time blocks
+    masking = sample_masking(jax.random.key(3), mask_cfg, batch["parcel_mask"], T // CFG.patch)
     out = model(batch, masking)
     hidden = np.repeat(np.asarray(out["masked"]), CFG.patch, axis=-1)
     padded = ~np.asarray(batch["parcel_mask"])[:, :, None]
@@ -102,6 +112,42 @@ def test_prediction_is_the_decoder_head_plus_the_factor_prior():
 def test_linear_priors_refuse_normalised_targets():
     with pytest.raises(ValueError, match="norm_targets"):
         _model(factor_prior=2, norm_targets=True)
+    with pytest.raises(ValueError, match="factor_dynamics"):
+        _model(factor_dynamics=True)
+
+
+def _numpy_scores(loadings, noise, values):
+    """E[z | x] = (I + Lᵀ Ψ⁻¹ L)⁻¹ Lᵀ Ψ⁻¹ x for the given (seen) rows; values [p, t] -> [r, t]."""
+    weighted = loadings.T / noise
+    return np.linalg.solve(np.eye(loadings.shape[1]) + weighted @ loadings, weighted @ values)
+
+
+def test_latent_dynamics_extrapolate_the_edge_factor_scores_into_empty_patches_only():
+    model, batch = _model(factor_prior=2, factor_dynamics=True), _batch()
+    model.head.kernel[...] = jnp.zeros_like(model.head.kernel[...])  # leave exactly the linear prior
+    model.head.bias[...] = jnp.zeros_like(model.head.bias[...])
+    n_patches = T // CFG.patch
+    future = sample_masking(jax.random.key(0), MaskConfig(strategy="future", future_patches=2), batch["parcel_mask"],
+                            n_patches)
+    pred = np.asarray(model(batch, future)["pred"])
+    loadings, noise = (np.asarray(a, np.float64) for a in model.factor_model(batch["coords"], batch["parcel_mask"]))
+    kernel, bias = np.asarray(model.dynamics.kernel[...], np.float64), np.asarray(model.dynamics.bias[...], np.float64)
+    patches = np.asarray(batch["signal"], np.float64).reshape(B, P, n_patches, CFG.patch)
+    real = np.asarray(batch["parcel_mask"])
+    for b in range(B):
+        L, psi = loadings[b, real[b]], noise[b, real[b]]
+        for n in range(n_patches):
+            if n < n_patches - 2:  # seen patches: the same-time conditional mean, no dynamics
+                want = _gaussian_conditional(loadings[b], noise[b], patches[b, :, n], real[b])
+            else:  # empty: the map of the last seen patch's closing scores (the next patch is empty too: zeros)
+                last = n_patches - 3
+                before = _numpy_scores(L, psi, patches[b, real[b], last])[:, -DYNAMICS_EDGE:] if n == last + 1 else \
+                    np.zeros((2, DYNAMICS_EDGE))
+                edges = np.concatenate([before, np.zeros((2, DYNAMICS_EDGE))], -1).reshape(-1)
+                latent = (edges @ kernel + bias).reshape(CFG.patch, 2)
+                want = loadings[b] @ latent.T
+            np.testing.assert_allclose(pred[b, :, n], want, rtol=1e-4, atol=1e-4)
+
 
 
 def test_parcel_trend_is_a_least_squares_line_through_the_seen_patches():

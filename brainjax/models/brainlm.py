@@ -36,7 +36,9 @@ from brainjax.nn.layers import (
     logical,
 )
 from brainjax.nn.masking import Masking, no_masking, sample_masking, visible_count
-from brainjax.nn.priors import factor_posterior_mean
+from brainjax.nn.priors import factor_scores
+
+DYNAMICS_EDGE = 2  # TRs of factor scores at each edge of the neighbouring patches that the latent dynamics read
 
 DECODERS = ("full", "cross", "factorised")
 
@@ -101,9 +103,12 @@ class BrainLM(nnx.Module):
             self.neighbours = linear(n_context, cfg.dec_width, (None, "dec_embed"), dtype=dtype, rngs=rngs)
         if (cfg.factor_prior or cfg.linear_skip) and cfg.norm_targets:
             raise ValueError("model.factor_prior / model.linear_skip predict raw values: not with model.norm_targets")
+        if cfg.factor_dynamics and not cfg.factor_prior:
+            raise ValueError("model.factor_dynamics extends the factor prior: set model.factor_prior to a rank")
         self.skip = nnx.data(None)
         if cfg.linear_skip:  # the neighbour features gated by which neighbours are seen -> a patch of values
-            self.skip = linear(n_context + 2 * cfg.patch + 1, cfg.patch, (None, "patch"), dtype=jnp.float32, rngs=rngs,
+            n_skip = (n_context + 2 * cfg.patch + 1) * (2 if cfg.factor_dynamics else 1)  # see _skip_features
+            self.skip = linear(n_skip, cfg.patch, (None, "patch"), dtype=jnp.float32, rngs=rngs,
                                init=nnx.initializers.zeros_init())
         self.factor_loadings = self.factor_noise = self.prior_context = nnx.data(None)
         if cfg.factor_prior:  # loadings and noise variance of each parcel from its decoder parcel embedding
@@ -111,6 +116,11 @@ class BrainLM(nnx.Module):
                                           rngs=rngs)
             self.factor_noise = linear(cfg.dec_width, 1, ("dec_embed", None), dtype=jnp.float32, rngs=rngs)
             self.prior_context = linear(cfg.patch, cfg.dec_width, ("patch", "dec_embed"), dtype=dtype, rngs=rngs)
+        self.dynamics = nnx.data(None)
+        if cfg.factor_dynamics:  # edge factor scores of the previous and next patch -> every TR's factor scores
+            rank = cfg.factor_prior
+            self.dynamics = linear(2 * DYNAMICS_EDGE * rank, cfg.patch * rank, (None, None), dtype=jnp.float32,
+                                   rngs=rngs, init=nnx.initializers.zeros_init())
         self.parcel_table = self.dec_parcel_table = nnx.data(None)
         if cfg.parcel_identity:
             self.parcel_table = nnx.Param(logical(token_init, (None, "embed"))(
@@ -203,10 +213,13 @@ class BrainLM(nnx.Module):
             if self.neighbours is not None:
                 positions = positions + self.neighbours(neighbours.astype(self.dtype))
             if self.skip is not None:
-                base = base + self.skip(_gated_neighbours(neighbours, patch))
+                base = base + self.skip(self._skip_features(neighbours, seen))
         if self.factor_loadings is not None:
             loadings, noise = self.factor_model(coords, parcel_mask)
-            prior = factor_posterior_mean(loadings, noise, patches, seen)
+            scores = factor_scores(loadings, noise, patches, seen)  # [B, N, r, patch]
+            prior = jnp.einsum("bpr,bnrt->bpnt", loadings, scores)
+            if self.dynamics is not None:
+                prior = prior + self._latent_dynamics(loadings, scores, seen)
             positions = positions + self.prior_context(prior.astype(self.dtype))
             base = base + prior
         positions = positions.reshape(batch_size, n_parcels * n_patches, -1)
@@ -246,6 +259,35 @@ class BrainLM(nnx.Module):
         if self.cfg.parcel_trend:
             feats.append(_parcel_trend(values.mean(-1, keepdims=True), seen))
         return jnp.concatenate(feats, -1)
+
+    def _skip_features(self, neighbours: jax.Array, seen: jax.Array) -> jax.Array:
+        """What the linear skip reads [B, P, N, F']: the gated neighbours (:func:`_gated_neighbours`), and with
+        ``model.factor_dynamics`` those again split by whether the token's time patch has anything seen (with
+        same-time parcels the factor prior carries most of the signal and the skip learns a residual; without,
+        the skip is the parcel's own autoregression, a different map)."""
+        gated = _gated_neighbours(neighbours, self.cfg.patch)
+        if not self.cfg.factor_dynamics:
+            return gated
+        empty = ~seen.any(1)[:, None, :, None]  # [B, 1, N, 1]: nothing seen in the token's time patch
+        return jnp.concatenate([jnp.where(empty, 0.0, gated), jnp.where(empty, gated, 0.0)], -1)
+
+    def _latent_dynamics(self, loadings: jax.Array, scores: jax.Array, seen: jax.Array) -> jax.Array:
+        """The factor prior of tokens whose time patch has nothing seen: L times a learnt linear map of the
+        factor scores at the last ``DYNAMICS_EDGE`` TRs of the previous patch and the first of the next one
+        (zero where that patch has nothing seen or does not exist), one map per TR of the patch — forward and
+        backward latent dynamics, shared by every parcel through its loadings.
+
+        loadings [B, P, r]; scores [B, N, r, patch] (:func:`~brainjax.nn.priors.factor_scores`); seen bool
+        [B, P, N]. Returns float32 [B, P, N, patch], zero at patches with anything seen.
+        """
+        batch_size, n_patches, rank, patch = scores.shape
+        pad = jnp.zeros_like(scores[:, :1, :, :DYNAMICS_EDGE])
+        before = jnp.concatenate([pad, scores[:, :-1, :, -DYNAMICS_EDGE:]], 1)  # previous patch's last TRs at n
+        after = jnp.concatenate([scores[:, 1:, :, :DYNAMICS_EDGE], pad], 1)  # next patch's first TRs at n
+        edges = jnp.concatenate([before, after], -1).reshape(batch_size, n_patches, -1)
+        latent = self.dynamics(edges).reshape(batch_size, n_patches, patch, rank)
+        latent = jnp.where(seen.any(1)[:, :, None, None], 0.0, latent)
+        return jnp.einsum("bpr,bntr->bpnt", loadings, latent)
 
     def _token_grid(self, projected, positions, masking: Masking, mask_token):
         """Every token for the decoder [B, L, dw]: the encoder output where visible, the mask token where
@@ -451,8 +493,11 @@ def model_flops_per_sample(cfg: ModelConfig, n_parcels: int, window: int, mask_c
                     + 2 * tokens * cfg.patch * cfg.dec_width)
     if cfg.neighbour_context:  # previous / next patch and their flags -> the decoder query
         decoder += 2 * tokens * (2 * cfg.patch + 2) * cfg.dec_width
-    if cfg.linear_skip:  # previous / next / both patches and their flags -> a patch
-        decoder += 2 * tokens * (4 * cfg.patch + 3) * cfg.patch
+    if cfg.linear_skip:  # previous / next / both patches and their flags (x 2: empty patch or not) -> a patch
+        decoder += 2 * tokens * (4 * cfg.patch + 3) * cfg.patch * (2 if cfg.factor_dynamics else 1)
+    if cfg.factor_dynamics:  # edge scores -> every TR's factor scores per patch, then L times them
+        rank = cfg.factor_prior
+        decoder += 2 * n_patches * (2 * DYNAMICS_EDGE * rank) * (cfg.patch * rank) + 2 * tokens * rank * cfg.patch
     views = 2 if cfg.contrastive_weight > 0 else 1  # the scan-level objective encodes a second masking
     forward = (views * (2 * tokens * cfg.patch * cfg.width + encoder) + spatial(cfg.width) + spatial(cfg.dec_width)
                + 2 * (visible + 1) * cfg.width * cfg.dec_width + decoder + 2 * tokens * cfg.dec_width * cfg.patch)
