@@ -53,6 +53,8 @@ class MaskConfig:
     ratio: float = 0.75  # fraction of tokens masked (random, parcels, time_block)
     future_patches: int = 1  # patches masked at the end of every parcel (future)
     mixture: tuple[float, ...] = (0.7, 0.1, 0.1, 0.1)  # weights of random, future, parcels, time_block
+    recent_context: bool = False  # a future-masked sample of the mixture, topped up to the random count, hides its
+    # oldest context first, so the patches right before the forecast stay whole, as when forecasting
 
 
 @dataclass(frozen=True)

@@ -123,3 +123,19 @@ def test_deterministic_by_rng():
 def test_bad_config_raises(bad):
     with pytest.raises(ValueError):
         visible_count(bad, P, N)
+
+
+@pytest.mark.parametrize("recent", [False, True])
+def test_recent_context_keeps_the_patches_before_the_forecast_whole(recent):
+    # Future-only mixture: 2 forecast patches hidden, topped up to the random count (ratio 0.6 of 35 -> 14
+    # visible of the 21 context tokens). With recent_context the 14 are the last two context patches, whole.
+    cfg = MaskConfig("mixture", ratio=0.6, future_patches=2, mixture=(0.0, 1.0, 0.0, 0.0), recent_context=recent)
+    m = jax.tree.map(np.asarray, sample_masking(jax.random.key(1), cfg, FULL, N))
+    visible = _visible_grid(m)
+    assert (visible.sum(axis=(1, 2)) == 14).all() and not visible[:, :, -2:].any()
+    whole_recent = visible[:, :, 1:3].all(axis=(1, 2))
+    assert whole_recent.all() if recent else not whole_recent.any()
+    # the strategy on its own still shows the whole context
+    alone = jax.tree.map(np.asarray, sample_masking(jax.random.key(1), MaskConfig(
+        "future", future_patches=2, recent_context=recent), FULL, N))
+    assert _visible_grid(alone)[:, :, :3].all()

@@ -15,7 +15,9 @@ Strategies (``MaskConfig.strategy``):
 * ``mixture``     each sample draws one of the four with ``MaskConfig.mixture`` weights. All samples must
   keep the same number of visible tokens, so the chosen strategy's set is *topped up* (it masks too little:
   extra random tokens are masked) or *trimmed* (it masks too much: random masked tokens are made visible)
-  to the ``random`` count; the random tie-breaker within a priority level does both at once.
+  to the ``random`` count; the random tie-breaker within a priority level does both at once. With
+  ``MaskConfig.recent_context`` the future strategy's context carries one priority level per patch by age,
+  so its top-up hides the oldest patches first and the most recent ones stay whole (as in forecasting).
 
 Samples with padded parcels (mixed atlases): the static ``V`` is computed for ``n_parcels`` real parcels.
 A sample with fewer real parcels keeps the strategy's masking *fraction* of its own real tokens visible;
@@ -99,8 +101,12 @@ def _priorities(rng: jax.Array, mask_cfg: MaskConfig, real_parcel: jax.Array, n_
     out = {"random": (jnp.zeros((n_parcels, n_patches)), real_count * n_patches - random_masked)}
 
     future = jnp.clip(mask_cfg.future_patches, 0, n_patches)
-    out["future"] = (jnp.broadcast_to(patch >= n_patches - future, (n_parcels, n_patches)).astype(jnp.float32),
-                     real_count * (n_patches - future))
+    hidden = patch >= n_patches - future
+    if mask_cfg.recent_context:  # integer levels by age (noise < 0.5 never crosses them): the oldest go first
+        level = jnp.where(hidden, n_patches + 1, n_patches - future - 1 - patch).astype(jnp.float32)
+    else:
+        level = hidden.astype(jnp.float32)
+    out["future"] = (jnp.broadcast_to(level, (n_parcels, n_patches)), real_count * (n_patches - future))
 
     # Rank the real parcels in random order; the last round(ratio * R) of them are masked.
     draw = jnp.where(real_parcel, jax.random.uniform(k_parcel, (n_parcels,)), jnp.inf)
