@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
         var = fb.fit_var(train, 1, fb.choose_var_alpha(train, val, 1, VAR_ALPHAS) if val else VAR_ALPHAS[2])
         forecasters = {"ar3": lambda ctx: fb.predict_ar(ar, ctx, patch),
                        "var1": lambda ctx: fb.predict_var(var, ctx, patch)}
-    step_sse = {m: np.zeros(patch) for m in methods + list(forecasters)}
-    step_n, scans, seen_windows = 0, [], 0
+    step_errors = {m: [] for m in methods + list(forecasters)}  # future masking: per window (count, sse [H])
+    scans, seen_windows = [], 0
     for index, host in enumerate(eval_batches([data], args.split, window, 16, process_index=0, process_count=1)):
         valid = host["valid"] & (np.arange(len(host["valid"])) < args.max_windows - seen_windows)
         rows = np.flatnonzero(valid)
@@ -122,15 +122,13 @@ def main(argv: list[str] | None = None) -> dict:
             for name in methods:
                 sums[strategy][name].append(ReconMetrics().update(preds[name], patches, masked)[rows])
             if strategy == "future":  # the last patch of every real parcel: error per horizon TR
-                last = parcel_mask[rows]
                 context = host["signal"][rows, :, :window - patch]
                 for name, forecast in forecasters.items():
                     preds[name] = np.zeros_like(patches)
                     preds[name][rows, :, -1] = forecast(context)
-                for name in step_sse:
-                    err = (preds[name][rows, :, -1] - patches[rows, :, -1]) ** 2  # [W, P, patch]
-                    step_sse[name] += err[last].sum(0)
-                step_n += int(last.sum())
+                for name in step_errors:
+                    step_errors[name].append(fb.window_errors(preds[name][rows, :, -1], patches[rows, :, -1],
+                                                              parcel_mask[rows]))
         print(f"windows {seen_windows}", file=sys.stderr)
     report = {"cpu": cpu_model(), "data": data, "split": args.split, "windows": seen_windows,
               "workdir": args.workdir, "strategies": {}}
@@ -145,8 +143,20 @@ def main(argv: list[str] | None = None) -> dict:
             gap = entry["r2"]["oracle"] - entry["r2"]["regression"]
             entry["headroom_captured"] = (entry["r2"]["model"] - entry["r2"]["regression"]) / gap if gap > 0 else None
         report["strategies"][strategy] = entry
-    if step_n:
-        report["future_step_mse"] = {name: (sse / step_n).round(4).tolist() for name, sse in step_sse.items()}
+    if forecasters:
+        errors = {name: (np.concatenate([c for c, _ in e]), np.concatenate([s for _, s in e]))
+                  for name, e in step_errors.items()}
+        report["future_step_mse"] = {name: (sse.sum(0) / count.sum()).round(4).tolist()
+                                     for name, (count, sse) in errors.items()}
+        report["forecast_steps"] = {}
+        for name in ("oracle", "model"):  # each against the best forecasting baseline, step by step
+            if name in errors:
+                compared = fb.compare_forecasts({"model": errors[name], **{k: errors[k] for k in forecasters}},
+                                                seed=args.seed, groups=scans)
+                verdicts = [step["verdict"] for step in compared["per_step"]]
+                report["forecast_steps"][name] = {v: verdicts.count(v) for v in ("beats", "ties", "loses")}
+                report["forecast_steps"][name]["first_not_beaten"] = next(
+                    (i + 1 for i, v in enumerate(verdicts) if v != "beats"), None)
     report["seconds"] = round(time.perf_counter() - start_time, 1)
     print(json.dumps(report))
     return report

@@ -234,3 +234,18 @@ def test_checkpoint_integrity_times_saves_and_restores_with_and_without_checksum
     assert 0 < out["checksum_s"] and 0 < out["verify_s"]
     assert out["checksum_gb_per_s"] == pytest.approx(out["checkpoint_bytes"] / out["checksum_s"] / 1e9, rel=0.05,
                                                      abs=0.01)
+
+
+def test_oracle_bound_scores_the_generator_above_the_regression_baseline(small_data):
+    # held-out scans (the test split's one scan): on its own training scans the regression overfits its covariance
+    out = _run("oracle_bound.py", "--data", str(small_data), "--split", "test", "--max-windows", "3",
+               "--window", "20", "--patch", "5", "--strategies", "random,future")
+    assert out["windows"] == 3 and set(out["strategies"]) == {"random", "future"}
+    for entry in out["strategies"].values():
+        r2, diff = entry["r2"], entry["oracle_minus_regression"]
+        assert np.isclose(diff["diff"], r2["oracle"] - r2["regression"], atol=1e-9)
+        assert r2["oracle"] > r2["regression"]  # the generator's own conditional mean is the best predictor
+    steps = out["future_step_mse"]
+    assert set(steps) == {"oracle", "regression", "ar3", "var1"} and all(len(v) == 5 for v in steps.values())
+    assert steps["oracle"][0] < min(steps["ar3"][0], steps["var1"][0])
+    assert sum(out["forecast_steps"]["oracle"][v] for v in ("beats", "ties", "loses")) == 5
