@@ -9,7 +9,9 @@ The loss is the MSE over masked tokens of real (non-padded) parcels.
 Options beyond BrainLM (``experiments/quality.py`` logs what each is worth): a CrossMAE decoder, decoder
 queries that embed their parcel's visible neighbouring patches, and two linear paths the decoder's output
 is added to — a learnt factor-analysis prior (:mod:`brainjax.nn.priors`: the conditional mean of every token
-given the visible parcels of its time patch) and a linear map of the visible neighbouring patches.
+given the visible parcels of its time patch; where a patch has nothing visible, as in forecasting, a learnt
+map of the factor scores at the edges of its neighbouring patches) and a linear map of the visible
+neighbouring patches.
 
 Batch (all models in brainjax read the same keys): ``signal`` float32 [B, P, T] normalised, ``parcel_mask``
 bool [B, P] (False = padded parcel), ``coords`` float32 [B, P, 3] MNI mm, ``tr`` float32 [B] seconds.
