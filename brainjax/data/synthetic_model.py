@@ -318,6 +318,21 @@ _HRF_SECONDS = 32.0
 _BURN_SECONDS = 60.0  # OU settles and the HRF fills before the first kept TR
 
 
+def source_dynamics(cfg: SynthConfig, template: Template, subject: SubjectTraits
+                    ) -> tuple[int, float, np.ndarray, np.ndarray]:
+    """The latent sources' VAR(1) at the sub-TR step: (steps per TR, step in s, per-source autocorrelation rho
+    [N], transition matrix [N, N] with the subject's lagged coupling, rescaled to spectral radius < 1)."""
+    sub = max(1, math.ceil(cfg.tr / 0.25))  # latent step <= 0.25 s, an integer fraction of the TR
+    dt = cfg.tr / sub
+    rho = np.exp(-dt / template.time_constants)
+    lag = template.lag_coupling * (0.3 * subject.coupling * dt / template.time_constants.mean())
+    trans = np.diag(rho) + lag
+    radius = np.abs(np.linalg.eigvals(trans)).max()
+    if radius >= 0.999:
+        trans = trans * (0.999 / radius)
+    return sub, dt, rho, trans
+
+
 def simulate_subject(cfg: SynthConfig, template: Template, subject_index: int, subject: SubjectTraits,
                      site: SiteTraits) -> dict[str, np.ndarray]:
     """All scans of one subject as components, each float64 [K, P, T] (``latent``: [K, N, T]).
@@ -326,18 +341,11 @@ def simulate_subject(cfg: SynthConfig, template: Template, subject_index: int, s
     """
     k, t_len, n_net = cfg.scans_per_subject, cfg.timepoints, len(template.network_names)
     p = len(template.names)
-    sub = max(1, math.ceil(cfg.tr / 0.25))  # latent step <= 0.25 s, an integer fraction of the TR
-    dt = cfg.tr / sub
+    # Latent network sources: x[t+1] = A x[t] + C e, stable by construction (|A| < 1).
+    sub, dt, rho, trans = source_dynamics(cfg, template, subject)
     burn = math.ceil(_BURN_SECONDS / cfg.tr)
     fine_len = (t_len + burn) * sub
     rng = np.random.default_rng([cfg.seed, 3, subject_index])
-    # Latent network sources: x[t+1] = A x[t] + C e, stable by construction (|A| < 1).
-    rho = np.exp(-dt / template.time_constants)
-    lag = template.lag_coupling * (0.3 * subject.coupling * dt / template.time_constants.mean())
-    trans = np.diag(rho) + lag
-    radius = np.abs(np.linalg.eigvals(trans)).max()
-    if radius >= 0.999:
-        trans = trans * (0.999 / radius)
     chol = np.linalg.cholesky(subject.corr) * np.sqrt(1 - rho ** 2)[:, None]
     innov = rng.standard_normal((fine_len, k, n_net)) @ chol.T
     state = _run_var1(trans, innov)

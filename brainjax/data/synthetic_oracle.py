@@ -20,7 +20,6 @@ up to the per-scan standardisation the Gaussian form leaves out.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +34,7 @@ from brainjax.data.synthetic_model import (
     SynthConfig,
     Template,
     double_gamma_hrf,
+    source_dynamics,
     variance_shares,
 )
 
@@ -96,14 +96,7 @@ def source_covariance(cfg: SynthConfig, template: Template, subject: SubjectTrai
     ``simulate_subject`` draws them.
     """
     n_net = len(template.network_names)
-    sub = max(1, math.ceil(cfg.tr / 0.25))
-    dt = cfg.tr / sub
-    rho = np.exp(-dt / template.time_constants)
-    lag = template.lag_coupling * (0.3 * subject.coupling * dt / template.time_constants.mean())
-    trans = np.diag(rho) + lag
-    radius = np.abs(np.linalg.eigvals(trans)).max()
-    if radius >= 0.999:
-        trans = trans * (0.999 / radius)
+    sub, dt, rho, trans = source_dynamics(cfg, template, subject)
     scale = np.sqrt(1 - rho ** 2)
     innovation = subject.corr * np.outer(scale, scale)
     gamma0 = scipy.linalg.solve_discrete_lyapunov(trans, innovation)
