@@ -210,18 +210,19 @@ class BrainLM(nnx.Module):
                                     self.dec_parcel_table)
         base = 0.0  # the linear part of the prediction, if any
         seen = parcel_mask[:, :, None] & ~masking.masked.reshape(batch_size, n_parcels, n_patches)
+        empty = ~seen.any(1)  # [B, N]: time patches with nothing seen (forecast / time-block targets)
         if self.neighbours is not None or self.skip is not None:
             neighbours = self._neighbour_features(patches, seen)
             if self.neighbours is not None:
                 positions = positions + self.neighbours(neighbours.astype(self.dtype))
             if self.skip is not None:
-                base = base + self.skip(self._skip_features(neighbours, seen))
+                base = base + self.skip(self._skip_features(neighbours, empty))
         if self.factor_loadings is not None:
             loadings, noise = self.factor_model(coords, parcel_mask)
             scores = factor_scores(loadings, noise, patches, seen)  # [B, N, r, patch]
             prior = jnp.einsum("bpr,bnrt->bpnt", loadings, scores)
             if self.dynamics is not None:
-                prior = prior + self._latent_dynamics(loadings, scores, seen)
+                prior = prior + self._latent_dynamics(loadings, scores, empty)
             positions = positions + self.prior_context(prior.astype(self.dtype))
             base = base + prior
         positions = positions.reshape(batch_size, n_parcels * n_patches, -1)
@@ -262,7 +263,7 @@ class BrainLM(nnx.Module):
             feats.append(_parcel_trend(values.mean(-1, keepdims=True), seen))
         return jnp.concatenate(feats, -1)
 
-    def _skip_features(self, neighbours: jax.Array, seen: jax.Array) -> jax.Array:
+    def _skip_features(self, neighbours: jax.Array, empty: jax.Array) -> jax.Array:
         """What the linear skip reads [B, P, N, F']: the gated neighbours (:func:`_gated_neighbours`), and with
         ``model.factor_dynamics`` those again split by whether the token's time patch has anything seen (with
         same-time parcels the factor prior carries most of the signal and the skip learns a residual; without,
@@ -270,17 +271,17 @@ class BrainLM(nnx.Module):
         gated = _gated_neighbours(neighbours, self.cfg.patch)
         if not self.cfg.factor_dynamics:
             return gated
-        empty = ~seen.any(1)[:, None, :, None]  # [B, 1, N, 1]: nothing seen in the token's time patch
+        empty = empty[:, None, :, None]  # [B, 1, N, 1]: nothing seen in the token's time patch
         return jnp.concatenate([jnp.where(empty, 0.0, gated), jnp.where(empty, gated, 0.0)], -1)
 
-    def _latent_dynamics(self, loadings: jax.Array, scores: jax.Array, seen: jax.Array) -> jax.Array:
+    def _latent_dynamics(self, loadings: jax.Array, scores: jax.Array, empty: jax.Array) -> jax.Array:
         """The factor prior of tokens whose time patch has nothing seen: L times a learnt linear map of the
         factor scores at the last ``DYNAMICS_EDGE`` TRs of the previous patch and the first of the next one
         (zero where that patch has nothing seen or does not exist), one map per TR of the patch — forward and
         backward latent dynamics, shared by every parcel through its loadings.
 
-        loadings [B, P, r]; scores [B, N, r, patch] (:func:`~brainjax.nn.priors.factor_scores`); seen bool
-        [B, P, N]. Returns float32 [B, P, N, patch], zero at patches with anything seen.
+        loadings [B, P, r]; scores [B, N, r, patch] (:func:`~brainjax.nn.priors.factor_scores`); empty bool
+        [B, N] (patches with nothing seen). Returns float32 [B, P, N, patch], zero at patches with anything seen.
         """
         batch_size, n_patches, rank, patch = scores.shape
         pad = jnp.zeros_like(scores[:, :1, :, :DYNAMICS_EDGE])
@@ -288,7 +289,7 @@ class BrainLM(nnx.Module):
         after = jnp.concatenate([scores[:, 1:, :, :DYNAMICS_EDGE], pad], 1)  # next patch's first TRs at n
         edges = jnp.concatenate([before, after], -1).reshape(batch_size, n_patches, -1)
         latent = self.dynamics(edges).reshape(batch_size, n_patches, patch, rank)
-        latent = jnp.where(seen.any(1)[:, :, None, None], 0.0, latent)
+        latent = jnp.where(empty[:, :, None, None], latent, 0.0)
         return jnp.einsum("bpr,bntr->bpnt", loadings, latent)
 
     def _token_grid(self, projected, positions, masking: Masking, mask_token):
