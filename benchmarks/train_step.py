@@ -73,7 +73,7 @@ def measure_step(cfg, batch: int, steps: int, parcels: int | None = None, peak_s
     from brainjax.tasks import BrainLMTask
     from brainjax.train.logging import measure_peak_flops
     from brainjax.train.optim import make_optimizer
-    from brainjax.train.step import init_train_state, train_step
+    from brainjax.train.step import init_train_state, step_compiler_options, train_step
 
     if batch < 1 or steps < 1:
         raise ValueError(f"batch and steps must be >= 1, got batch={batch}, steps={steps}")
@@ -87,7 +87,8 @@ def measure_step(cfg, batch: int, steps: int, parcels: int | None = None, peak_s
     rng = jax.random.key(0)
 
     step = jax.jit(lambda s, b, r: train_step(graphdef, s, b, r, task=task, tx=tx, schedule=schedule,
-                                              accum_steps=cfg.optim.accum_steps), donate_argnums=0)
+                                              accum_steps=cfg.optim.accum_steps), donate_argnums=0,
+                   compiler_options=step_compiler_options(cfg.model.remat, jax.devices()[0].platform))
 
     def loss_only(params, rest, b, r):
         return task.loss(nnx.merge(graphdef, params, rest), b, r, deterministic=True)[0]

@@ -100,6 +100,13 @@ class ModelConfig:
     attention_chunk: int = 512  # query/key block for the chunked (memory-efficient) path
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     remat: bool = False  # rematerialise each transformer block in the backward pass
+    remat_policy: str = "full"  # with remat, what a block keeps: full (its input only: least memory) | attention
+    # (also each attention's output: the backward pass recomputes norms, projections and MLP, not the attention)
+
+    @property
+    def remat_mode(self) -> str | None:
+        """The layers' remat argument: the policy when ``remat`` is on, else None."""
+        return self.remat_policy if self.remat else None
 
 
 @dataclass(frozen=True)
@@ -332,6 +339,7 @@ _AT_MOST = {"model.depth": 1024, "model.dec_depth": 1024, "model.fourier_feature
 _INT32_MAX = 2**31 - 1
 # fractions in [0, 1] (ratio: strictly inside, something must be masked and something seen)
 VALIDATION_MODES = ("split", "holdout", "none")
+REMAT_POLICIES = ("full", "attention")  # see brainjax.nn.layers.rematerialise
 _FRACTIONS = ("model.dropout", "optim.warmup_frac", "optim.min_lr_frac", "optim.b1", "optim.b2", "quantizer.decay")
 
 
@@ -355,6 +363,8 @@ def check(cfg: Config) -> Config:
         w, h = getattr(cfg.model, width), getattr(cfg.model, heads)
         if w >= 1 and h >= 1 and w % h:
             problems.append(f"model.{width}={w} is not a multiple of model.{heads}={h}")
+    if cfg.model.remat_policy not in REMAT_POLICIES:
+        problems.append(f"model.remat_policy={cfg.model.remat_policy!r} must be one of {', '.join(REMAT_POLICIES)}")
     if cfg.data.validation not in VALIDATION_MODES:
         problems.append(f"data.validation={cfg.data.validation!r} must be one of {', '.join(VALIDATION_MODES)}")
     if not 0 < cfg.data.holdout < 1:

@@ -40,6 +40,7 @@ SMALL = Config(data=DataConfig(window=80, batch_size=8), mask=MaskConfig(ratio=0
                model=ModelConfig(patch=10, width=32, depth=1, heads=2, mlp=64, dec_width=32, dec_depth=2, dec_heads=2,
                                  dec_mlp=64, fourier_features=2, attention="xla"))
 VARIANTS = {"xla": {}, "remat": {"model.remat": True},
+            "remat_attention": {"model.remat": True, "model.remat_policy": "attention"},
             "chunked_batch16": {"model.attention": "chunked", "model.attention_chunk": 64, "data.batch_size": 16}}
 
 

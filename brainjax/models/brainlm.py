@@ -85,7 +85,7 @@ class BrainLM(nnx.Module):
         self.cfg = cfg
         dtype = self.dtype = DTYPES[cfg.dtype]
         common = dict(dropout_rate=cfg.dropout, attn_impl=cfg.attention, chunk=cfg.attention_chunk,
-                      remat=cfg.remat, dtype=dtype, rngs=rngs)
+                      remat=cfg.remat_mode, dtype=dtype, rngs=rngs)
         token_init = nnx.initializers.normal(0.02)
 
         self.patch_embed = linear(cfg.patch, cfg.width, ("patch", "embed"), dtype=dtype, rngs=rngs)

@@ -39,7 +39,7 @@ class NeuralTokenizer(nnx.Module):
         self.cfg, self.qcfg = cfg, qcfg
         dtype = self.dtype = DTYPES[cfg.dtype]
         common = dict(dropout_rate=cfg.dropout, attn_impl=cfg.attention, chunk=cfg.attention_chunk,
-                      remat=cfg.remat, dtype=dtype, rngs=rngs)
+                      remat=cfg.remat_mode, dtype=dtype, rngs=rngs)
         self.patch_embed = linear(cfg.patch, cfg.width, ("patch", "embed"), dtype=dtype, rngs=rngs)
         self.spatial = SpatialEmbedding(cfg.fourier_features, cfg.width, "embed", dtype=dtype, rngs=rngs)
         self.temporal = TemporalEmbedding(cfg.time_embedding, cfg.width, cfg.patch, cfg.max_patches, "embed",

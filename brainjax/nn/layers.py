@@ -16,12 +16,36 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
+from brainjax.config import REMAT_POLICIES
 from brainjax.nn.attention import attention, attention_weights
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # compute dtypes by config name; params stay float32
 _kernel_init = nnx.initializers.xavier_uniform()
 _zeros = nnx.initializers.zeros_init()
+# What a rematerialised block keeps for the backward pass: "full" keeps only its input and recomputes everything,
+# the attention included; "attention" also keeps each attention's output, so the backward pass recomputes the
+# norms, projections and MLP (cheap, and most of the activation memory) and only the part of the attention its own
+# gradient needs (the scores and softmax, which the chunked path recomputes for its backward in any case), never
+# the weighted sum over values: at BrainLM's lengths the attention is the costliest part of a block.
+_ATTENTION_OUT = "attention_out"
+
+
+def _checked_policy(policy: str | None) -> str | None:
+    if policy and policy not in REMAT_POLICIES:
+        raise ValueError(f"remat policy must be one of {REMAT_POLICIES}, got {policy!r}")
+    return policy or None
+
+
+def rematerialise(fn: Callable, policy: str | None) -> Callable:
+    """``fn`` rematerialised in the backward pass under ``policy`` (one of :data:`REMAT_POLICIES`); ``fn``
+    itself when ``policy`` is None or empty (no remat)."""
+    if not _checked_policy(policy):
+        return fn
+    if policy == "attention":
+        return nnx.remat(fn, policy=jax.checkpoint_policies.save_only_these_names(_ATTENTION_OUT))
+    return nnx.remat(fn)
 
 
 class AxisNames(NamedTuple):
@@ -82,7 +106,7 @@ class SelfAttention(nnx.Module):
         q, k, v = jnp.split(self.qkv(x).reshape(batch, length, 3, self.heads, width // self.heads), 3, axis=2)
         out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], key_mask=key_mask, impl=self.attn_impl,
                         chunk=self.chunk)
-        return self.out(out.reshape(batch, length, width))
+        return self.out(checkpoint_name(out, _ATTENTION_OUT).reshape(batch, length, width))
 
     def weights(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
         """Attention probabilities float32 [B, H, L, L] (query rows) for inspection, e.g. network maps.
@@ -119,11 +143,12 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """A stack of :class:`Block` s and a final LayerNorm; ``remat`` recomputes each block in backward."""
+    """A stack of :class:`Block` s and a final LayerNorm; ``remat`` (a policy of :func:`rematerialise`, or None)
+    recomputes each block in the backward pass."""
 
     def __init__(self, depth: int, width: int, heads: int, mlp: int, axes: AxisNames, *, dropout_rate: float,
-                 attn_impl: str, chunk: int, remat: bool, dtype, rngs: nnx.Rngs):
-        self.remat = remat
+                 attn_impl: str, chunk: int, remat: str | None, dtype, rngs: nnx.Rngs):
+        self.remat = _checked_policy(remat)
         self.blocks = nnx.List([Block(width, heads, mlp, axes, dropout_rate=dropout_rate, attn_impl=attn_impl,
                                       chunk=chunk, dtype=dtype, rngs=rngs) for _ in range(depth)])
         self.norm = layer_norm(width, axes.embed, dtype=dtype, rngs=rngs)
@@ -132,8 +157,7 @@ class Transformer(nnx.Module):
         def run(block, x, key_mask, key):
             return block(x, key_mask, key)
 
-        if self.remat:
-            run = nnx.remat(run)
+        run = rematerialise(run, self.remat)
         for i, block in enumerate(self.blocks):
             key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
             x = run(block, x, key_mask, key)
@@ -179,8 +203,8 @@ class CrossBlock(nnx.Module):
         q = self.q(self.norm_q(x)).reshape(batch, length, self.heads, head_dim)
         k, v = jnp.split(self.kv(self.norm_kv(memory)).reshape(batch, memory.shape[1], 2, self.heads, head_dim),
                          2, axis=2)
-        attended = attention(q, k[:, :, 0], v[:, :, 0], key_mask=memory_mask, impl=self.attn_impl,
-                             chunk=self.chunk)
+        attended = checkpoint_name(attention(q, k[:, :, 0], v[:, :, 0], key_mask=memory_mask, impl=self.attn_impl,
+                                             chunk=self.chunk), _ATTENTION_OUT)
         x = x + dropout(self.out(attended.reshape(batch, length, width)), self.dropout_rate, keys[0])
         hidden = dropout(jax.nn.gelu(self.fc1(self.norm2(x))), self.dropout_rate, keys[1])
         return x + dropout(self.fc2(hidden), self.dropout_rate, keys[2])
@@ -190,8 +214,8 @@ class CrossDecoder(nnx.Module):
     """A stack of :class:`CrossBlock` s over one memory and a final LayerNorm (``remat`` as Transformer)."""
 
     def __init__(self, depth: int, width: int, heads: int, mlp: int, axes: AxisNames, *, dropout_rate: float,
-                 attn_impl: str, chunk: int, remat: bool, dtype, rngs: nnx.Rngs):
-        self.remat = remat
+                 attn_impl: str, chunk: int, remat: str | None, dtype, rngs: nnx.Rngs):
+        self.remat = _checked_policy(remat)
         self.blocks = nnx.List([CrossBlock(width, heads, mlp, axes, dropout_rate=dropout_rate,
                                            attn_impl=attn_impl, chunk=chunk, dtype=dtype, rngs=rngs)
                                 for _ in range(depth)])
@@ -203,8 +227,7 @@ class CrossDecoder(nnx.Module):
         def run(block, x, memory, memory_mask, key):
             return block(x, memory, memory_mask, key)
 
-        if self.remat:
-            run = nnx.remat(run)
+        run = rematerialise(run, self.remat)
         for i, block in enumerate(self.blocks):
             key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
             x = run(block, x, memory, memory_mask, key)
@@ -221,8 +244,8 @@ class FactorisedDecoder(nnx.Module):
     """
 
     def __init__(self, depth: int, width: int, heads: int, mlp: int, axes: AxisNames, *, dropout_rate: float,
-                 attn_impl: str, chunk: int, remat: bool, dtype, rngs: nnx.Rngs):
-        self.remat = remat
+                 attn_impl: str, chunk: int, remat: str | None, dtype, rngs: nnx.Rngs):
+        self.remat = _checked_policy(remat)
         common = dict(dropout_rate=dropout_rate, attn_impl=attn_impl, chunk=chunk, dtype=dtype, rngs=rngs)
         self.time_blocks = nnx.List([Block(width, heads, mlp, axes, **common) for _ in range(depth)])
         self.cross_blocks = nnx.List([CrossBlock(width, heads, mlp, axes, **common) for _ in range(depth)])
@@ -238,8 +261,7 @@ class FactorisedDecoder(nnx.Module):
             x = time_block(x.reshape(batch * parcels, patches, width), None, keys[0])
             return cross_block(x.reshape(batch, parcels * patches, width), memory, memory_mask, keys[1])
 
-        if self.remat:
-            layer = nnx.remat(layer)
+        layer = rematerialise(layer, self.remat)
         for i, (time_block, cross_block) in enumerate(zip(self.time_blocks, self.cross_blocks)):
             key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
             x = layer(time_block, cross_block, x, memory, memory_mask, key)

@@ -16,8 +16,9 @@ windows at the compute dtype:
 * ``grads``        float32 gradients, sharded like the parameters;
 * ``accumulation`` the gradient sum carried through the micro-batch scan when ``optim.accum_steps > 1``;
 * ``activations``  what the backward pass reads: every block's inputs and internals (encoder over CLS + visible
-                   tokens, decoder over CLS + all tokens), or with ``model.remat`` each block's input plus one
-                   block's internals while it is recomputed; plus the embedding, decoder-input and head tensors;
+                   tokens, decoder over CLS + all tokens), or with ``model.remat`` each block's input (and with
+                   ``remat_policy=attention`` its attention output) plus one block's internals while it is
+                   recomputed; plus the embedding, decoder-input and head tensors;
 * ``attention``    ``xla`` keeps the float32 probabilities [B, H, L, L] of every layer (of one layer under remat)
                    and two more of them in the backward pass; ``chunked`` holds one block of ``attention_chunk``
                    queries at a time; ``cudnn`` / ``splash`` keep only the per-row softmax statistics;
@@ -80,7 +81,7 @@ class MemoryEstimate:
     lengths: tuple[int, int]  # encoder (CLS + visible) and decoder (CLS + all) tokens
     impls: tuple[str, str]  # attention implementation of the encoder and of the decoder
     dtype: str
-    remat: bool
+    remat: str | None  # the remat policy, None when off
 
     @property
     def held(self) -> int:
@@ -228,7 +229,8 @@ def estimate(cfg: Config, n_parcels: int, data: int, fsdp: int, platform: str) -
                  + (b * n * (2 * w + m) if model.dropout > 0 else 0) for _, n, w, m, _, impl in stacks]
     workspace = max(k[1] for k in kept)
     if model.remat:  # block inputs stay; one block (the largest) is rebuilt, with its attention, at a time
-        blocks = sum(d * b * n * w * c for d, n, w, _, _, _ in stacks)
+        kept_per_block = 2 if model.remat_policy == "attention" else 1  # + each attention's output
+        blocks = sum(kept_per_block * d * b * n * w * c for d, n, w, _, _, _ in stacks)
         largest = max((i for i in range(2) if stacks[i][0] > 0), key=lambda i: internals[i] + kept[i][0], default=0)
         blocks += internals[largest]
         attention = kept[largest][0] + workspace
@@ -249,7 +251,7 @@ def estimate(cfg: Config, n_parcels: int, data: int, fsdp: int, platform: str) -
         grads=shard, accumulation=shard if accum > 1 else 0, activations=blocks + glue, attention=attention,
         gathered=gathered, update=3 * shard,
         n_params=count_parameters(model), mesh=(data, fsdp), micro_batch=b, accum_steps=accum,
-        lengths=(enc_len, dec_len), impls=impls, dtype=model.dtype, remat=model.remat)
+        lengths=(enc_len, dec_len), impls=impls, dtype=model.dtype, remat=model.remat_mode)
 
 
 def usable_fraction(platform: str) -> float:
@@ -277,7 +279,7 @@ def format_table(est: MemoryEstimate, device_memory_gib: float | None = None, fr
             ("  AdamW moments (2 x f32)", est.optimizer), ("  batch + masks", est.batch),
             ("forward / backward pass", est.backward),
             ("  gradients (f32)", est.grads), (f"  gradient accumulator (accum {est.accum_steps})", est.accumulation),
-            (f"  activations ({est.dtype}, remat {'on' if est.remat else 'off'})", est.activations),
+            (f"  activations ({est.dtype}, remat {est.remat or 'off'})", est.activations),
             (f"  attention ({est.impls[0]} / {est.impls[1]})", est.attention),
             (f"  fsdp-gathered weights ({est.dtype})", est.gathered),
             ("optimizer update (new params + moments)", est.update),

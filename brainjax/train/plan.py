@@ -44,7 +44,7 @@ def plan(cfg, n_parcels: int, n_devices: int, platform: str, device_memory_gib: 
         + (f" ({unused} device(s) left unused)" if unused else ""),
         f"batch: global {batch} = {per_device} per device = micro-batch {est.micro_batch} x {est.accum_steps} "
         f"accumulation step(s)",
-        f"precision: {model.dtype} compute, float32 parameters and optimizer; remat {'on' if model.remat else 'off'}",
+        f"precision: {model.dtype} compute, float32 parameters and optimizer; remat {model.remat_mode or 'off'}",
         f"attention: model.attention={model.attention} -> encoder {est.impls[0]} ({est.lengths[0]:,} tokens), "
         f"decoder {est.impls[1]} ({est.lengths[1]:,} tokens) on {platform}",
         f"model compute: {flops / 1e12:.2f} TFLOP per step ({flops / batch / 1e9:.1f} GFLOP per window, "

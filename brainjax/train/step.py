@@ -39,6 +39,17 @@ def optimizer_for(task: Task, cfg: Config, abstract_params: Any
     return make_optimizer(cfg.optim, cfg.train.steps, cfg.data.batch_size, frozen=frozen)
 
 
+# XLA:CPU schedules for concurrency by default and starts a rematerialised forward pass early, which keeps alive
+# what remat dropped; with remat on, schedule for memory as GPU and TPU do (jax 0.10.2, ref_small batch 8 with
+# remat_policy=attention: peak RSS 4.43 -> 3.72 GiB at the same step time, 2-core AMD EPYC).
+_CPU_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
+def step_compiler_options(remat: bool, platform: str) -> dict[str, str]:
+    """``compiler_options`` for jitting the training step on ``platform`` ("cpu" | "gpu" | "tpu")."""
+    return dict(_CPU_MEMORY_SCHEDULER) if remat and platform == "cpu" else {}
+
+
 def init_train_state(task: Task, tx: optax.GradientTransformation, seed: int) -> Callable[[], dict]:
     """A function building the initial train state (run it under jit with out_shardings to create it sharded)."""
     def init() -> dict:

@@ -42,6 +42,7 @@ from brainjax.train.step import (
     init_train_state,
     micro_batch_sharding,
     optimizer_for,
+    step_compiler_options,
     train_step,
 )
 
@@ -109,8 +110,9 @@ class Trainer:
         fn = functools.partial(train_step, self.graphdef, task=self.task, tx=self.tx, schedule=self.schedule,
                                accum_steps=self.cfg.optim.accum_steps, micro_sharding=micro)
         replicated = sharding.replicated(self.mesh)
+        options = step_compiler_options(self.cfg.model.remat, self.mesh.devices.flat[0].platform)
         return jax.jit(fn, in_shardings=(self.state_shardings, self.batch_shardings, replicated),
-                       out_shardings=(self.state_shardings, replicated), donate_argnums=0)
+                       out_shardings=(self.state_shardings, replicated), donate_argnums=0, compiler_options=options)
 
     @functools.cached_property
     def eval_step(self):
