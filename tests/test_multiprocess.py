@@ -6,11 +6,13 @@ The mesh is data 4 x fsdp 2, so parameters are sharded across the two processes'
 gradient is reduced across processes.
 """
 
+import contextlib
 import json
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from _trainer_utils import WINDOW, cli, cli_env, make_trainer, tiny_config, tiny_dataset, write_config_file
@@ -26,23 +28,33 @@ def _free_port() -> int:
 
 
 def _run_processes(argv: list[str], processes: int, devices: int) -> list[str]:
-    """Run ``argv`` in ``processes`` processes of ``devices`` CPU devices each; their stdout, or fail."""
+    """Run ``argv`` in ``processes`` processes of ``devices`` CPU devices each; their stdout, or fail.
+
+    Output goes to files, not pipes: a process whose pipe filled (64 KiB of runtime warnings) while this test
+    waited on another would block in its write, and the other would wait for it in the next collective.
+    """
     if processes == 1:
         commands = [argv]
     else:
         coordinator = ["--coordinator", f"localhost:{_free_port()}", "--num-processes", str(processes)]
         commands = [[*argv, *coordinator, "--process-id", str(i)] for i in range(processes)]
-    running = [subprocess.Popen(c, env=cli_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for c in commands]
-    outputs = []
-    try:
-        for proc in running:
-            out, err = proc.communicate(timeout=TIMEOUT)
-            assert proc.returncode == 0, f"process exited {proc.returncode}:\n{err[-3000:]}"
-            outputs.append(out)
-    finally:
-        for proc in running:
-            proc.kill()
+    with contextlib.ExitStack() as files:
+        logs = [(files.enter_context(tempfile.TemporaryFile("w+")), files.enter_context(tempfile.TemporaryFile("w+")))
+                for _ in commands]
+        running = [subprocess.Popen(c, env=cli_env(devices), stdout=out, stderr=err, text=True)
+                   for c, (out, err) in zip(commands, logs)]
+        try:
+            for proc in running:
+                proc.wait(timeout=TIMEOUT)
+        finally:
+            for proc in running:
+                proc.kill()
+        outputs = []
+        for proc, (out, err) in zip(running, logs):
+            out.seek(0)
+            err.seek(0)
+            assert proc.returncode == 0, f"process exited {proc.returncode}:\n{err.read()[-3000:]}"
+            outputs.append(out.read())
     return outputs
 
 
