@@ -249,3 +249,37 @@ def test_oracle_bound_scores_the_generator_above_the_regression_baseline(small_d
     assert set(steps) == {"oracle", "regression", "ar3", "var1"} and all(len(v) == 5 for v in steps.values())
     assert steps["oracle"][0] < min(steps["ar3"][0], steps["var1"][0])
     assert sum(out["forecast_steps"]["oracle"][v] for v in ("beats", "ties", "loses")) == 5
+
+
+@pytest.mark.slow
+def test_time_to_quality_reads_each_curve_from_its_metrics_log(small_data, tmp_path):
+    from brainjax.train.logging import read_metrics
+
+    out = _run("time_to_quality.py", "--preset", "tiny", "--decoders", "full,cross", "--steps", "4",
+               "--eval-every", "2", "--root", str(tmp_path), "--data", str(small_data))
+    assert set(out["runs"]) == {"full", "cross"} and out["cpu"]
+    for decoder, run in out["runs"].items():
+        logged = [r for r in read_metrics(tmp_path / decoder) if "val_r2" in r]
+        assert [p["step"] for p in run["curve"]] == [r["step"] for r in logged] == [2, 4]
+        assert [p["val_r2"] for p in run["curve"]] == [round(r["val_r2"], 4) for r in logged]
+        assert 0 < run["curve"][0]["train_s"] < run["curve"][1]["train_s"] <= run["wall_s"]
+        assert run["best_val_r2"] == max(p["val_r2"] for p in run["curve"])
+    assert out["target_val_r2"] == out["runs"]["full"]["best_val_r2"] and out["runs"]["full"]["time_ratio"] == 1.0
+
+
+def test_time_to_reach_takes_the_first_point_at_the_target():
+    reach = _script("time_to_quality").time_to_reach
+    points = [{"train_s": 1.0, "val_r2": 0.1}, {"train_s": 2.0, "val_r2": 0.3}, {"train_s": 3.0, "val_r2": 0.2}]
+    assert reach(points, 0.25) == 2.0 and reach(points, 0.1) == 1.0 and reach(points, 0.31) is None
+
+
+@pytest.mark.slow
+def test_plan_vs_xla_sets_the_plan_beside_the_compiled_step():
+    from brainjax.train import memory
+
+    out = _run("plan_vs_xla.py", "--presets", "tiny")
+    (row,) = out["rows"]
+    est = memory.estimate(load_config("tiny"), row["parcels"], 1, 1, out["platform"])
+    assert row["plan_gib"] == round(est.total / 2**30, 3) and row["mesh"] == [1, 1]
+    assert row["xla_gib"] >= row["xla_temp_gib"] > 0
+    assert row["xla_over_plan"] == pytest.approx(row["xla_gib"] / row["plan_gib"], rel=0.02)

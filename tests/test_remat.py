@@ -48,8 +48,9 @@ def _loss_and_grads(kind: str, policy: str | None, impl: str):
     return value, jax.tree.leaves(nnx.state(grads)) + [dx]
 
 
-@pytest.mark.parametrize("kind", ["self", "cross", "factorised"])
-@pytest.mark.parametrize("impl", ["xla", "chunked"])
+@pytest.mark.parametrize("kind, impl", [("self", "chunked"), pytest.param("self", "xla", marks=pytest.mark.slow),
+                                        *(pytest.param(k, i, marks=pytest.mark.slow)
+                                          for k in ("cross", "factorised") for i in ("xla", "chunked"))])
 def test_every_policy_gives_the_values_and_gradients_of_no_remat(kind, impl):
     reference, ref_grads = _loss_and_grads(kind, None, impl)
     for policy in POLICIES[1:]:

@@ -115,3 +115,19 @@ def test_nonfinite_skip_keeps_state_and_counts(data, tmp_path):
     # the poisoned 4th update was skipped: parameters equal those after 3 clean updates
     for a, b in zip(jax.tree.leaves(result.params), jax.tree.leaves(reference.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow
+def test_training_clock_rises_and_continues_on_resume(data, tmp_path):
+    cfg = tiny_config(6, train={"eval_every": 3, "checkpoint_every": 3, "log_every": 1})
+    make_trainer(cfg, data, tmp_path).run()
+    first = read_metrics(tmp_path)
+    clock = [r["train_s"] for r in first]
+    assert [r["step"] for r in first] == list(range(1, 7)) and clock[0] > 0
+    assert all(b > a for a, b in zip(clock, clock[1:]))
+    make_trainer(tiny_config(9, train={"eval_every": 3, "checkpoint_every": 3, "log_every": 1}), data,
+                 tmp_path).run()
+    later = read_metrics(tmp_path)
+    assert [r["train_s"] for r in later[:6]] == clock  # the first run's records are kept as they were
+    assert later[6]["step"] == 7 and later[6]["train_s"] > clock[-1]  # the clock goes on from step 6
+    assert all(b > a for a, b in zip([r["train_s"] for r in later], [r["train_s"] for r in later][1:]))

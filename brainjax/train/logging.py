@@ -92,6 +92,18 @@ class MetricsLog:
             self._lines = kept
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
+    def last(self, key: str) -> Any:
+        """The newest logged value of ``key`` (None if no record has it, or this process does not log)."""
+        if not self.enabled:
+            return None
+        lines = self._remote_lines() if self.remote else (
+            _parse_records(self.path.read_text()) if self.path.exists() else [])
+        for line in reversed(lines):
+            value = json.loads(line).get(key)
+            if value is not None:
+                return value
+        return None
+
     def write(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         """Log ``metrics`` at ``step``; returns the JSON record (non-finite floats as strings)."""
         record = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()}}

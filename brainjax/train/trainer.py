@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,6 +227,9 @@ class Trainer:
         progress = log_lib.Progress(tcfg.steps, start, enabled=self.is_main)
         result, window, record = RunResult(start, start), [], {}
         data_iter = iter(self.train_data)
+        # training wall time since step 0 (a resumed run continues its log's clock), validation and checkpoint
+        # saves left out: the x axis of a time-to-quality curve (compiling each invocation's first step is in it)
+        train_s, clock = float(metrics_log.last("train_s") or 0.0) if start else 0.0, time.perf_counter()
         try:
             for step in range(start, tcfg.steps):
                 batch = self.global_batch(next(data_iter))
@@ -245,7 +249,14 @@ class Trainer:
                     record.update(self._summarize_window(window, done))
                     record.update(meter.report())
                     window = []
-                if last or (tcfg.eval_every and done % tcfg.eval_every == 0):
+                evaluating = last or bool(tcfg.eval_every and done % tcfg.eval_every == 0)
+                saving = last or preempt or done % tcfg.checkpoint_every == 0
+                if record or evaluating or saving:  # the clock stops before validation and saves
+                    jax.block_until_ready(metrics)
+                    train_s, clock = train_s + time.perf_counter() - clock, time.perf_counter()
+                if record or evaluating:
+                    record["train_s"] = train_s
+                if evaluating:
                     record.update(self.evaluate(state))
                     result.eval = {k: v for k, v in record.items() if k.startswith("val_")}
                     paused = True
@@ -255,7 +266,7 @@ class Trainer:
                     progress.update(1, **{k: record[k] for k in shown if k in record})
                 else:
                     progress.update(1)
-                if last or preempt or done % tcfg.checkpoint_every == 0:
+                if saving:
                     self._raise_if_nonfinite(metrics, done)
                     checkpointer.save(done, state, self.train_data.get_state(), config_json, record,
                                       _jsonify(to_dict(self.lineage)))
@@ -263,6 +274,7 @@ class Trainer:
                     paused = True
                 if paused:  # evaluation and checkpoint time do not count as training throughput
                     meter.restart()
+                    clock = time.perf_counter()
                 result.final_step = done
                 if preempt:
                     checkpointer.wait()
