@@ -41,6 +41,7 @@ SMALL = Config(data=DataConfig(window=80, batch_size=8), mask=MaskConfig(ratio=0
                                  dec_mlp=64, fourier_features=2, attention="xla"))
 VARIANTS = {"xla": {}, "remat": {"model.remat": True},
             "remat_attention": {"model.remat": True, "model.remat_policy": "attention"},
+            "cross": {"model.decoder": "cross"}, "factorised": {"model.decoder": "factorised"},
             "chunked_batch16": {"model.attention": "chunked", "model.attention_chunk": 64, "data.batch_size": 16}}
 
 
@@ -73,7 +74,10 @@ def measured(tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("name, changes", [("tiny", []), ("tiny", ["model.time_embedding=learned"]),
-                                           ("default", []), pytest.param("brainlm_111m", [], marks=pytest.mark.slow)])
+                                           ("default", []), ("quality", []),
+                                           ("tiny", ["model.decoder=factorised", "model.contrastive_weight=1",
+                                                     "model.parcel_trend=true", "model.linear_skip=true"]),
+                                           pytest.param("brainlm_111m", [], marks=pytest.mark.slow)])
 def test_parameter_count_equals_the_real_model(name, changes):
     cfg = override(load_config(name), changes).model
     abstract = sharding.abstract_model(lambda: BrainLM(cfg, rngs=nnx.Rngs(0)))  # shapes only, no allocation

@@ -44,10 +44,12 @@ import math
 import os
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import jax.numpy as jnp
 
 from brainjax.config import Config, MeshConfig, ModelConfig
+from brainjax.models.brainlm import DYNAMICS_EDGE
 from brainjax.nn.attention import resolve_impl
 from brainjax.nn.layers import DECODER_AXES, ENCODER_AXES, AxisNames
 from brainjax.nn.masking import visible_count
@@ -78,7 +80,7 @@ class MemoryEstimate:
     mesh: tuple[int, int]  # (data, fsdp)
     micro_batch: int  # windows per device per micro-step
     accum_steps: int
-    lengths: tuple[int, int]  # encoder (CLS + visible) and decoder (CLS + all) tokens
+    lengths: tuple[int, int]  # encoder (CLS + visible) and decoder queries (CLS + all tokens; cross: all tokens)
     impls: tuple[str, str]  # attention implementation of the encoder and of the decoder
     dtype: str
     remat: str | None  # the remat policy, None when off
@@ -111,14 +113,71 @@ def _norm(name: str, width: int, axis: str) -> list[ParamSpec]:
 def _transformer(name: str, depth: int, width: int, mlp: int, axes: AxisNames) -> list[ParamSpec]:
     specs: list[ParamSpec] = []
     for i in range(depth):
-        block = f"{name}.blocks.{i}"
-        specs += (_norm(f"{block}.norm1", width, axes.embed)
-                  + _linear(f"{block}.attn.qkv", width, 3 * width, (axes.embed, axes.qkv), bias=False)
-                  + _linear(f"{block}.attn.out", width, width, (axes.qkv, axes.embed))
-                  + _norm(f"{block}.norm2", width, axes.embed)
-                  + _linear(f"{block}.fc1", width, mlp, (axes.embed, axes.mlp))
-                  + _linear(f"{block}.fc2", mlp, width, (axes.mlp, axes.embed)))
+        specs += _block(f"{name}.blocks.{i}", width, mlp, axes)
     return specs + _norm(f"{name}.norm", width, axes.embed)
+
+
+def _block(block: str, width: int, mlp: int, axes: AxisNames) -> list[ParamSpec]:
+    return (_norm(f"{block}.norm1", width, axes.embed)
+            + _linear(f"{block}.attn.qkv", width, 3 * width, (axes.embed, axes.qkv), bias=False)
+            + _linear(f"{block}.attn.out", width, width, (axes.qkv, axes.embed))
+            + _mlp(block, width, mlp, axes))
+
+
+def _mlp(block: str, width: int, mlp: int, axes: AxisNames) -> list[ParamSpec]:
+    return (_norm(f"{block}.norm2", width, axes.embed)
+            + _linear(f"{block}.fc1", width, mlp, (axes.embed, axes.mlp))
+            + _linear(f"{block}.fc2", mlp, width, (axes.mlp, axes.embed)))
+
+
+def _cross_block(block: str, width: int, mlp: int, axes: AxisNames) -> list[ParamSpec]:
+    return (_norm(f"{block}.norm_q", width, axes.embed) + _norm(f"{block}.norm_kv", width, axes.embed)
+            + _linear(f"{block}.q", width, width, (axes.embed, axes.qkv), bias=False)
+            + _linear(f"{block}.kv", width, 2 * width, (axes.embed, axes.qkv), bias=False)
+            + _linear(f"{block}.out", width, width, (axes.qkv, axes.embed))
+            + _mlp(block, width, mlp, axes))
+
+
+def _decoder(cfg: ModelConfig) -> list[ParamSpec]:
+    """The decoder stack of ``cfg.decoder`` (full: Transformer; cross: CrossDecoder; factorised: a time Block and
+    a CrossBlock per layer)."""
+    width, mlp, axes = cfg.dec_width, cfg.dec_mlp, DECODER_AXES
+    if cfg.decoder == "full":
+        return _transformer("decoder", cfg.dec_depth, width, mlp, axes)
+    specs: list[ParamSpec] = []
+    for i in range(cfg.dec_depth):
+        if cfg.decoder == "factorised":
+            specs += _block(f"decoder.time_blocks.{i}", width, mlp, axes)
+        blocks = "cross_blocks" if cfg.decoder == "factorised" else "blocks"
+        specs += _cross_block(f"decoder.{blocks}.{i}", width, mlp, axes)
+    return specs + _norm("decoder.norm", width, axes.embed)
+
+
+def _options(cfg: ModelConfig) -> list[ParamSpec]:
+    """The parameters of BrainLM's optional paths (neighbour context, linear skip, factor prior and its
+    dynamics, parcel identity, the contrastive projection), as :class:`~brainjax.models.brainlm.BrainLM`
+    builds them."""
+    specs: list[ParamSpec] = []
+    n_context = 2 * cfg.patch + 2 + (4 if cfg.parcel_trend else 0)
+    if cfg.neighbour_context:
+        specs += _linear("neighbours", n_context, cfg.dec_width, (None, "dec_embed"))
+    if cfg.linear_skip:
+        specs += _linear("skip", (n_context + 2 * cfg.patch + 1) * (2 if cfg.factor_dynamics else 1), cfg.patch,
+                         (None, "patch"))
+    if cfg.factor_prior:
+        specs += (_linear("factor_loadings", cfg.dec_width, cfg.factor_prior, ("dec_embed", None))
+                  + _linear("factor_noise", cfg.dec_width, 1, ("dec_embed", None))
+                  + _linear("prior_context", cfg.patch, cfg.dec_width, ("patch", "dec_embed")))
+    if cfg.factor_dynamics:
+        rank = cfg.factor_prior
+        specs += _linear("dynamics", 2 * DYNAMICS_EDGE * rank, cfg.patch * rank, (None, None))
+    if cfg.parcel_identity:
+        specs += [("parcel_table", (cfg.max_parcels, cfg.width), (None, "embed")),
+                  ("dec_parcel_table", (cfg.max_parcels, cfg.dec_width), (None, "dec_embed"))]
+    if cfg.contrastive_weight > 0:
+        specs += (_linear("cls_proj1", cfg.width, cfg.width, ("embed", None))
+                  + _linear("cls_proj2", cfg.width, cfg.contrastive_dim, (None, None)))
+    return specs
 
 
 def _positions(prefix: str, cfg: ModelConfig, width: int, axis: str) -> list[ParamSpec]:
@@ -140,8 +199,9 @@ def param_specs(cfg: ModelConfig) -> list[ParamSpec]:
             + _linear("dec_proj", width, dec, ("embed", "dec_embed"))
             + [("mask_token", (dec,), ("dec_embed",))]
             + _positions("dec_", cfg, dec, "dec_embed")
-            + _transformer("decoder", cfg.dec_depth, dec, cfg.dec_mlp, DECODER_AXES)
-            + _linear("head", dec, cfg.patch, ("dec_embed", "patch")))
+            + _decoder(cfg)
+            + _linear("head", dec, cfg.patch, ("dec_embed", "patch"))
+            + _options(cfg))
 
 
 def count_parameters(cfg: ModelConfig) -> int:
@@ -175,17 +235,47 @@ def attention_impl(impl: str, length: int, dtype: str, chunk: int, platform: str
     return resolve_impl(impl, length, jnp.dtype(dtype), chunk, platform)
 
 
-def _attention_bytes(impl: str, batch: int, heads: int, length: int, chunk: int, c: int) -> tuple[int, int]:
+def _attention_bytes(impl: str, batch: int, heads: int, q_len: int, k_len: int, chunk: int, c: int
+                     ) -> tuple[int, int]:
     """(bytes one layer keeps for the backward pass, bytes of its backward workspace) beyond q, k, v, output."""
     if impl == "xla":
-        probs = batch * heads * length * length
+        probs = batch * heads * q_len * k_len
         return probs * (4 + (c if c != 4 else 0)), 2 * 4 * probs  # f32 probs (+ cast) kept; d(probs), d(scores)
     if impl == "chunked":
-        return 0, 4 * 4 * batch * heads * min(chunk, length) * length  # one block's scores, probs and their grads
-    lse = 4 * batch * heads * length  # fused kernels keep the per-row log-sum-exp only
-    if impl == "cudnn":  # the key mask goes in as a [B, 1, L, L] bias in the compute dtype, kept for backward
-        return lse + c * batch * length * length, 0
+        return 0, 4 * 4 * batch * heads * min(chunk, q_len) * k_len  # one block's scores, probs and their grads
+    lse = 4 * batch * heads * q_len  # fused kernels keep the per-row log-sum-exp only
+    if impl == "cudnn":  # the key mask goes in as a [B, 1, Lq, Lk] bias in the compute dtype, kept for backward
+        return lse + c * batch * q_len * k_len, 0
     return lse, 0
+
+
+class _Stack(NamedTuple):
+    """Layers of one kind: ``depth`` blocks over ``batch`` sequences of ``q_len`` queries reading ``k_len`` keys;
+    ``memory_len`` > 0 for cross-attention (keys normed and projected from a memory of that length)."""
+    depth: int
+    batch: int
+    q_len: int
+    k_len: int
+    width: int
+    mlp: int
+    heads: int
+    impl: str
+    memory_len: int = 0
+
+
+def _decoder_stacks(model: ModelConfig, b: int, n_parcels: int, n_patches: int, enc_len: int, impl: str,
+                    platform: str) -> list[_Stack]:
+    """The decoder's layers for ``model.decoder``: full self-attention over CLS + every token; cross: every
+    token reads CLS + the visible tokens; factorised: per layer a time block within each parcel and a cross
+    block."""
+    tokens, w, m, h, d = n_parcels * n_patches, model.dec_width, model.dec_mlp, model.dec_heads, model.dec_depth
+    cross = _Stack(d, b, tokens, enc_len, w, m, h, impl, memory_len=enc_len)
+    if model.decoder == "cross":
+        return [cross]
+    if model.decoder == "factorised":
+        time_impl = attention_impl(model.attention, n_patches, model.dtype, model.attention_chunk, platform)
+        return [_Stack(d, b * n_parcels, n_patches, n_patches, w, m, h, time_impl), cross]
+    return [_Stack(d, b, tokens + 1, tokens + 1, w, m, h, impl)]
 
 
 def _block_bytes(batch: int, length: int, width: int, mlp: int, c: int) -> int:
@@ -218,25 +308,28 @@ def estimate(cfg: Config, n_parcels: int, data: int, fsdp: int, platform: str) -
     tokens = n_parcels * n_patches
     visible = visible_count(cfg.mask, n_parcels, n_patches)
     enc_len, dec_len = visible + 1, tokens + 1
+    dec_queries = dec_len if model.decoder == "full" else tokens
     impls = tuple(attention_impl(model.attention, n, model.dtype, model.attention_chunk, platform)
-                  for n, w, h in ((enc_len, model.width, model.heads), (dec_len, model.dec_width, model.dec_heads)))
-
-    stacks = [(model.depth, enc_len, model.width, model.mlp, model.heads, impls[0]),
-              (model.dec_depth, dec_len, model.dec_width, model.dec_mlp, model.dec_heads, impls[1])]
-    kept = [_attention_bytes(impl, b, h, n, model.attention_chunk, c) for _, n, _, _, h, impl in stacks]
-    # + the padded query blocks of chunked attention, + the keep masks (bool) of the three dropouts
-    internals = [_block_bytes(b, n, w, m, c) + (b * n * w * c if impl == "chunked" else 0)
-                 + (b * n * (2 * w + m) if model.dropout > 0 else 0) for _, n, w, m, _, impl in stacks]
+                  for n in (enc_len, dec_queries))
+    stacks = [_Stack(model.depth, b, enc_len, enc_len, model.width, model.mlp, model.heads, impls[0]),
+              *_decoder_stacks(model, b, n_parcels, n_patches, enc_len, impls[1], platform)]
+    kept = [_attention_bytes(s.impl, s.batch, s.heads, s.q_len, s.k_len, model.attention_chunk, c) for s in stacks]
+    # + the padded query blocks of chunked attention, + the keep masks (bool) of the three dropouts, + a cross
+    # block's memory side (its norm's input and output, keys and values)
+    internals = [_block_bytes(s.batch, s.q_len, s.width, s.mlp, c) + (s.batch * s.q_len * s.width * c
+                 if s.impl == "chunked" else 0) + (s.batch * s.q_len * (2 * s.width + s.mlp) if model.dropout > 0
+                 else 0) + 4 * s.batch * s.memory_len * s.width * c for s in stacks]
     workspace = max(k[1] for k in kept)
     if model.remat:  # block inputs stay; one block (the largest) is rebuilt, with its attention, at a time
         kept_per_block = 2 if model.remat_policy == "attention" else 1  # + each attention's output
-        blocks = sum(kept_per_block * d * b * n * w * c for d, n, w, _, _, _ in stacks)
-        largest = max((i for i in range(2) if stacks[i][0] > 0), key=lambda i: internals[i] + kept[i][0], default=0)
+        blocks = sum(kept_per_block * s.depth * s.batch * s.q_len * s.width * c for s in stacks)
+        largest = max((i for i, s in enumerate(stacks) if s.depth > 0), key=lambda i: internals[i] + kept[i][0],
+                      default=0)
         blocks += internals[largest]
         attention = kept[largest][0] + workspace
     else:
-        blocks = sum(d * i for (d, *_), i in zip(stacks, internals))
-        attention = sum(d * k[0] for (d, *_), k in zip(stacks, kept)) + workspace
+        blocks = sum(s.depth * i for s, i in zip(stacks, internals))
+        attention = sum(s.depth * k[0] for s, k in zip(stacks, kept)) + workspace
     # Token grid and its gradient (embedding side), the decoder's input grid and positions, final norm and head
     # inputs, prediction / target / error in float32, and the encoder's output and projection.
     glue = b * (c * (2 * tokens * model.width + 4 * dec_len * model.dec_width + enc_len * (2 * model.width
@@ -251,7 +344,7 @@ def estimate(cfg: Config, n_parcels: int, data: int, fsdp: int, platform: str) -
         grads=shard, accumulation=shard if accum > 1 else 0, activations=blocks + glue, attention=attention,
         gathered=gathered, update=3 * shard,
         n_params=count_parameters(model), mesh=(data, fsdp), micro_batch=b, accum_steps=accum,
-        lengths=(enc_len, dec_len), impls=impls, dtype=model.dtype, remat=model.remat_mode)
+        lengths=(enc_len, dec_queries), impls=impls, dtype=model.dtype, remat=model.remat_mode)
 
 
 def usable_fraction(platform: str) -> float:
@@ -287,8 +380,8 @@ def format_table(est: MemoryEstimate, device_memory_gib: float | None = None, fr
     lines = [f"memory per device (estimate, mesh data {data} x fsdp {fsdp}):"]
     lines += [f"  {name:<44}{value / GIB:>9.3f} GiB" if value is not None else f"  {name}" for name, value in rows]
     lines.append(f"  inputs: {est.n_params:,} params x 4 B; micro-batch {est.micro_batch} window(s) per device x "
-                 f"{est.accum_steps} step(s); {est.lengths[0]:,} encoder / {est.lengths[1]:,} decoder tokens "
-                 f"(with CLS)")
+                 f"{est.accum_steps} step(s); {est.lengths[0]:,} encoder tokens (with CLS) / {est.lengths[1]:,} decoder "
+                 f"queries")
     if device_memory_gib is not None:
         usable = device_memory_gib * fraction
         share = est.total / (usable * GIB) if usable > 0 else math.inf
