@@ -27,6 +27,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _process_env(devices: int, processes: int) -> dict:
+    """The CLI's environment, without the suite's persistent compilation cache when several processes run: with
+    jax 0.12 on CPU a process that loads the executable another process compiled and cached waits forever in
+    the first collective (the cache key does not tell the processes apart)."""
+    env = cli_env(devices)
+    if processes > 1:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    return env
+
+
 def _run_processes(argv: list[str], processes: int, devices: int) -> list[str]:
     """Run ``argv`` in ``processes`` processes of ``devices`` CPU devices each; their stdout, or fail.
 
@@ -41,7 +51,7 @@ def _run_processes(argv: list[str], processes: int, devices: int) -> list[str]:
     with contextlib.ExitStack() as files:
         logs = [(files.enter_context(tempfile.TemporaryFile("w+")), files.enter_context(tempfile.TemporaryFile("w+")))
                 for _ in commands]
-        running = [subprocess.Popen(c, env=cli_env(devices), stdout=out, stderr=err, text=True)
+        running = [subprocess.Popen(c, env=_process_env(devices, processes), stdout=out, stderr=err, text=True)
                    for c, (out, err) in zip(commands, logs)]
         try:
             for proc in running:
