@@ -380,8 +380,8 @@ def format_table(est: MemoryEstimate, device_memory_gib: float | None = None, fr
     lines = [f"memory per device (estimate, mesh data {data} x fsdp {fsdp}):"]
     lines += [f"  {name:<44}{value / GIB:>9.3f} GiB" if value is not None else f"  {name}" for name, value in rows]
     lines.append(f"  inputs: {est.n_params:,} params x 4 B; micro-batch {est.micro_batch} window(s) per device x "
-                 f"{est.accum_steps} step(s); {est.lengths[0]:,} encoder tokens (with CLS) / {est.lengths[1]:,} decoder "
-                 f"queries")
+                 f"{est.accum_steps} step(s); {est.lengths[0]:,} encoder tokens (with CLS) / "
+                 f"{est.lengths[1]:,} decoder queries")
     if device_memory_gib is not None:
         usable = device_memory_gib * fraction
         share = est.total / (usable * GIB) if usable > 0 else math.inf

@@ -4,6 +4,8 @@ pretrain`` prints it before compiling anything)."""
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -71,12 +73,12 @@ def memory_report(cfg, n_parcels: int, n_devices: int, platform: str, device_mem
     return plan(cfg, n_parcels, n_devices, platform, device_memory_gib)[0]
 
 
-def compiled_step_memory(cfg, n_parcels: int, mesh, workdir: str) -> dict[str, int]:
+def compiled_step_memory(cfg, n_parcels: int, mesh, workdir: str, options: dict | None = None) -> dict[str, int]:
     """XLA's memory analysis of the trainer's own jitted step for ``cfg`` on ``mesh`` (windows of ``n_parcels``),
-    compiled for the mesh's backend with the trainer's compiler options; nothing is allocated. ``workdir``: an
-    empty directory the Trainer may name (nothing is written). Returns bytes per device: ``argument`` (state and
-    batch), ``temp``, ``output``, ``alias`` (outputs that reuse the donated state) and ``peak`` = argument + temp
-    + output - alias."""
+    compiled for the mesh's backend with the trainer's compiler options (``options`` added on top); nothing is
+    allocated. ``workdir``: an empty directory the Trainer may name (nothing is written). Returns bytes per
+    device: ``argument`` (state and batch), ``temp``, ``output``, ``alias`` (outputs that reuse the donated
+    state), ``peak`` = argument + temp + output - alias, and ``inputs`` (the batch arrays as passed)."""
     task = BrainLMTask(cfg.model, cfg.mask, n_parcels, cfg.data.window)
     trainer = Trainer(cfg, task, workdir, None, None, None, mesh=mesh)
     size, split = cfg.data.batch_size, sharding.batch_sharding(mesh)
@@ -84,12 +86,14 @@ def compiled_step_memory(cfg, n_parcels: int, mesh, workdir: str) -> dict[str, i
               "coords": ((size, n_parcels, 3), jnp.float32), "tr": ((size,), jnp.float32)}
     batch = {k: jax.ShapeDtypeStruct(s, d, sharding=split) for k, (s, d) in shapes.items()}
     platform = mesh.devices.flat[0].platform
-    options = step_compiler_options(cfg.model.remat, platform)
+    extra, options = options, step_compiler_options(cfg.model.remat, platform)
     if platform == "cpu":  # LLVM's optimisation level: the same buffer assignment, compiled about 2x faster
         options["xla_backend_optimization_level"] = 0
+    options.update(extra or {})
     stats = trainer.train_step.lower(trainer.abstract_state, batch, jax.random.key(0)).compile(options) \
         .memory_analysis()
     out = {"argument": stats.argument_size_in_bytes, "temp": stats.temp_size_in_bytes,
            "output": stats.output_size_in_bytes, "alias": stats.alias_size_in_bytes}
-    return {**out, "peak": out["argument"] + out["temp"] + out["output"] - out["alias"]}
+    inputs = sum(math.prod(s) * jnp.dtype(d).itemsize for s, d in shapes.values())
+    return {**out, "peak": out["argument"] + out["temp"] + out["output"] - out["alias"], "inputs": inputs}
 
