@@ -36,7 +36,7 @@ test: $(VENV)/.test-deps
 test-fast: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
-# the suite again on Python 3.12 with the current JAX release (CI runs its fast subset; see README)
+# the suite again on Python 3.12 with the current JAX release (CI runs it after make test; see README)
 test-current: $(CURRENT)/.deps
 	$(CURRENT)/bin/python -m pytest -q -n 2 --dist loadfile tests
 
