@@ -61,6 +61,13 @@ def patchify(signal: jax.Array, patch: int) -> jax.Array:
     return signal.reshape(batch, parcels, length // patch, patch)
 
 
+def linear_path_widths(cfg: ModelConfig) -> tuple[int, int]:
+    """Input widths of the neighbour-context map (:meth:`BrainLM._neighbour_features`: previous and next patch,
+    their seen flags, the parcel trend) and of the linear skip (:meth:`BrainLM._skip_features`)."""
+    n_context = 2 * cfg.patch + 2 + (4 if cfg.parcel_trend else 0)
+    return n_context, (n_context + 2 * cfg.patch + 1) * (2 if cfg.factor_dynamics else 1)
+
+
 def patch_decoder(cfg: ModelConfig, common: dict, kind: str = "full") -> tuple[nnx.Module, ...]:
     """The decoder side shared by the MAE and the tokenizer: spatial and temporal position embeddings, the
     transformer (``kind`` full: self-attention; cross: :class:`CrossDecoder`; factorised:
@@ -100,7 +107,7 @@ class BrainLM(nnx.Module):
             logical(token_init, ("dec_embed",))(rngs.params(), (cfg.dec_width,)))
         self.dec_spatial, self.dec_temporal, self.decoder, self.head = patch_decoder(cfg, common, cfg.decoder)
         self.neighbours = nnx.data(None)
-        n_context = 2 * cfg.patch + 2 + (4 if cfg.parcel_trend else 0)  # see _neighbour_features
+        n_context, n_skip = linear_path_widths(cfg)
         if cfg.neighbour_context:  # [previous patch, seen?, next patch, seen?, (trend)] -> decoder width
             self.neighbours = linear(n_context, cfg.dec_width, (None, "dec_embed"), dtype=dtype, rngs=rngs)
         if (cfg.factor_prior or cfg.linear_skip) and cfg.norm_targets:
@@ -109,7 +116,6 @@ class BrainLM(nnx.Module):
             raise ValueError("model.factor_dynamics extends the factor prior: set model.factor_prior to a rank")
         self.skip = nnx.data(None)
         if cfg.linear_skip:  # the neighbour features gated by which neighbours are seen -> a patch of values
-            n_skip = (n_context + 2 * cfg.patch + 1) * (2 if cfg.factor_dynamics else 1)  # see _skip_features
             self.skip = linear(n_skip, cfg.patch, (None, "patch"), dtype=jnp.float32, rngs=rngs,
                                init=nnx.initializers.zeros_init())
         self.factor_loadings = self.factor_noise = self.prior_context = nnx.data(None)

@@ -49,7 +49,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 
 from brainjax.config import Config, MeshConfig, ModelConfig
-from brainjax.models.brainlm import DYNAMICS_EDGE
+from brainjax.models.brainlm import DYNAMICS_EDGE, linear_path_widths
 from brainjax.nn.attention import resolve_impl
 from brainjax.nn.layers import DECODER_AXES, ENCODER_AXES, AxisNames
 from brainjax.nn.masking import visible_count
@@ -158,12 +158,11 @@ def _options(cfg: ModelConfig) -> list[ParamSpec]:
     dynamics, parcel identity, the contrastive projection), as :class:`~brainjax.models.brainlm.BrainLM`
     builds them."""
     specs: list[ParamSpec] = []
-    n_context = 2 * cfg.patch + 2 + (4 if cfg.parcel_trend else 0)
+    n_context, n_skip = linear_path_widths(cfg)
     if cfg.neighbour_context:
         specs += _linear("neighbours", n_context, cfg.dec_width, (None, "dec_embed"))
     if cfg.linear_skip:
-        specs += _linear("skip", (n_context + 2 * cfg.patch + 1) * (2 if cfg.factor_dynamics else 1), cfg.patch,
-                         (None, "patch"))
+        specs += _linear("skip", n_skip, cfg.patch, (None, "patch"))
     if cfg.factor_prior:
         specs += (_linear("factor_loadings", cfg.dec_width, cfg.factor_prior, ("dec_embed", None))
                   + _linear("factor_noise", cfg.dec_width, 1, ("dec_embed", None))

@@ -9,7 +9,6 @@ import math
 import jax
 import jax.numpy as jnp
 
-from brainjax import sharding
 from brainjax.models.brainlm import model_flops_per_sample
 from brainjax.tasks import BrainLMTask
 from brainjax.train import memory
@@ -81,10 +80,10 @@ def compiled_step_memory(cfg, n_parcels: int, mesh, workdir: str, options: dict 
     state), ``peak`` = argument + temp + output - alias, and ``inputs`` (the batch arrays as passed)."""
     task = BrainLMTask(cfg.model, cfg.mask, n_parcels, cfg.data.window)
     trainer = Trainer(cfg, task, workdir, None, None, None, mesh=mesh)
-    size, split = cfg.data.batch_size, sharding.batch_sharding(mesh)
+    size = cfg.data.batch_size
     shapes = {"signal": ((size, n_parcels, cfg.data.window), jnp.float32), "parcel_mask": ((size, n_parcels), bool),
               "coords": ((size, n_parcels, 3), jnp.float32), "tr": ((size,), jnp.float32)}
-    batch = {k: jax.ShapeDtypeStruct(s, d, sharding=split) for k, (s, d) in shapes.items()}
+    batch = {k: jax.ShapeDtypeStruct(s, d, sharding=trainer.batch_shardings[k]) for k, (s, d) in shapes.items()}
     platform = mesh.devices.flat[0].platform
     extra, options = options, step_compiler_options(cfg.model.remat, platform)
     if platform == "cpu":  # LLVM's optimisation level: the same buffer assignment, compiled about 2x faster
