@@ -359,24 +359,26 @@ def to_global(batch: dict[str, np.ndarray], mesh, axes: Sequence[str] = ("data",
     return out
 
 
-def run_on_mesh(fn: Callable, batch: dict, mesh) -> np.ndarray:
-    """``fn(global_batch)`` where every process holds the same full ``batch`` (dict of [N, ...] arrays, N a
-    multiple of the mesh size); returns the full result (numpy, leading dim N) on every process.
-
-    Each process feeds only its own rows to the global array (a batch replicated by every process would be
-    ``process_count`` times too large), and the result is gathered back from all processes.
-    """
+def local_rows(batch: dict, mesh) -> dict:
+    """Global ``jax.Array``s from a ``batch`` (dict of [N, ...] arrays, N a multiple of the mesh size) that every
+    process holds in full: each process feeds only its own rows (a batch replicated by every process would be
+    ``process_count`` times too large)."""
     import jax
-    from jax.experimental import multihost_utils
 
     count, index = jax.process_count(), jax.process_index()
     rows = len(next(iter(batch.values())))
     if rows % count:
         raise ValueError(f"batch of {rows} rows cannot be split over {count} processes")
     share = rows // count
-    local = {k: np.asarray(v)[index * share:(index + 1) * share] for k, v in batch.items()}
-    out = fn(to_global(local, mesh))
-    if count == 1:
+    return to_global({k: np.asarray(v)[index * share:(index + 1) * share] for k, v in batch.items()}, mesh)
+
+
+def gather_rows(out) -> np.ndarray:
+    """The full (numpy) value of a global array split on its leading dim, on every process."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
         return np.asarray(jax.device_get(out))
     return np.asarray(multihost_utils.process_allgather(out, tiled=True))
 

@@ -1,8 +1,10 @@
 """Evaluate an fMRI-LM (stage 3) on questions about held-out scans, zero-shot and k-shot.
 
 Each test scan is asked each target's question (paraphrase seeded per scan) after ``k`` labelled example scans
-per class from the training split (never the query's subject; k = 0 is zero-shot). Scans enter as their
-first window. Two readings of the same forward passes:
+per class from the training split (k = 0 is zero-shot). The examples are one support set per target and k,
+shared by every query and drawn from no queried subject, so their keys and values are computed once
+(:class:`Prompter`, :mod:`brainjax.models.fmri_cache`). Scans enter as their first window. Two readings of the
+same forward passes:
 
 * ``logprob``: the summed log-probability of each label's answer tokens (answer + eos) given the prompt; the
   softmax over labels gives probabilities, hence accuracy, balanced accuracy and a true AUROC.
@@ -15,7 +17,7 @@ Numeric targets (e.g. age) are answered by free greedy decoding (a few tokens), 
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -23,10 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from brainjax.data.pipeline import ReadWindow, run_on_mesh
+from brainjax.data.pipeline import ReadWindow, gather_rows, local_rows
+from brainjax.lm.instructions import query_segments, shot_segments
 from brainjax.lm.scoring import NumberGrammar
+from brainjax.models.fmri_cache import FMRICache, extend, init_cache, repeat_rows
 from brainjax.models.inputs import WINDOW_KEYS
-from brainjax.models.sequences import SequenceSpec, layout, stack
+from brainjax.models.sequences import SequenceSpec, layout, next_group, stack
 
 
 def first_windows(dataset, rows: Sequence[int], window: int) -> dict[int, dict[str, np.ndarray]]:
@@ -41,100 +45,165 @@ def first_windows(dataset, rows: Sequence[int], window: int) -> dict[int, dict[s
     return out
 
 
-def token_logprobs(model, batch: dict) -> jax.Array:
-    """Log-probability of every answer token float32 [B, M] (0 where ``loss_weight`` is 0)."""
-    hidden = model(batch)[0]
-    picked = jnp.take_along_axis(hidden, jnp.asarray(batch["loss_pos"])[..., None], axis=1)
-    logp = jax.nn.log_softmax(model.lm.logits(picked), axis=-1)
-    chosen = jnp.take_along_axis(logp, jnp.asarray(batch["loss_target"])[..., None], axis=-1)[..., 0]
-    return chosen * batch["loss_weight"]
+def _extend_and_pick(model, chunk: dict, cache: FMRICache, last: jax.Array) -> tuple[jax.Array, FMRICache]:
+    hidden, cache = extend(model, chunk, cache)
+    picked = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+    return jax.nn.log_softmax(model.lm.logits(picked), axis=-1), cache
 
 
-def next_token_logits(model, batch: dict) -> jax.Array:
-    """Logits float32 [B, V] at loss position ``batch["step"][b]`` (the token that follows the answer so far)."""
-    hidden = model(batch)[0]
-    pos = jnp.take_along_axis(jnp.asarray(batch["loss_pos"]), jnp.asarray(batch["step"])[:, None], axis=1)
-    return model.lm.logits(jnp.take_along_axis(hidden, pos[..., None], axis=1)[:, 0])
+@nnx.jit
+def _prefill(model, chunk: dict, cache: FMRICache, last: jax.Array) -> tuple[jax.Array, FMRICache]:
+    """Extend the cache by a chunk; log-probabilities of the next token after position ``last`` [B] -> [B, V]."""
+    return _extend_and_pick(model, chunk, cache, last)
 
 
-# Jitted once per process: every Prompter (one per target and k) reuses the programs compiled for its shapes.
-_score = nnx.jit(token_logprobs)
-_next = nnx.jit(next_token_logits)
+@functools.partial(nnx.jit, static_argnames="slots")
+def _prefill_empty(model, chunk: dict, last: jax.Array, *, slots: int) -> tuple[jax.Array, FMRICache]:
+    """:func:`_prefill` into a new cache of ``slots`` slots (made inside the program, so it is sharded like the
+    chunk on any mesh)."""
+    return _extend_and_pick(model, chunk, init_cache(model, chunk["group"].shape[0], slots), last)
+
+
+@nnx.jit
+def _continuation(model, chunk: dict, cache: FMRICache, targets: jax.Array) -> jax.Array:
+    """Teacher-forced continuation: log p(targets[:, t] | cache, chunk tokens <= t) float32 [B, T]."""
+    hidden, _ = extend(model, chunk, cache)
+    logp = jax.nn.log_softmax(model.lm.logits(hidden), axis=-1)
+    return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+@functools.partial(jax.jit, static_argnames="times")
+def _repeat(cache: FMRICache, times: int) -> FMRICache:
+    return repeat_rows(cache, times)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 class Prompter:
-    """Builds fixed-shape batches of prompts over ``blocks`` scans and runs the jitted scorers on them."""
+    """Asks questions about scans through the fMRI + text key/value cache (:mod:`brainjax.models.fmri_cache`).
 
-    def __init__(self, loaded, codec, windows: dict[int, dict], n_parcels: int, blocks: int, batch_size: int = 8):
+    A call takes queries ``(question, scan)`` and optional k-shot ``shots`` ``(scan, question, answer)`` shared
+    by every query. The shots are run once (a prefix of one row per device, repeated to the batch); each batch
+    of queries then extends it by its scans and questions (one forward per query); label answers and generated
+    tokens extend that by a few text positions. Chunk lengths are rounded up (text to 16 tokens) so similar
+    prompts share compiled programs.
+    """
+
+    def __init__(self, loaded, codec, windows: dict[int, dict], n_parcels: int, batch_size: int = 8):
         cfg = loaded.cfg
         self.loaded, self.codec, self.windows = loaded, codec, windows
-        self.spec = SequenceSpec(n_parcels=n_parcels, n_patches=cfg.data.window // cfg.model.patch, blocks=blocks)
-        devices = loaded.mesh.size
-        self.batch_size = -(-batch_size // devices) * devices
+        self.n_parcels, self.n_patches = n_parcels, cfg.data.window // cfg.model.patch
+        self.devices = loaded.mesh.size
+        self.batch_size = _round_up(batch_size, self.devices)
 
-    def fit_text(self, prompts: list[list], longest_answer: int) -> None:
-        """Size the text budget for ``prompts`` (rounded up to 32 tokens, so similar prompts share a compile)."""
-        need = max(sum(len(self.codec.encode(p)) for k, p in prompt if k == "text") for prompt in prompts)
-        text_len = -(-(need + longest_answer) // 32) * 32
-        self.spec = dataclasses.replace(self.spec, text_len=text_len)
-
-    def sample(self, segments: list, answer_ids: list[int]) -> dict[str, np.ndarray]:
+    def _chunk(self, segments: list, first_group: int, text_len: int) -> tuple[dict[str, np.ndarray], int]:
+        """One row of a chunk holding ``segments`` (text strings, fMRI manifest indices) from ``first_group``,
+        its text padded to ``text_len``; returns the arrays and the group after it."""
         scans = [int(part) for kind, part in segments if kind == "fmri"]
-        blocks = {scan: b for b, scan in enumerate(scans)}
-        tokens = [("text", self.codec.encode(p)) if k == "text" else ("fmri", blocks[int(p)]) for k, p in segments]
-        masks = np.zeros((self.spec.blocks, self.spec.n_parcels), bool)
-        fmri = {k: [] for k in WINDOW_KEYS}
-        for b in range(self.spec.blocks):
-            w = self.windows[scans[min(b, len(scans) - 1)]]  # unused blocks repeat a real scan (never read)
-            masks[b] = w["parcel_mask"] if b < len(scans) else False
-            for k in WINDOW_KEYS:
-                fmri[k].append(w[k])
-        out = layout(tokens, answer_ids, masks, self.spec)
-        out.update({k: np.stack(v) for k, v in fmri.items()})
-        out["parcel_mask"] = masks
+        tokens = [("text", self.codec.encode(p)) if k == "text" else ("fmri", scans.index(int(p)))
+                  for k, p in segments]
+        spec = SequenceSpec(self.n_parcels, self.n_patches, blocks=len(scans), text_len=text_len, answer_len=1)
+        masks = np.stack([self.windows[scan]["parcel_mask"] for scan in scans])
+        row = layout(tokens, [], masks, spec, first_group=first_group)
+        chunk = {k: row[k] for k in ("ids", "slot", "group", "valid")}
+        chunk.update({k: np.stack([self.windows[scan][k] for scan in scans]) for k in WINDOW_KEYS})
+        return chunk, next_group(tokens, spec, first_group)
+
+    def _text_len(self, segments: list) -> int:
+        return sum(len(self.codec.encode(p)) for k, p in segments if k == "text")
+
+    def _batches(self, queries: Sequence[tuple[str, int]], shots: Sequence[tuple[int, str, str]], room: int):
+        """Per batch of queries: (rows used, cache after the shots and the queries, log-probabilities of the
+        first answer token [rows, V], the group each row's answer starts at [rows]). ``room``: answer slots."""
+        mesh = self.loaded.mesh
+        prefix = shot_segments(shots)
+        prefix_len = prefix_next = 0
+        if prefix:
+            prefix_len = self._text_len(prefix) + len(shots) * self.n_patches * self.n_parcels
+        segments = [query_segments(q, scan) for q, scan in queries]
+        text_len = _round_up(max(self._text_len(s) for s in segments), 16)
+        slots = prefix_len + self.n_patches * self.n_parcels + text_len + room
+        model = self.loaded.model
+        shared = None
+        if prefix:  # one row per device, repeated to the batch on device
+            row, prefix_next = self._chunk(prefix, 0, self._text_len(prefix))
+            on_mesh = local_rows({**stack([row] * self.devices), "last": np.zeros(self.devices, np.int32)}, mesh)
+            _, shared = _prefill_empty(model, on_mesh, on_mesh.pop("last"), slots=slots)
+            shared = _repeat(shared, self.batch_size // self.devices)
+        for lo in range(0, len(segments), self.batch_size):
+            part = segments[lo:lo + self.batch_size]
+            built = [self._chunk(s, prefix_next, text_len) for s in part]
+            built += [built[-1]] * (self.batch_size - len(built))  # pad to whole device rows
+            last = np.array([np.flatnonzero(c["valid"]).max() for c, _ in built], np.int32)
+            on_mesh = local_rows({**stack([c for c, _ in built]), "last": last}, mesh)
+            if shared is None:
+                first, cache = _prefill_empty(model, on_mesh, on_mesh.pop("last"), slots=slots)
+            else:
+                first, cache = _prefill(model, on_mesh, shared, on_mesh.pop("last"))
+            yield len(part), cache, gather_rows(first)[:len(part)], np.array([g for _, g in built], np.int32)
+
+    def _text_chunk(self, tokens: np.ndarray, valid: np.ndarray, start_group: np.ndarray) -> dict[str, np.ndarray]:
+        """Text positions ids int [B, T] (valid bool [B, T]) whose groups start at start_group [B]."""
+        width = tokens.shape[1]
+        return {"ids": tokens.astype(np.int32), "slot": np.full(tokens.shape, -1, np.int32),
+                "group": (start_group[:, None] + np.arange(width)).astype(np.int32), "valid": valid}
+
+    def label_token_logprobs(self, queries: Sequence[tuple[str, int]], labels: Sequence[str],
+                             shots: Sequence[tuple[int, str, str]] = ()) -> list[list[np.ndarray]]:
+        """Per query ``(question, scan)``, per label: the log-probabilities of the label's tokens (answer + eos)
+        float [m_c], after the shared ``shots``."""
+        answers = [self.codec.encode(" " + label) + [self.codec.eos_id] for label in labels]
+        width = _round_up(max(len(a) for a in answers), 4)
+        out: list[list[np.ndarray]] = []
+        for used, cache, first, start in self._batches(queries, shots, width):
+            per_label = []
+            for answer in answers:
+                tokens = np.zeros((self.batch_size, width), np.int64)
+                tokens[:, :len(answer)] = answer
+                valid = np.zeros(tokens.shape, bool)
+                valid[:, :len(answer)] = True
+                targets = np.roll(tokens, -1, axis=1)  # position t predicts token t + 1
+                chunk = self._text_chunk(tokens, valid, start)
+                on_mesh = local_rows({**chunk, "targets": targets.astype(np.int32)}, self.loaded.mesh)
+                rest = gather_rows(_continuation(self.loaded.model, on_mesh, cache, on_mesh.pop("targets")))
+                per_label.append(np.concatenate([first[:, answer[0]][:, None], rest[:used, :len(answer) - 1]], 1))
+            out += [[per_label[c][i] for c in range(len(labels))] for i in range(used)]
         return out
 
-    def _run(self, fn, samples: list[dict]) -> np.ndarray:
-        results = []
-        for lo in range(0, len(samples), self.batch_size):
-            chunk = samples[lo:lo + self.batch_size]
-            batch = stack(chunk + [chunk[-1]] * (self.batch_size - len(chunk)))  # pad to whole device rows
-            out = run_on_mesh(lambda b: fn(self.loaded.model, b), batch, self.loaded.mesh)
-            results.append(out[:len(chunk)])
-        return np.concatenate(results)
-
-    def label_token_logprobs(self, prompts: list[list], labels: Sequence[str]) -> list[list[np.ndarray]]:
-        """Per prompt, per label: the log-probabilities of the label's tokens (answer + eos) float [m_c]."""
-        answers = [self.codec.encode(" " + label) + [self.codec.eos_id] for label in labels]
-        self.fit_text(prompts, max(len(a) for a in answers))
-        samples = [self.sample(p, a) for p in prompts for a in answers]
-        scores = self._run(_score, samples)
-        per = scores.reshape(len(prompts), len(labels), -1)
-        return [[per[i, c, :len(answers[c])] for c in range(len(labels))] for i in range(len(prompts))]
-
-    def generate(self, prompts: list[list], max_new: int = 6, grammar: NumberGrammar | None = None) -> list[str]:
-        """Greedy answers (stop at eos or a newline), decoded to text; with ``grammar`` every step picks the best
-        token the number grammar allows, so each answer is a number (or its prefix at ``max_new``)."""
-        generated = [[] for _ in prompts]
-        self.fit_text(prompts, max_new + 1)
-        done = np.zeros(len(prompts), bool)
-        for step in range(max_new):
-            samples = [dict(self.sample(p, g + [self.codec.eos_id]), step=np.int32(step))
-                       for p, g in zip(prompts, generated)]
-            logits = self._run(_next, samples)
-            if grammar is not None:
-                allowed = np.stack([grammar.allowed(self.codec.decode(g)) for g in generated])
-                logits = np.where(allowed, logits[:, :allowed.shape[1]], -np.inf)
-            for i, token in enumerate(np.argmax(logits, axis=-1)):
-                if done[i]:
-                    continue
-                if int(token) == self.codec.eos_id or "\n" in self.codec.decode([int(token)]):
-                    done[i] = True
-                else:
-                    generated[i].append(int(token))
-            if done.all():
-                break
-        return [self.codec.decode(g).strip() for g in generated]
+    def generate(self, queries: Sequence[tuple[str, int]], max_new: int = 6, grammar: NumberGrammar | None = None,
+                 shots: Sequence[tuple[int, str, str]] = ()) -> list[str]:
+        """Greedy answers (stop at eos or a newline) to queries ``(question, scan)``, decoded to text, token by
+        token from the cache; with ``grammar`` every step picks the best token the number grammar allows, so
+        each answer is a number (or its prefix at ``max_new``)."""
+        texts: list[str] = []
+        for used, cache, logp, start in self._batches(queries, shots, max_new):
+            generated = [[] for _ in range(used)]
+            done = np.zeros(used, bool)
+            for step in range(max_new):
+                scores = logp[:used]
+                if grammar is not None:
+                    allowed = np.stack([grammar.allowed(self.codec.decode(g)) for g in generated])
+                    scores = np.where(allowed, scores[:, :allowed.shape[1]], -np.inf)
+                tokens = np.argmax(scores, axis=-1)
+                for i, token in enumerate(tokens):
+                    if done[i]:
+                        continue
+                    if int(token) == self.codec.eos_id or "\n" in self.codec.decode([int(token)]):
+                        done[i] = True
+                    else:
+                        generated[i].append(int(token))
+                if done.all() or step == max_new - 1:
+                    break
+                feed = np.zeros((self.batch_size, 1), np.int64)
+                feed[:used, 0] = tokens
+                chunk = self._text_chunk(feed, np.ones(feed.shape, bool), start + step)
+                on_mesh = local_rows({**chunk, "last": np.zeros(self.batch_size, np.int32)}, self.loaded.mesh)
+                logp, cache = _prefill(self.loaded.model, on_mesh, cache, on_mesh.pop("last"))
+                logp = gather_rows(logp)
+            texts += [self.codec.decode(g).strip() for g in generated]
+        return texts
 
 
 def constrained_choice(token_logps: Sequence[np.ndarray], token_ids: Sequence[Sequence[int]]) -> int:

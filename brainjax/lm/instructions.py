@@ -350,22 +350,29 @@ def select_shots(labels: np.ndarray, pool: np.ndarray, k: int, rng: np.random.Ge
     return [int(chosen[i]) for i in rng.permutation(len(chosen))]
 
 
-def prompt_segments(question: str, scan: int, shots: Sequence[tuple[int, str, str]] = ()) -> list[Segment]:
-    """Segments of a prompt: each shot ``(scan, question, answer)`` in order, then the query (module docstring)."""
-    def block(index: int, q: str) -> list[Segment]:
-        if isinstance(index, bool) or not isinstance(index, int | np.integer) or index < 0:
-            raise ValueError(f"scan must be a non-negative manifest index, got {index!r}")
-        if not str(q).strip():
-            raise ValueError("question is empty")
-        return [("text", "fMRI: "), ("fmri", int(index)), ("text", f"\nQuestion: {q}\nAnswer:")]
+def query_segments(question: str, scan: int) -> list[Segment]:
+    """The segments that ask ``question`` about ``scan``: "fMRI: ", the scan, "\nQuestion: ...\nAnswer:"."""
+    if isinstance(scan, bool) or not isinstance(scan, int | np.integer) or scan < 0:
+        raise ValueError(f"scan must be a non-negative manifest index, got {scan!r}")
+    if not str(question).strip():
+        raise ValueError("question is empty")
+    return [("text", "fMRI: "), ("fmri", int(scan)), ("text", f"\nQuestion: {question}\nAnswer:")]
 
+
+def shot_segments(shots: Sequence[tuple[int, str, str]]) -> list[Segment]:
+    """The segments of k-shot examples ``(scan, question, answer)``, each asked and answered, in order."""
     segments: list[Segment] = []
     for shot in shots:
         if len(shot) != 3:
             raise ValueError(f"a shot is (scan, question, answer), got {shot!r}")
         index, q, a = shot
-        segments += block(index, q) + [("text", f"{continuation(a)}\n\n")]
-    return segments + block(scan, question)
+        segments += query_segments(q, index) + [("text", f"{continuation(a)}\n\n")]
+    return segments
+
+
+def prompt_segments(question: str, scan: int, shots: Sequence[tuple[int, str, str]] = ()) -> list[Segment]:
+    """Segments of a prompt: each shot ``(scan, question, answer)`` in order, then the query (module docstring)."""
+    return shot_segments(shots) + query_segments(question, scan)
 
 
 def continuation(text: str) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 from brainjax.data.dataset import Dataset
 from brainjax.lm.batches import load_descriptor_texts
 from brainjax.lm.evaluate import Prompter, constrained_choice, first_windows
-from brainjax.lm.instructions import build_targets, class_labels, make_examples, prompt_segments, select_shots
+from brainjax.lm.instructions import build_targets, class_labels, make_examples, select_shots
 from brainjax.lm.scoring import NumberGrammar, chance_metrics, label_metrics, label_scores, numeric_metrics
 
 
@@ -48,8 +48,8 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
             continue
         base = {"target": name, "tuned": name in tuned, "n": len(queries)}
         if target.kind == "numeric":
-            prompter = Prompter(loaded, codec, windows, n_parcels, 1, batch_size)
-            prompts = [prompt_segments(e.question, e.scan) for e in queries]
+            prompter = Prompter(loaded, codec, windows, n_parcels, batch_size)
+            prompts = [(e.question, e.scan) for e in queries]
             y = np.array([float(e.answer) for e in queries])
             train = [float(e.answer) for e in make_examples(dataset, targets, [name], "train", seed=seed,
                                                             descriptors=descriptors)]
@@ -71,16 +71,16 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
                                 descriptors=descriptors)
         support_question = {e.scan: e.question for e in support}
         label_tokens = [codec.encode(" " + label) + [codec.eos_id] for label in target.labels]
+        prompter = Prompter(loaded, codec, windows, n_parcels, batch_size)
+        asked = {subjects[e.scan] for e in queries}
         for k in shots:
+            # One support set per target and k, shared by every query (so its keys and values are computed once);
+            # never from a queried subject.
             rng = np.random.default_rng([seed, k, len(rows)])
-            prompts = []
-            for e in queries:
-                chosen = select_shots(labels, train_pool, k, rng, classes=target.labels, subjects=subjects,
-                                      exclude=subjects[e.scan]) if k else []
-                shot_list = [(s, support_question.get(s, e.question), target.labels[labels[s]]) for s in chosen]
-                prompts.append(prompt_segments(e.question, e.scan, shot_list))
-            prompter = Prompter(loaded, codec, windows, n_parcels, k * len(target.labels) + 1, batch_size)
-            per = prompter.label_token_logprobs(prompts, target.labels)
+            chosen = select_shots(labels, train_pool, k, rng, classes=target.labels, subjects=subjects,
+                                  exclude=asked) if k else []
+            shot_list = [(s, support_question[s], target.labels[labels[s]]) for s in chosen]
+            per = prompter.label_token_logprobs([(e.question, e.scan) for e in queries], target.labels, shot_list)
             choice = np.array([constrained_choice(labels_of, label_tokens) for labels_of in per])
             setting = "zero-shot" if k == 0 else f"{k}-shot"
             for scoring, normalise in (("logprob", False), ("logprob/token", True)):

@@ -103,13 +103,20 @@ class FMRILM(nnx.Module):
         shape = (batch_size, blocks, n_patches, n_parcels)
         return x, codes.reshape(shape), real.reshape(shape)
 
-    def __call__(self, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Hidden states float [B, L, W] of the mixed sequence, plus the blocks' codes and ``real`` [B, S, N, P]."""
+    def embed_inputs(self, batch: dict) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+        """LM input embeddings float [B, L, W] of a mixed sequence (text ids, fMRI tokens at ``slot >= 0``), plus
+        the blocks' codes and ``real`` [B, S, N, P]; a batch without ``signal`` is text only (codes None)."""
+        text = self.lm.embed(jnp.asarray(batch["ids"]))
+        if "signal" not in batch:
+            return text, None, None
         fmri, codes, real = self.fmri_tokens(batch)
         slot = jnp.asarray(batch["slot"])
-        text = self.lm.embed(jnp.asarray(batch["ids"]))
         gathered = jnp.take_along_axis(fmri, jnp.maximum(slot, 0)[..., None], axis=1)
-        x = jnp.where(slot[..., None] >= 0, gathered.astype(text.dtype), text)
+        return jnp.where(slot[..., None] >= 0, gathered.astype(text.dtype), text), codes, real
+
+    def __call__(self, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Hidden states float [B, L, W] of the mixed sequence, plus the blocks' codes and ``real`` [B, S, N, P]."""
+        x, codes, real = self.embed_inputs(batch)
         group, valid = jnp.asarray(batch["group"]), jnp.asarray(batch["valid"]).astype(bool)
         return self.lm.hidden(x, allowed_mask(group, valid), group), codes, real
 

@@ -50,16 +50,36 @@ def init_cache(model: DecoderLM, batch: int, max_length: int, dtype=None) -> KVC
                    jnp.zeros((batch,), jnp.int32))
 
 
-def _attend(attn, x: jax.Array, keys: jax.Array, values: jax.Array, key_mask: jax.Array, positions: jax.Array,
+def _attend(attn, x: jax.Array, keys: jax.Array, values: jax.Array, allowed: jax.Array, positions: jax.Array,
             start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     batch, length, _ = x.shape
     q, k, v = attn.project(x, positions)
     keys = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, start, 0, 0))
     values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, start, 0, 0))
-    # Query t sits in slot start + t: it sees filled slots up to and including its own.
-    causal = jnp.arange(keys.shape[1])[None, :] <= (start + jnp.arange(length))[:, None]
-    out = attention(q, keys, values, key_mask=key_mask, mask=causal[None], impl=attn.attn_impl)
+    out = attention(q, keys, values, mask=allowed, impl=attn.attn_impl)
     return attn.o(out.reshape(batch, length, -1)), keys, values
+
+
+def cached_hidden(model: DecoderLM, x: jax.Array, positions: jax.Array, allowed: jax.Array,
+                  keys: tuple[jax.Array, ...], values: tuple[jax.Array, ...], start: jax.Array
+                  ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+    """``DecoderLM.hidden`` for T new positions after the S cache slots, writing their keys/values at ``start``.
+
+    x: input embeddings [B, T, W]; positions: int [B, T]; allowed: bool [B, T, S] (which cache slots, the new
+    ones included, each new position reads); keys, values: per layer [B, S, KV, D]. Returns the final-norm hidden
+    states [B, T, W] and the updated per-layer keys and values. Shared by :func:`decode` (text) and the fMRI + text
+    cache of :mod:`brainjax.models.fmri_lm`, so neither can drift from the model's own sub-modules.
+    """
+    if model.pos_embed is not None:
+        x = x + model.pos_embed(positions)
+    new_keys, new_values = [], []
+    for block, k, v in zip(model.blocks, keys, values):
+        h, k, v = _attend(block.attn, block.attn_norm(x), k, v, allowed, positions, start)
+        x = x + h
+        x = x + block.mlp(block.mlp_norm(x))
+        new_keys.append(k)
+        new_values.append(v)
+    return model.norm(x), tuple(new_keys), tuple(new_values)
 
 
 def decode(model: DecoderLM, input_ids: jax.Array, attention_mask: jax.Array, cache: KVCache
@@ -69,23 +89,15 @@ def decode(model: DecoderLM, input_ids: jax.Array, attention_mask: jax.Array, ca
     Returns logits float32 [B, T, vocab] and the cache with T more slots filled. Traceable (use under jit).
     """
     mask = jnp.asarray(attention_mask).astype(bool)
+    length = input_ids.shape[1]
     positions = jnp.maximum(cache.lengths[:, None] + jnp.cumsum(mask, axis=1) - 1, 0)
     key_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, cache.index))
-    x = model.embed(input_ids)
-    if model.pos_embed is not None:
-        x = x + model.pos_embed(positions)
-    keys, values = [], []
-    for block, k, v in zip(model.blocks, cache.k, cache.v):
-        h, k, v = _attend(block.attn, block.attn_norm(x), k, v, key_mask, positions, cache.index)
-        x = x + h
-        x = x + block.mlp(block.mlp_norm(x))
-        keys.append(k)
-        values.append(v)
-    x = model.norm(x)
-    logits = model.embed.attend(x) if model.lm_head is None else model.lm_head(x)
-    new = KVCache(tuple(keys), tuple(values), key_mask, cache.index + input_ids.shape[1],
-                  cache.lengths + mask.sum(axis=1, dtype=jnp.int32))
-    return logits.astype(jnp.float32), new
+    # Query t sits in slot index + t: it sees filled slots up to and including its own.
+    causal = jnp.arange(key_mask.shape[1])[None, :] <= (cache.index + jnp.arange(length))[:, None]
+    hidden, keys, values = cached_hidden(model, model.embed(input_ids), positions,
+                                         key_mask[:, None, :] & causal[None], cache.k, cache.v, cache.index)
+    new = KVCache(keys, values, key_mask, cache.index + length, cache.lengths + mask.sum(axis=1, dtype=jnp.int32))
+    return model.logits(hidden), new
 
 
 def filter_logits(logits: jax.Array, top_k=0, top_p=1.0) -> jax.Array:

@@ -56,10 +56,11 @@ class SequenceSpec:
 
 
 def layout(segments: Sequence[Segment], answer: Sequence[int], parcel_masks: np.ndarray, spec: SequenceSpec,
-           code_blocks: Sequence[int] = ()) -> dict[str, np.ndarray]:
+           code_blocks: Sequence[int] = (), first_group: int = 0) -> dict[str, np.ndarray]:
     """One sample's arrays (see the module docstring). parcel_masks: bool [S, P] (real parcels per block);
-    ``code_blocks``: blocks whose next-patch codes are predicted. Raises ValueError when the prompt alone
-    exceeds the text budget or a block is used twice / out of range."""
+    ``code_blocks``: blocks whose next-patch codes are predicted; ``first_group``: the group of the first position
+    (a chunk that continues a cached prefix, :mod:`brainjax.models.fmri_cache`). Raises ValueError when the
+    prompt alone exceeds the text budget or a block is used twice / out of range."""
     parcel_masks = np.asarray(parcel_masks, bool)
     if parcel_masks.shape != (spec.blocks, spec.n_parcels):
         raise ValueError(f"parcel_masks shape {parcel_masks.shape} != (blocks, parcels) "
@@ -74,7 +75,7 @@ def layout(segments: Sequence[Segment], answer: Sequence[int], parcel_masks: np.
     ids, slot = np.zeros(length, np.int32), np.full(length, -1, np.int32)
     group, valid = np.zeros(length, np.int32), np.zeros(length, bool)
     fmri_pos = np.zeros(spec.blocks * spec.block_tokens, np.int32)
-    pos, grp, used = 0, 0, set()
+    pos, grp, used = 0, int(first_group), set()
     for kind, part in [*segments, ("answer", answer)]:
         if kind in ("text", "answer"):
             tokens = np.asarray(part, np.int32)
@@ -110,6 +111,12 @@ def layout(segments: Sequence[Segment], answer: Sequence[int], parcel_masks: np.
     code_weight[[b for b in code_blocks if b in used]] = 1.0
     return {"ids": ids, "slot": slot, "group": group, "valid": valid, "loss_pos": loss_pos,
             "loss_target": loss_target, "loss_weight": loss_weight, "fmri_pos": fmri_pos, "code_weight": code_weight}
+
+
+def next_group(segments: Sequence[Segment], spec: SequenceSpec, first_group: int = 0) -> int:
+    """The group that follows ``segments`` laid out from ``first_group`` (where the next chunk starts)."""
+    text = sum(len(part) for kind, part in segments if kind == "text")
+    return int(first_group) + text + spec.n_patches * sum(1 for kind, _ in segments if kind == "fmri")
 
 
 def text_row(tokens: Sequence[int], length: int) -> tuple[np.ndarray, np.ndarray]:
