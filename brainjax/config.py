@@ -187,6 +187,8 @@ class LanguageConfig:
     lora_alpha: float = shapes_params(32.0)  # adapter output scaled by alpha / r
     lora_targets: tuple[str, ...] = shapes_params(("q", "k", "v", "o", "gate", "up", "down"))  # projections given
     # adapters
+    fmri_features: str = shapes_params("tokenizer")  # what an fMRI token carries: tokenizer (the stage-1 encoder's
+    # features) | tokenizer+fc (plus its parcel's connectivity row within the time patch, see models/fmri_lm.py)
     text_len: int = 160  # text tokens per sample (prompt + answer; longer answers are cut)
     lm_len: int = 128  # tokens of the text-only sequence per sample (stage 2)
     text_weight: float = 1.0  # fMRI -> text loss (answer tokens only)

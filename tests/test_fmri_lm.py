@@ -9,7 +9,7 @@ from flax import nnx
 
 from brainjax.config import Config, LanguageConfig, Lineage, ModelConfig, QuantizerConfig
 from brainjax.lm.evaluate import constrained_choice
-from brainjax.models.fmri_lm import FMRILM
+from brainjax.models.fmri_lm import FMRILM, patch_connectivity
 from brainjax.models.lm import LMConfig
 from brainjax.models.sequences import SequenceSpec, layout, stack, text_row
 from brainjax.tasks.fmri_lm import FMRILMTask, fmri_lm_loss
@@ -165,3 +165,31 @@ def test_constrained_choice_is_greedy_over_the_label_trie():
     # summed log-probability would pick label 2 here, greedy decoding cannot reach it
     logps = [np.array([-0.1, -3.0]), np.array([-0.1, -2.5]), np.array([-1.0])]
     assert constrained_choice(logps, tokens) == 1 and int(np.argmax([x.sum() for x in logps])) == 2
+
+
+def test_patch_connectivity_is_the_correlation_matrix_of_real_parcels():
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=(2, 4, 10)).astype(np.float32)
+    signal[1, 2] = 3.0  # a constant parcel
+    real = np.array([[True, True, True, False], [True, True, True, True]])
+    fc = np.asarray(patch_connectivity(signal, real))
+    np.testing.assert_allclose(fc[0, :3, :3], np.corrcoef(signal[0, :3]), atol=1e-5)
+    assert not fc[0, 3].any() and not fc[0, :, 3].any()
+    assert not fc[1, 2].any() and np.isfinite(fc).all()
+    keep = [0, 1, 3]
+    np.testing.assert_allclose(fc[1][np.ix_(keep, keep)], np.corrcoef(signal[1, keep]), atol=1e-5)
+
+
+def test_connectivity_features_reach_the_tokens_of_their_own_patch_only():
+    model = FMRILM(LM, TOK, QUANT, LanguageConfig(lora_rank=2, fmri_features="tokenizer+fc"), rngs=nnx.Rngs(0))
+    plain = FMRILM(LM, TOK, QUANT, LanguageConfig(lora_rank=2), rngs=nnx.Rngs(0))
+    batch = _batch()
+    base = np.asarray(model.fmri_tokens(batch)[0][0])  # [patch 0 parcels, patch 1 parcels]
+    assert np.abs(base - np.asarray(plain.fmri_tokens(batch)[0][0])).max() > 1e-3
+    coupled = dict(batch, signal=batch["signal"].copy())
+    coupled["signal"][0, 0, 1, 4:] = coupled["signal"][0, 0, 0, 4:]  # parcels 0 and 1 equal in patch 1 only
+    changed = np.asarray(model.fmri_tokens(coupled)[0][0])
+    np.testing.assert_allclose(changed[:3], base[:3], atol=1e-6)
+    assert np.abs(changed[3:5] - base[3:5]).max() > 1e-4
+    with pytest.raises(ValueError, match="fmri_features"):
+        FMRILM(LM, TOK, QUANT, LanguageConfig(fmri_features="fc"), rngs=nnx.Rngs(0))

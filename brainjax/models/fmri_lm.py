@@ -35,6 +35,20 @@ from brainjax.nn.layers import linear, logical
 from brainjax.nn.lora import add_lora
 
 TRAIN_LM = ("lora", "full", "frozen")
+FMRI_FEATURES = ("tokenizer", "tokenizer+fc")
+
+
+def patch_connectivity(signal: jax.Array, real: jax.Array) -> jax.Array:
+    """Each parcel's correlation with every parcel within one time patch.
+
+    signal float [R, P, T] (R patches of T TRs), real bool [R, P] -> float32 [R, P, P]; rows and columns of
+    padded parcels are 0, a constant parcel correlates 0 with everything (its z-score is 0, not NaN).
+    """
+    x = signal.astype(jnp.float32)
+    x = x - x.mean(-1, keepdims=True)
+    x = x / jnp.maximum(jnp.sqrt((x * x).mean(-1, keepdims=True)), 1e-6)
+    x = jnp.where(real[..., None], x, 0.0)
+    return jnp.einsum("rpt,rqt->rpq", x, x) / x.shape[-1]
 
 
 def lm_config_from_json(text: str) -> LMConfig:
@@ -58,6 +72,9 @@ class FMRILM(nnx.Module):
                  language: LanguageConfig, *, rngs: nnx.Rngs):
         if language.train_lm not in TRAIN_LM:
             raise ValueError(f"language.train_lm must be one of {TRAIN_LM}, got {language.train_lm!r}")
+        if language.fmri_features not in FMRI_FEATURES:
+            raise ValueError(f"language.fmri_features must be one of {FMRI_FEATURES}, got "
+                             f"{language.fmri_features!r}")
         self.tokenizer = NeuralTokenizer(tok_model, tok_quantizer, rngs=rngs)
         self.lm = DecoderLM(lm_cfg, rngs=rngs)
         if language.train_lm == "lora":
@@ -71,6 +88,10 @@ class FMRILM(nnx.Module):
                                       embedding_init=logical(nnx.initializers.normal(0.02), (None, "embed")),
                                       rngs=rngs)
         self.fmri_head = linear(width, self.tokenizer.codebook_size, ("embed", None), dtype=jnp.float32, rngs=rngs)
+        # Phenotypes live in between-network coupling (the FC probe's strength); a token's own connectivity row
+        # hands it to the LM directly instead of leaving the LM to correlate 600 time-course codes itself.
+        self.fmri_fc = linear(tok_model.max_parcels, width, (None, "embed"), dtype=jnp.float32, rngs=rngs,
+                              use_bias=False) if language.fmri_features == "tokenizer+fc" else None
 
     def fmri_tokens(self, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
         """LM-width embeddings of every fMRI token float32 [B, S * N * P, W] (block, patch, parcel order), the VQ
@@ -98,6 +119,10 @@ class FMRILM(nnx.Module):
         codes = self.tokenizer.quantizer(features, real, train=False).codes
         features = jax.lax.stop_gradient(features[:, :, 0])
         x = self.fmri_out(jax.nn.gelu(self.fmri_in(features)))  # [rows, P, W]
+        if self.fmri_fc is not None:  # per patch, so no token carries the next patch (the code loss's target)
+            fc = patch_connectivity(flat["signal"], flat["parcel_mask"].astype(bool))
+            width = self.fmri_fc.in_features
+            x = x + self.fmri_fc(jnp.pad(fc, ((0, 0), (0, 0), (0, width - n_parcels))))
         x = x + self.parcel_embed(jnp.arange(n_parcels))[None].astype(x.dtype)
         x = x.reshape(batch_size, blocks * n_patches * n_parcels, -1)
         shape = (batch_size, blocks, n_patches, n_parcels)
