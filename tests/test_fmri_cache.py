@@ -13,7 +13,7 @@ from flax import nnx
 
 from brainjax.config import Config, DataConfig, LanguageConfig, MeshConfig, ModelConfig, QuantizerConfig
 from brainjax.lm.evaluate import Prompter
-from brainjax.lm.instructions import prompt_segments
+from brainjax.lm.instructions import prompt_segments, query_segments
 from brainjax.lm.scoring import NumberGrammar
 from brainjax.models.fmri_cache import extend, init_cache, repeat_rows
 from brainjax.models.fmri_lm import FMRILM
@@ -149,13 +149,21 @@ def test_prompter_label_logprobs_equal_full_recomputation_with_and_without_shots
     labels = ["female", "male"]
     codec = _Codec()
     for shots in ([], [(0, "Sex?", "male"), (2, "The sex?", "female")]):
-        got = prompter.label_token_logprobs(queries, labels, shots)
+        got = prompter.label_token_logprobs([query_segments(q, s) for q, s in queries], labels, shots)
         assert len(got) == len(queries)
         for (question, scan), per in zip(queries, got):
             for label, logp in zip(labels, per):
                 answer = codec.encode(" " + label) + [codec.eos_id]
                 ref = _full_logprobs(loaded, windows, prompt_segments(question, scan, shots), answer)
                 np.testing.assert_allclose(logp, ref, atol=1e-5)
+    # A continuation of its own per prompt, of different lengths (descriptions scored against their scans).
+    texts = [codec.encode(" low modularity" * (i + 1)) + [codec.eos_id] for i in range(len(queries))]
+    got = prompter.continuation_logprobs([query_segments(q, s) for q, s in queries], [[t] for t in texts])
+    for (question, scan), (logp,), text in zip(queries, got, texts):
+        np.testing.assert_allclose(logp, _full_logprobs(loaded, windows, prompt_segments(question, scan), text),
+                                   atol=1e-5)
+    with pytest.raises(ValueError, match="one list of continuations per prompt"):
+        prompter.continuation_logprobs([query_segments("Sex?", 1)], [[[1]], [[2]]])
 
 
 def test_prompter_generation_equals_greedy_full_recomputation():
@@ -163,8 +171,9 @@ def test_prompter_generation_equals_greedy_full_recomputation():
     queries = [("Age?", 3), ("How old?", 4), ("Age of the participant?", 5)]
     shots = [(1, "Age?", "31")]
     grammar = NumberGrammar([chr(i) if i else "" for i in range(LM.vocab_size)], 0)
-    free = prompter.generate(queries, max_new=4, shots=shots)
-    numbers = prompter.generate(queries, max_new=4, shots=shots, grammar=grammar)
+    prompts = [query_segments(q, s) for q, s in queries]
+    free = prompter.generate(prompts, max_new=4, shots=shots)
+    numbers = prompter.generate(prompts, max_new=4, shots=shots, grammar=grammar)
     codec = _Codec()
     for (question, scan), text, number in zip(queries, free, numbers):
         for answer, rule in ((text, None), (number, grammar)):

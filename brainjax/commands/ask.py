@@ -38,6 +38,7 @@ def main(args: argparse.Namespace) -> int:
     from brainjax.errors import CheckpointMismatchError, DatasetError
     from brainjax.lm.batches import TextCodec
     from brainjax.lm.evaluate import Prompter, first_windows
+    from brainjax.lm.instructions import query_segments
     from brainjax.lm.report import load_question_setup
     from brainjax.run import load_model
 
@@ -56,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         raise DatasetError(f"scan {args.scan} is shorter than one window ({loaded.cfg.data.window} TRs)")
     codec = TextCodec.from_dir(Path(args.workdir) / "lm")
     prompter = Prompter(loaded, codec, windows, dataset.atlas.n_parcels, batch_size=1)
-    prompt = (args.question, scan)
+    prompt = query_segments(args.question, scan)
     answer = prompter.generate([prompt], max_new=args.max_tokens)[0]
     labels = tuple(x.strip() for x in args.labels.split(",") if x.strip()) if args.labels else \
         options_in(args.question, targets)

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from brainjax.data.pipeline import ReadWindow, gather_rows, local_rows
-from brainjax.lm.instructions import query_segments, shot_segments
+from brainjax.lm.instructions import shot_segments
 from brainjax.lm.scoring import NumberGrammar
 from brainjax.models.fmri_cache import FMRICache, extend, init_cache, repeat_rows
 from brainjax.models.inputs import WINDOW_KEYS
@@ -84,8 +84,9 @@ def _round_up(n: int, multiple: int) -> int:
 class Prompter:
     """Asks questions about scans through the fMRI + text key/value cache (:mod:`brainjax.models.fmri_cache`).
 
-    A call takes queries ``(question, scan)`` and optional k-shot ``shots`` ``(scan, question, answer)`` shared
-    by every query. The shots are run once (a prefix of one row per device, repeated to the batch); each batch
+    A call takes prompts (segment lists ending in the query, e.g.
+    :func:`~brainjax.lm.instructions.query_segments`) and optional k-shot ``shots`` ``(scan, question, answer)``
+    shared by every prompt. The shots are run once (a prefix of one row per device, repeated to the batch); each batch
     of queries then extends it by its scans and questions (one forward per query); label answers and generated
     tokens extend that by a few text positions. Chunk lengths are rounded up (text to 16 tokens) so similar
     prompts share compiled programs.
@@ -114,7 +115,7 @@ class Prompter:
     def _text_len(self, segments: list) -> int:
         return sum(len(self.codec.encode(p)) for k, p in segments if k == "text")
 
-    def _batches(self, queries: Sequence[tuple[str, int]], shots: Sequence[tuple[int, str, str]], room: int):
+    def _batches(self, prompts: Sequence[list], shots: Sequence[tuple[int, str, str]], room: int):
         """Per batch of queries: (rows used, cache after the shots and the queries, log-probabilities of the
         first answer token [rows, V], the group each row's answer starts at [rows]). ``room``: answer slots."""
         mesh = self.loaded.mesh
@@ -122,7 +123,7 @@ class Prompter:
         prefix_len = prefix_next = 0
         if prefix:
             prefix_len = self._text_len(prefix) + len(shots) * self.n_patches * self.n_parcels
-        segments = [query_segments(q, scan) for q, scan in queries]
+        segments = list(prompts)
         text_len = _round_up(max(self._text_len(s) for s in segments), 16)
         slots = prefix_len + self.n_patches * self.n_parcels + text_len + room
         model = self.loaded.model
@@ -150,35 +151,47 @@ class Prompter:
         return {"ids": tokens.astype(np.int32), "slot": np.full(tokens.shape, -1, np.int32),
                 "group": (start_group[:, None] + np.arange(width)).astype(np.int32), "valid": valid}
 
-    def label_token_logprobs(self, queries: Sequence[tuple[str, int]], labels: Sequence[str],
-                             shots: Sequence[tuple[int, str, str]] = ()) -> list[list[np.ndarray]]:
-        """Per query ``(question, scan)``, per label: the log-probabilities of the label's tokens (answer + eos)
-        float [m_c], after the shared ``shots``."""
-        answers = [self.codec.encode(" " + label) + [self.codec.eos_id] for label in labels]
-        width = _round_up(max(len(a) for a in answers), 4)
+    def continuation_logprobs(self, prompts: Sequence[list], continuations: Sequence[Sequence[Sequence[int]]],
+                              shots: Sequence[tuple[int, str, str]] = ()) -> list[list[np.ndarray]]:
+        """Per prompt i, per continuation c (token ids ``continuations[i][c]``, non-empty, as many per prompt):
+        the teacher-forced log-probability of each token float [len], after the shared ``shots``."""
+        if len(continuations) != len(prompts) or len({len(c) for c in continuations}) != 1:
+            raise ValueError("need one list of continuations per prompt, as many for every prompt")
+        if any(len(tokens) == 0 for c in continuations for tokens in c):
+            raise ValueError("a continuation is empty")
+        width = _round_up(max(len(t) for c in continuations for t in c), 4)
         out: list[list[np.ndarray]] = []
-        for used, cache, first, start in self._batches(queries, shots, width):
-            per_label = []
-            for answer in answers:
+        for lo, (used, cache, first, start) in zip(range(0, len(prompts), self.batch_size),
+                                                   self._batches(prompts, shots, width)):
+            rows = [continuations[lo + min(i, used - 1)] for i in range(self.batch_size)]
+            per = []
+            for c in range(len(rows[0])):
                 tokens = np.zeros((self.batch_size, width), np.int64)
-                tokens[:, :len(answer)] = answer
                 valid = np.zeros(tokens.shape, bool)
-                valid[:, :len(answer)] = True
+                for i, row in enumerate(rows):
+                    tokens[i, :len(row[c])], valid[i, :len(row[c])] = row[c], True
                 targets = np.roll(tokens, -1, axis=1)  # position t predicts token t + 1
                 chunk = self._text_chunk(tokens, valid, start)
                 on_mesh = local_rows({**chunk, "targets": targets.astype(np.int32)}, self.loaded.mesh)
                 rest = gather_rows(_continuation(self.loaded.model, on_mesh, cache, on_mesh.pop("targets")))
-                per_label.append(np.concatenate([first[:, answer[0]][:, None], rest[:used, :len(answer) - 1]], 1))
-            out += [[per_label[c][i] for c in range(len(labels))] for i in range(used)]
+                per.append([np.concatenate([first[i, rows[i][c][:1]], rest[i, :len(rows[i][c]) - 1]])
+                            for i in range(used)])
+            out += [[per[c][i] for c in range(len(per))] for i in range(used)]
         return out
 
-    def generate(self, queries: Sequence[tuple[str, int]], max_new: int = 6, grammar: NumberGrammar | None = None,
+    def label_token_logprobs(self, prompts: Sequence[list], labels: Sequence[str],
+                             shots: Sequence[tuple[int, str, str]] = ()) -> list[list[np.ndarray]]:
+        """Per prompt, per label: the log-probabilities of the label's tokens (answer + eos) float [m_c]."""
+        answers = [self.codec.encode(" " + label) + [self.codec.eos_id] for label in labels]
+        return self.continuation_logprobs(prompts, [answers] * len(prompts), shots)
+
+    def generate(self, prompts: Sequence[list], max_new: int = 6, grammar: NumberGrammar | None = None,
                  shots: Sequence[tuple[int, str, str]] = ()) -> list[str]:
-        """Greedy answers (stop at eos or a newline) to queries ``(question, scan)``, decoded to text, token by
+        """Greedy answers (stop at eos or a newline) to ``prompts``, decoded to text, token by
         token from the cache; with ``grammar`` every step picks the best token the number grammar allows, so
         each answer is a number (or its prefix at ``max_new``)."""
         texts: list[str] = []
-        for used, cache, logp, start in self._batches(queries, shots, max_new):
+        for used, cache, logp, start in self._batches(prompts, shots, max_new):
             generated = [[] for _ in range(used)]
             done = np.zeros(used, bool)
             for step in range(max_new):

@@ -14,7 +14,7 @@ import numpy as np
 from brainjax.data.dataset import Dataset
 from brainjax.lm.batches import load_descriptor_texts
 from brainjax.lm.evaluate import Prompter, constrained_choice, first_windows
-from brainjax.lm.instructions import build_targets, class_labels, make_examples, select_shots
+from brainjax.lm.instructions import build_targets, class_labels, make_examples, query_segments, select_shots
 from brainjax.lm.scoring import NumberGrammar, chance_metrics, label_metrics, label_scores, numeric_metrics
 
 
@@ -49,7 +49,7 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
         base = {"target": name, "tuned": name in tuned, "n": len(queries)}
         if target.kind == "numeric":
             prompter = Prompter(loaded, codec, windows, n_parcels, batch_size)
-            prompts = [(e.question, e.scan) for e in queries]
+            prompts = [query_segments(e.question, e.scan) for e in queries]
             y = np.array([float(e.answer) for e in queries])
             train = [float(e.answer) for e in make_examples(dataset, targets, [name], "train", seed=seed,
                                                             descriptors=descriptors)]
@@ -80,7 +80,8 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
             chosen = select_shots(labels, train_pool, k, rng, classes=target.labels, subjects=subjects,
                                   exclude=asked) if k else []
             shot_list = [(s, support_question[s], target.labels[labels[s]]) for s in chosen]
-            per = prompter.label_token_logprobs([(e.question, e.scan) for e in queries], target.labels, shot_list)
+            per = prompter.label_token_logprobs([query_segments(e.question, e.scan) for e in queries], target.labels,
+                                                shot_list)
             choice = np.array([constrained_choice(labels_of, label_tokens) for labels_of in per])
             setting = "zero-shot" if k == 0 else f"{k}-shot"
             for scoring, normalise in (("logprob", False), ("logprob/token", True)):
