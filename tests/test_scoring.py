@@ -34,6 +34,21 @@ def test_label_metrics_match_sklearn(c):
     assert out["auroc"] == pytest.approx(expected)
 
 
+def test_label_metric_intervals_resample_subjects():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 30)
+    signal = rng.normal(size=60) + 1.5 * y  # informative scores: AUROC well above 0.5
+    out = label_metrics(np.stack([np.zeros(60), signal], axis=1), y)
+    for key in ("auroc", "balanced_accuracy"):
+        low, high = out[f"{key}_ci"]
+        assert low < out[key] < high and low > 0.5
+    # Every scan from one subject: a single independent unit, so no interval can be claimed.
+    one = label_metrics(np.stack([np.zeros(60), signal], axis=1), y, groups=np.zeros(60))
+    assert all(math.isnan(v) for v in one["auroc_ci"] + one["balanced_accuracy_ci"])
+    perfect = label_metrics(np.stack([np.zeros(60), 10.0 * (2 * y - 1)], axis=1), y)
+    assert perfect["auroc_ci"] == [1.0, 1.0] and perfect["balanced_accuracy_ci"] == [1.0, 1.0]
+
+
 def test_auroc_ranks_probabilities_not_hard_labels():
     y = np.array([0, 0, 1, 1])
     p = np.array([0.1, 0.4, 0.35, 0.45])  # every argmax says class 0: hard-label AUROC is 0.5

@@ -66,6 +66,7 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
             continue
         labels = class_labels(dataset, target, descriptors)
         y = np.array([e.label for e in queries])
+        groups = [subjects[e.scan] for e in queries]  # bootstrap intervals resample subjects
         chance = chance_metrics(labels[train_pool][labels[train_pool] >= 0], y, len(target.labels))
         support = make_examples(dataset, targets, [name], "train", seed=seed + 1, source_line=source_line,
                                 descriptors=descriptors)
@@ -86,9 +87,9 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
             setting = "zero-shot" if k == 0 else f"{k}-shot"
             for scoring, normalise in (("logprob", False), ("logprob/token", True)):
                 rows.append({**base, "setting": setting, "scoring": scoring,
-                             **label_metrics(label_scores(per, normalise), y), "chance": chance})
+                             **label_metrics(label_scores(per, normalise), y, groups), "chance": chance})
             onehot = np.where(np.eye(len(target.labels))[choice] > 0, 0.0, -np.inf)
-            rows.append({**base, "setting": setting, "scoring": "constrained", **label_metrics(onehot, y),
+            rows.append({**base, "setting": setting, "scoring": "constrained", **label_metrics(onehot, y, groups),
                          "chance": chance})
             if progress:
                 progress(f"{name} {setting}: {len(queries)} scans, {time.perf_counter() - start:.0f} s")

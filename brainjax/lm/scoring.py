@@ -19,10 +19,13 @@ import numpy as np
 from scipy.special import softmax
 from sklearn.metrics import balanced_accuracy_score, r2_score, roc_auc_score
 
+from brainjax.eval.bootstrap import paired_interval, weighted_auroc
+
 # A sign counts only when it does not follow a word character, so "mid-30s" reads 30 and not -30.
 _NUMBER = re.compile(r"(?:(?<!\w)[-+])?\d+(?:\.\d+)?")
 _COLUMNS = (("target", "target"), ("setting", "setting"), ("scoring", "scoring"), ("n", "n"),
-            ("accuracy", "accuracy"), ("balanced_accuracy", "bal. acc."), ("auroc", "AUROC"), ("chance", "chance"),
+            ("accuracy", "accuracy"), ("balanced_accuracy", "bal. acc."), ("balanced_accuracy_ci", "95 %"),
+            ("auroc", "AUROC"), ("auroc_ci", "95 %"), ("chance", "chance"),
             ("parse_rate", "parsed"), ("mae", "MAE"), ("r2", "R2"), ("chance_mae", "chance MAE"))
 _ALWAYS = ("target", "setting", "scoring")
 
@@ -36,12 +39,20 @@ def _labels(y, n: int, n_classes: int | None = None) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def label_metrics(logprobs: np.ndarray, y: np.ndarray) -> dict:
-    """Accuracy, balanced accuracy and AUROC of label scores.
+def _weighted_balanced_accuracy(w: np.ndarray, y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    recalls = [(w * (y == c) * (pred == c)).sum() / (w * (y == c)).sum() for c in range(n_classes)
+               if (w * (y == c)).sum() > 0]
+    return float(np.mean(recalls)) if recalls else math.nan
 
-    logprobs: float [N, C] log-probability of each label per scan (C >= 2); y: int [N] true class.
-    Returns n, accuracy, balanced_accuracy (mean recall over the classes present in y) and auroc (positive
-    class probability when C == 2, macro one-vs-rest otherwise; NaN when a class is absent from y).
+
+def label_metrics(logprobs: np.ndarray, y: np.ndarray, groups=None) -> dict:
+    """Accuracy, balanced accuracy and AUROC of label scores, with bootstrap 95 % intervals.
+
+    logprobs: float [N, C] log-probability of each label per scan (C >= 2); y: int [N] true class; groups: [N]
+    resampling unit per scan (its subject; default: the scan). Returns n, accuracy, balanced_accuracy (mean
+    recall over the classes present in y), auroc (positive class probability when C == 2, macro one-vs-rest
+    otherwise; NaN when a class is absent from y), and ``balanced_accuracy_ci`` / ``auroc_ci``: [low, high]
+    percentile intervals over resampled scans (NaN where undefined).
     """
     logprobs = np.asarray(logprobs, np.float64)
     if logprobs.ndim != 2 or logprobs.shape[0] == 0 or logprobs.shape[1] < 2:
@@ -63,7 +74,13 @@ def label_metrics(logprobs: np.ndarray, y: np.ndarray) -> dict:
         auroc = float(roc_auc_score(y, probs[:, 1]))
     else:
         auroc = float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=np.arange(c)))
-    return {"n": n, "accuracy": float(np.mean(pred == y)), "balanced_accuracy": balanced, "auroc": auroc}
+    intervals = {}
+    for key, score in (("balanced_accuracy_ci", lambda w: _weighted_balanced_accuracy(w, y, pred, c)),
+                       ("auroc_ci", lambda w: weighted_auroc(w, y, probs))):
+        draw = paired_interval(score, n, groups=groups)
+        intervals[key] = [draw["low"], draw["high"]]
+    return {"n": n, "accuracy": float(np.mean(pred == y)), "balanced_accuracy": balanced, "auroc": auroc,
+            **intervals}
 
 
 def chance_metrics(y_train: np.ndarray, y_test: np.ndarray, n_classes: int | None = None) -> dict:
@@ -166,6 +183,8 @@ def _cell(value) -> str:
         value = value.get("balanced_accuracy")
     if value is None:
         return "-"
+    if isinstance(value, list | tuple):  # an interval
+        return "[" + ", ".join(_cell(float(v)) for v in value) + "]"
     if isinstance(value, float | np.floating):
         return "nan" if math.isnan(value) else f"{value:.3f}"
     return str(value)
