@@ -243,3 +243,15 @@ def test_prompt_layout():
             prompt_segments("Q?", bad)
     with pytest.raises(ValueError, match="empty"):
         continuation("  ")
+
+
+def test_partners_never_pair_a_scan_with_its_own_subject():
+    from brainjax.lm.report import partners
+
+    subjects = ["a", "a", "b", "c", "c", "c"]
+    scans = [0, 1, 2, 3, 4, 5]
+    paired = partners(scans, subjects)
+    assert paired == [2, 2, 3, 0, 0, 0]  # the next scan of another subject, wrapping around
+    assert all(subjects[s] != subjects[p] for s, p in zip(scans, paired))
+    with pytest.raises(ValueError, match="two subjects"):
+        partners([0, 1], subjects)

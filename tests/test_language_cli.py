@@ -46,7 +46,7 @@ def stage2(tmp_path_factory):
                     extra_config={"eos_token_id": 0, "pad_token_id": 0})
     common = ["adapt", "--workdir", str(root / "adapt"), "--tokenizer", str(root / "tok"), "--lm", str(root / "lm"),
               "--data", str(data), "--batch", "8", "--set", "train.log_every=1", "--set", "language.text_len=96",
-              "--set", "language.lm_len=64"]
+              "--set", "language.lm_len=64", "--max-eval", "4"]
     assert cli([*common, "--steps", "3"]) == 0
     assert cli([*common, "--steps", "5"]) == 0  # resumes at step 3
     return root, data
@@ -77,18 +77,26 @@ def test_adapt_trains_only_what_it_should_and_resumes(stage2):
     assert steps == [1, 2, 3, 4, 5]  # the second run went on from step 3, repeating none
     logs = [m for m in read_metrics(root / "adapt") if "val_text_loss" in m]
     assert logs and all(np.isfinite(m["val_code_loss"]) and np.isfinite(m["val_lm_loss"]) for m in logs)
+    check = json.loads((root / "adapt" / "descriptions.json").read_text())  # the closing description check
+    assert check["step"] == 5 and check["n"] == 4
+    assert np.isclose(check["difference"], check["nll_other_scan"] - check["nll_own_scan"])
+    texts = [json.loads(line)["text"] for line in (data / "descriptors" / "descriptors.jsonl").read_text().splitlines()]
+    assert 0.0 <= check["rouge_l"] <= 1.0 and check["chance_text"] in texts
 
 
 def test_instruct_then_ask(stage2, capsys):
     root, data = stage2
     out = root / "instruct"
     assert cli(["instruct", "--adapt", str(root / "adapt"), "--workdir", str(out), "--steps", "2", "--batch", "8",
-                "--targets", "sex,diagnosis", "--eval-targets", "sex,age", "--shots", "0,1", "--max-eval", "3"]) == 0
+                "--targets", "sex,diagnosis", "--eval-targets", "sex,age,description", "--shots", "0,1", "--max-eval", "3"]) == 0
     report = json.loads((out / "questions.json").read_text())
     rows = {(r["target"], r["setting"], r["scoring"]): r for r in report["rows"]}
     scorings = ("logprob", "logprob/token", "constrained")
     assert set(rows) == {("sex", s, m) for s in ("zero-shot", "1-shot") for m in scorings} | {
-        ("age", "zero-shot", "generate"), ("age", "zero-shot", "number grammar")}
+        ("age", "zero-shot", "generate"), ("age", "zero-shot", "number grammar"),
+        ("description", "zero-shot", "generate")}
+    described = rows[("description", "zero-shot", "generate")]
+    assert 0.0 <= described["rouge_l"] <= 1.0 and 0.0 < described["chance_rouge_l"] <= 1.0
     assert rows[("sex", "zero-shot", "logprob")]["tuned"] and not rows[("age", "zero-shot", "generate")]["tuned"]
     # whatever the 2-step model says, the grammar-constrained answers are numbers
     grammar = rows[("age", "zero-shot", "number grammar")]

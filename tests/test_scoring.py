@@ -13,6 +13,7 @@ from brainjax.lm.scoring import (
     is_number,
     is_number_prefix,
     label_metrics,
+    text_metrics,
     label_scores,
     numeric_metrics,
     parse_number,
@@ -47,6 +48,19 @@ def test_label_metric_intervals_resample_subjects():
     assert all(math.isnan(v) for v in one["auroc_ci"] + one["balanced_accuracy_ci"])
     perfect = label_metrics(np.stack([np.zeros(60), 10.0 * (2 * y - 1)], axis=1), y)
     assert perfect["auroc_ci"] == [1.0, 1.0] and perfect["balanced_accuracy_ci"] == [1.0, 1.0]
+
+
+def test_text_metrics_against_rouge_by_hand():
+    refs = ["weaker coupling between visual and somatomotor networks", "typical global efficiency"]
+    # ROUGE-L by hand: LCS of 4 of the 7 reference tokens and the 4 answer tokens -> F = 2 * 4/7 * 1 / (4/7 + 1)
+    out = text_metrics(["weaker coupling between networks", refs[1]], refs,
+                       train_references=["typical global efficiency", "typical efficiency", "strong coupling"])
+    first = 2 * (4 / 7) * 1.0 / (4 / 7 + 1.0)
+    assert out["rouge_l"] == pytest.approx((first + 1.0) / 2)
+    assert out["chance_text"] == "typical global efficiency"  # closest to the other training texts
+    assert out["chance_rouge_l"] == pytest.approx((0.0 + 1.0) / 2)
+    with pytest.raises(ValueError, match="as many answers"):
+        text_metrics(["a"], refs, refs)
 
 
 def test_auroc_ranks_probabilities_not_hard_labels():

@@ -31,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=8, help="global batch (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--split", default="test", help="split of the closing description check (default: "
+                                                        "%(default)s)")
+    parser.add_argument("--max-eval", type=int, default=0, help="at most this many scans in it (0 = all)")
+    parser.add_argument("--no-generate", action="store_true", help="score descriptions only, generate none")
+    parser.add_argument("--eval-only", action="store_true", help="run the description check on the latest "
+                                                                 "checkpoint, no training")
     add_override_argument(parser, "language.lora_rank=8", " on top of the tokenizer run's config")
     add_distributed_arguments(parser)
 
@@ -67,6 +73,8 @@ def main(args: argparse.Namespace) -> int:
     from brainjax.tasks.fmri_lm import sequence_spec
 
     out = Path(args.workdir)
+    if args.eval_only:
+        return _describe(out, args)
     data = Path(data_or_default(args.data))
     dataset = Dataset(data)
     tokenizer_run = load_model(args.tokenizer, objective="tokenizer")
@@ -88,6 +96,35 @@ def main(args: argparse.Namespace) -> int:
                     mesh=tokenizer_run.mesh)
     if cfg.language.train_lm == "lora" and not result.preempted:
         export_adapters(result.model, out, lineage.lm_path)
+    if result.preempted:
+        return 0
     if is_main():
         print(f"stage 2 done -> {out}; instruction-tune with `brainjax instruct --adapt {out}`")
+    return _describe(out, args)
+
+
+def _describe(out: Path, args: argparse.Namespace) -> int:
+    """The closing check: does the LM read the scan (own vs another subject's scan, NLL of the description)?"""
+    from brainjax.data.dataset import Dataset
+    from brainjax.distributed import is_main
+    from brainjax.lm.batches import TextCodec, load_descriptor_texts
+    from brainjax.lm.report import describe_scans
+    from brainjax.paths import write_json
+    from brainjax.run import load_model
+
+    loaded = load_model(out, objective="adapt")
+    dataset = Dataset(loaded.cfg.data.path)
+    texts, _ = load_descriptor_texts(loaded.cfg.language.descriptors, dataset.manifest)
+    report = describe_scans(loaded, TextCodec.from_dir(out / "lm"), dataset, texts, split=args.split,
+                            max_scans=args.max_eval, generate=not args.no_generate)
+    if is_main():
+        write_json(out / "descriptions.json", {"workdir": str(out), "step": loaded.step, **report}, indent=1)
+        low, high = report["difference_ci"]
+        print(f"description NLL per token on {report['n']} {args.split} scans: own scan "
+              f"{report['nll_own_scan']:.3f}, another subject's scan {report['nll_other_scan']:.3f} "
+              f"(difference {report['difference']:.3f} [{low:.3f}, {high:.3f}])")
+        if "rouge_l" in report:
+            print(f"generated descriptions: ROUGE-L {report['rouge_l']:.3f} (chance {report['chance_rouge_l']:.3f}), "
+                  f"ROUGE-1 {report['rouge_1']:.3f} (chance {report['chance_rouge_1']:.3f})")
+        print(f"-> {out / 'descriptions.json'}")
     return 0

@@ -15,7 +15,14 @@ from brainjax.data.dataset import Dataset
 from brainjax.lm.batches import load_descriptor_texts
 from brainjax.lm.evaluate import Prompter, constrained_choice, first_windows
 from brainjax.lm.instructions import build_targets, class_labels, make_examples, query_segments, select_shots
-from brainjax.lm.scoring import NumberGrammar, chance_metrics, label_metrics, label_scores, numeric_metrics
+from brainjax.lm.scoring import (
+    NumberGrammar,
+    chance_metrics,
+    label_metrics,
+    label_scores,
+    numeric_metrics,
+    text_metrics,
+)
 
 
 def _subset(examples: list, max_scans: int) -> list:
@@ -62,7 +69,16 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
             if progress:
                 progress(f"{name} zero-shot: {len(queries)} scans, {time.perf_counter() - start:.0f} s")
             continue
-        if target.kind == "text":
+        if target.kind == "text":  # free text (the description): greedy answers scored by ROUGE
+            train = [e.answer for e in make_examples(dataset, targets, [name], "train", seed=seed,
+                                                     descriptors=descriptors)]
+            longest = max(len(codec.encode(" " + t)) for t in train[:64]) + 1
+            prompter = Prompter(loaded, codec, windows, n_parcels, batch_size)
+            texts = prompter.generate([query_segments(e.question, e.scan) for e in queries], max_new=longest)
+            metrics = text_metrics(texts, [e.answer for e in queries], train)
+            rows.append({**base, "setting": "zero-shot", "scoring": "generate", **metrics, "examples": texts[:2]})
+            if progress:
+                progress(f"{name} zero-shot: {len(queries)} scans, {time.perf_counter() - start:.0f} s")
             continue
         labels = class_labels(dataset, target, descriptors)
         y = np.array([e.label for e in queries])
@@ -94,6 +110,58 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
             if progress:
                 progress(f"{name} {setting}: {len(queries)} scans, {time.perf_counter() - start:.0f} s")
     return rows
+
+
+def partners(scans: Sequence[int], subjects: Sequence[str]) -> list[int]:
+    """For each scan, the next scan in ``scans`` (cyclically) from another subject: a pairing in which no scan
+    meets its own subject. Raises ValueError when all scans share one subject."""
+    scans = list(scans)
+    if len({subjects[s] for s in scans}) < 2:
+        raise ValueError("a mismatched pairing needs scans from at least two subjects")
+    out = []
+    for i, scan in enumerate(scans):
+        j = (i + 1) % len(scans)
+        while subjects[scans[j]] == subjects[scan]:
+            j = (j + 1) % len(scans)
+        out.append(scans[j])
+    return out
+
+
+def describe_scans(loaded, codec, dataset, texts: Sequence[str | None], *, split: str = "test", max_scans: int = 0,
+                   generate: bool = True, batch_size: int = 8) -> dict:
+    """Stage 2's test that the LM reads the scan: the NLL per token of each ``split`` scan's own description given
+    that scan, against the same description given another subject's scan (:func:`partners`), with a bootstrap
+    95 % interval of the difference (subjects resampled); with ``generate``, greedy descriptions scored by ROUGE
+    against the reference (:func:`~brainjax.lm.scoring.text_metrics`). texts: description per manifest row."""
+    from brainjax.eval.bootstrap import paired_interval
+    from brainjax.lm.batches import DESCRIBE_PROMPT
+
+    window = loaded.cfg.data.window
+    subjects = [row["subject"] for row in dataset.manifest]
+    scans = [i for i in dataset.indices(split) if texts[i]]
+    windows = first_windows(dataset, scans, window)
+    scans = _subset([i for i in scans if i in windows], max_scans)
+    if len(scans) < 2:
+        raise ValueError(f"the {split} split has {len(scans)} described scans of one window or more; need 2")
+    prompter = Prompter(loaded, codec, windows, dataset.atlas.n_parcels, batch_size)
+
+    def prompt(scan):
+        return [("text", "fMRI: "), ("fmri", scan), ("text", DESCRIBE_PROMPT)]
+    answers = [[codec.encode(" " + texts[s]) + [codec.eos_id]] for s in scans]
+    own = [-float(np.mean(lp[0])) for lp in prompter.continuation_logprobs([prompt(s) for s in scans], answers)]
+    other = [-float(np.mean(lp[0])) for lp in prompter.continuation_logprobs(
+        [prompt(p) for p in partners(scans, subjects)], answers)]
+    own, other = np.array(own), np.array(other)
+    interval = paired_interval(lambda w: float(np.average(other - own, weights=w)), len(scans),
+                               groups=[subjects[s] for s in scans])
+    out = {"split": split, "n": len(scans), "nll_own_scan": float(own.mean()), "nll_other_scan": float(other.mean()),
+           "difference": interval["diff"], "difference_ci": [interval["low"], interval["high"]]}
+    if generate:
+        train = [texts[i] for i in dataset.indices("train") if texts[i]]
+        longest = max(len(a[0]) for a in answers)
+        made = prompter.generate([prompt(s) for s in scans], max_new=longest)
+        out.update(text_metrics(made, [texts[s] for s in scans], train), examples=made[:2])
+    return out
 
 
 def load_question_setup(cfg, data: Path):

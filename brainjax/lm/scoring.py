@@ -26,7 +26,8 @@ _NUMBER = re.compile(r"(?:(?<!\w)[-+])?\d+(?:\.\d+)?")
 _COLUMNS = (("target", "target"), ("setting", "setting"), ("scoring", "scoring"), ("n", "n"),
             ("accuracy", "accuracy"), ("balanced_accuracy", "bal. acc."), ("balanced_accuracy_ci", "95 %"),
             ("auroc", "AUROC"), ("auroc_ci", "95 %"), ("chance", "chance"),
-            ("parse_rate", "parsed"), ("mae", "MAE"), ("r2", "R2"), ("chance_mae", "chance MAE"))
+            ("parse_rate", "parsed"), ("mae", "MAE"), ("r2", "R2"), ("chance_mae", "chance MAE"),
+            ("rouge_l", "ROUGE-L"), ("chance_rouge_l", "chance ROUGE-L"))
 _ALWAYS = ("target", "setting", "scoring")
 
 
@@ -176,6 +177,37 @@ def numeric_metrics(texts: Sequence[str], y: np.ndarray, y_train: np.ndarray | N
         out["chance_mae"] = float(np.mean(np.abs(base - y[ok]))) if ok.any() else math.nan
         out["chance_r2"] = float(r2_score(y[ok], base)) if ok.sum() >= 2 else math.nan
     return out
+
+
+def text_metrics(texts: Sequence[str], references: Sequence[str], train_references: Sequence[str],
+                 max_train: int = 64) -> dict:
+    """Free-text answers against reference texts: mean ROUGE-L and ROUGE-1 F-measures (``rouge_score``; ROUGE-1
+    F is the unigram token F1), beside chance: one scan-blind answer for every scan, the training reference
+    closest to the others by ROUGE-L (the medoid of the first ``max_train`` training references).
+
+    texts, references: [N] strings; train_references: [M] strings, M >= 1. Returns n, rouge_l, rouge_1,
+    chance_rouge_l, chance_rouge_1 and the medoid text (``chance_text``).
+    """
+    from rouge_score import rouge_scorer
+
+    if len(texts) != len(references) or not len(texts):
+        raise ValueError(f"need as many answers as references (and at least one), got {len(texts)} and "
+                         f"{len(references)}")
+    train = [t for t in train_references if str(t).strip()][:max_train]
+    if not train:
+        raise ValueError("no training reference text for the chance answer")
+    scorer = rouge_scorer.RougeScorer(["rougeL", "rouge1"])
+
+    def mean_scores(answers):
+        scores = [scorer.score(ref, ans) for ans, ref in zip(answers, references)]
+        return (float(np.mean([x["rougeL"].fmeasure for x in scores])),
+                float(np.mean([x["rouge1"].fmeasure for x in scores])))
+    closeness = [np.mean([scorer.score(b, a)["rougeL"].fmeasure for b in train if b is not a]) for a in train]
+    medoid = train[int(np.argmax(closeness))]
+    rouge_l, rouge_1 = mean_scores(texts)
+    chance_l, chance_1 = mean_scores([medoid] * len(references))
+    return {"n": len(texts), "rouge_l": rouge_l, "rouge_1": rouge_1, "chance_rouge_l": chance_l,
+            "chance_rouge_1": chance_1, "chance_text": medoid}
 
 
 def _cell(value) -> str:
