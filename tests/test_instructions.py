@@ -255,3 +255,24 @@ def test_partners_never_pair_a_scan_with_its_own_subject():
     assert all(subjects[s] != subjects[p] for s, p in zip(scans, paired))
     with pytest.raises(ValueError, match="two subjects"):
         partners([0, 1], subjects)
+
+
+def test_question_documents_follow_the_prompt_format_and_make_labels_whole_tokens():
+    from brainjax.lm.default_lm import offline_corpus, train_text_tokenizer
+    from brainjax.lm.instructions import question_documents
+
+    docs = question_documents(0, 400)
+    assert docs == question_documents(0, 400) and docs != question_documents(1, 400)
+    for doc in docs:
+        head, reply = doc.rsplit("\nAnswer: ", 1)
+        assert head.startswith("fMRI: \nQuestion: ") and reply.strip()
+        if "Answer with one of:" in head:  # a listed option is the answer
+            assert reply in head.split("Answer with one of: ")[1].rstrip(".").split(", ")
+        else:
+            assert reply.isdigit()
+    with pytest.raises(ValueError):
+        question_documents(0, -1)
+    plain = train_text_tokenizer(offline_corpus(0, 100), vocab_size=500)
+    asked = train_text_tokenizer(offline_corpus(0, 100, docs), vocab_size=500)
+    for word in (" female", " male", " patient", " control"):
+        assert len(asked.encode(word).ids) == 1 < len(plain.encode(word).ids)

@@ -88,7 +88,8 @@ def test_instruct_then_ask(stage2, capsys):
     root, data = stage2
     out = root / "instruct"
     assert cli(["instruct", "--adapt", str(root / "adapt"), "--workdir", str(out), "--steps", "2", "--batch", "8",
-                "--targets", "sex,diagnosis", "--eval-targets", "sex,age,description", "--shots", "0,1", "--max-eval", "3"]) == 0
+                "--targets", "sex,diagnosis", "--eval-targets", "sex,age,description", "--shots", "0,1",
+                "--max-eval", "3"]) == 0
     report = json.loads((out / "questions.json").read_text())
     rows = {(r["target"], r["setting"], r["scoring"]): r for r in report["rows"]}
     scorings = ("logprob", "logprob/token", "constrained")

@@ -13,10 +13,10 @@ from brainjax.lm.scoring import (
     is_number,
     is_number_prefix,
     label_metrics,
-    text_metrics,
     label_scores,
     numeric_metrics,
     parse_number,
+    text_metrics,
 )
 
 

@@ -33,7 +33,7 @@ from brainjax.models.lm import DecoderLM, LMConfig
 from brainjax.models.lm_saving import save_pretrained
 
 EOS = "<|endoftext|>"
-BUILD_VERSION = 1  # bump on any change to the corpus, tokenizer or training recipe: it names the cache entry
+BUILD_VERSION = 2  # bump on any change to the corpus, tokenizer or training recipe: it names the cache entry
 DEFAULT_STEPS = 150
 DEFAULT_VOCAB = 2048
 # Yeo/Schaefer abbreviations plus a few spelled-out names, so the text covers both label styles.
@@ -171,12 +171,16 @@ def train_lm(texts: Sequence[str], tokenizer: Tokenizer, cfg: LMConfig, *, steps
 
 
 def build_default_lm(out_dir: str | os.PathLike, *, steps: int = DEFAULT_STEPS, seed: int = 0,
-                     cfg: LMConfig = DEFAULT_LM, n_documents: int = 2000, extra: Sequence[str] = (),
-                     batch_size: int = 16, seq_len: int = 128, lr: float = 3e-3) -> Path:
-    """Corpus -> tokenizer (``cfg.vocab_size`` target) -> training -> HF directory ``out_dir`` (must be new or
-    empty), plus ``brainjax_lm.json`` (corpus size, steps, losses, seed, seconds) written last. Returns the dir."""
+                     cfg: LMConfig = DEFAULT_LM, n_documents: int = 2000, n_questions: int = 0,
+                     extra: Sequence[str] = (), batch_size: int = 16, seq_len: int = 128, lr: float = 3e-3) -> Path:
+    """Corpus (``n_documents`` descriptions, ``n_questions`` question/answer texts of
+    :func:`brainjax.lm.instructions.question_documents`, ``extra``) -> tokenizer (``cfg.vocab_size`` target) ->
+    training -> HF directory ``out_dir`` (must be new or empty), plus ``brainjax_lm.json`` (corpus size, steps,
+    losses, seed, seconds) written last. Returns the dir."""
+    from brainjax.lm.instructions import question_documents
+
     start = time.perf_counter()
-    texts = offline_corpus(seed, n_documents, extra)
+    texts = offline_corpus(seed, n_documents, [*question_documents(seed, n_questions), *extra])
     tokenizer = train_text_tokenizer(texts, cfg.vocab_size)
     cfg = dataclasses.replace(cfg, vocab_size=tokenizer.get_vocab_size())
     model, history = train_lm(texts, tokenizer, cfg, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
@@ -201,8 +205,10 @@ def build_hash(**settings) -> str:
 
 
 # What default_lm builds; all of it goes into the cache name.
-_DEFAULT_BUILD = {"steps": DEFAULT_STEPS, "seed": 0, "n_documents": 2000, "batch_size": 16, "seq_len": 128,
-                  "lr": 3e-3}
+# The questions (v2) make the answer words whole tokens: in v1 " female" was 5 BPE pieces and summed label
+# log-probabilities favoured short labels.
+_DEFAULT_BUILD = {"steps": DEFAULT_STEPS, "seed": 0, "n_documents": 2000, "n_questions": 1000, "batch_size": 16,
+                  "seq_len": 128, "lr": 3e-3}
 
 
 def default_lm(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -186,6 +186,27 @@ def _descriptor_targets(descriptors: list[dict]) -> list[Target]:
     return out
 
 
+def question_documents(seed: int, n: int) -> list[str]:
+    """``n`` question/answer texts in the prompt format (``"fMRI: \nQuestion: ...\nAnswer: ..."``) over the
+    question families any cohort may ask (sex, diagnosis, age and age group, site, modularity, efficiency), with
+    answers drawn uniformly: language-model corpus text that makes the answer words and the format familiar
+    (the scan is absent, so nothing here says which answer is right)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    families = [_binary("sex"), _binary("diagnosis"), *_numeric("age", np.arange(8.0, 81.0)),
+                _categorical("site", [str(i) for i in range(4)]),
+                *_descriptor_targets([{"z": {"modularity": 0.0, "global_efficiency": 0.0}}])]
+    rng = np.random.default_rng([seed, 7])
+    out = []
+    for _ in range(n):
+        target = families[int(rng.integers(len(families)))]
+        question = target.questions[int(rng.integers(len(target.questions)))]
+        reply = str(int(rng.integers(8, 81))) if target.kind == "numeric" else \
+            target.labels[int(rng.integers(len(target.labels)))]
+        out.append(f"fMRI: \nQuestion: {question}\nAnswer:{continuation(reply)}")
+    return out
+
+
 def descriptor_rows(dataset: Dataset, descriptors: list[dict] | None) -> list[dict | None]:
     """Descriptors aligned to the manifest: one dict (or None when absent) per manifest index, matched by scan_id.
 
