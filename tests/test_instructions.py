@@ -276,3 +276,41 @@ def test_question_documents_follow_the_prompt_format_and_make_labels_whole_token
     asked = train_text_tokenizer(offline_corpus(0, 100, docs), vocab_size=500)
     for word in (" female", " male", " patient", " control"):
         assert len(asked.encode(word).ids) == 1 < len(plain.encode(word).ids)
+
+
+class _ByteCodec:
+    eos_id = 0
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode())
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids if i).decode()
+
+
+def test_mixed_dataset_windows_answer_from_their_own_manifest(path, tmp_path):
+    from brainjax.lm.batches import InstructionSource, window_sequences
+    from brainjax.models.sequences import SequenceSpec
+
+    other = tmp_path / "other"
+    synthesize(other, SynthConfig(subjects=18, scans_per_subject=1, timepoints=20, tr=2.0, atlas="dosenbach160",
+                                  sites=2, seed=6), atlas=dosenbach())
+    datasets = [Dataset(path), Dataset(other)]
+    sources = [InstructionSource(d, build_targets(d), ["sex"], [None] * len(d.manifest), seed=0) for d in datasets]
+    sexes = [[row["sex"] for row in d.manifest] for d in datasets]
+    differ = [i for i in range(18) if sexes[0][i] != sexes[1][i]]
+    assert differ  # the same scan index means another participant in the other dataset
+    scans = np.array([differ[0], differ[0], differ[1], differ[1]])
+    which = np.array([0, 1, 1, 0])
+    n = len(scans)
+    batch = {"scan": scans, "start": np.zeros(n, np.int64), "dataset": which,
+             "signal": np.zeros((n, 160, 8), np.float32), "parcel_mask": np.ones((n, 160), bool),
+             "coords": np.zeros((n, 160, 3), np.float32), "tr": np.full(n, 2.0, np.float32)}
+    out = window_sequences(batch, sources, _ByteCodec(), SequenceSpec(n_parcels=160, n_patches=2, text_len=160))
+    words = {"0": "female", "1": "male"}
+    for row in range(n):
+        said = _ByteCodec().decode(out["loss_target"][row][out["loss_weight"][row] > 0])
+        assert said.strip() == words[str(sexes[which[row]][scans[row]])]
+    with pytest.raises(ValueError, match="no window's dataset"):
+        window_sequences({k: v for k, v in batch.items() if k != "dataset"}, sources, _ByteCodec(),
+                         SequenceSpec(n_parcels=160, n_patches=2, text_len=160))

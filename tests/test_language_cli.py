@@ -77,8 +77,9 @@ def test_adapt_trains_only_what_it_should_and_resumes(stage2):
     assert steps == [1, 2, 3, 4, 5]  # the second run went on from step 3, repeating none
     logs = [m for m in read_metrics(root / "adapt") if "val_text_loss" in m]
     assert logs and all(np.isfinite(m["val_code_loss"]) and np.isfinite(m["val_lm_loss"]) for m in logs)
-    check = json.loads((root / "adapt" / "descriptions.json").read_text())  # the closing description check
-    assert check["step"] == 5 and check["n"] == 4
+    closing = json.loads((root / "adapt" / "descriptions.json").read_text())  # the closing description check
+    check, = closing["results"]
+    assert closing["step"] == 5 and check["dataset"] == str(data) and check["n"] == 4
     assert np.isclose(check["difference"], check["nll_other_scan"] - check["nll_own_scan"])
     texts = [json.loads(line)["text"] for line in (data / "descriptors" / "descriptors.jsonl").read_text().splitlines()]
     assert 0.0 <= check["rouge_l"] <= 1.0 and check["chance_text"] in texts
@@ -117,6 +118,25 @@ def test_instruct_then_ask(stage2, capsys):
     probs = [float(line.split("=")[1]) for line in printed.splitlines() if line.strip().startswith("P(")]
     assert len(probs) == 2 and abs(sum(probs) - 1.0) < 1e-3
     assert cli(["ask", "--workdir", str(out), "--scan", "no-such-scan", "--question", "?"]) == 2
+
+
+def test_instruct_mixes_datasets_and_reports_each(stage2):
+    from brainjax.data.synthetic import SynthConfig, synthesize
+
+    root, data = stage2
+    other = root / "synth2"
+    synthesize(other, SynthConfig(subjects=20, scans_per_subject=1, timepoints=96, atlas="dosenbach160", sites=3,
+                                  seed=2), (0.6, 0.2, 0.2))
+    out = root / "instruct-mixed"
+    assert cli(["instruct", "--adapt", str(root / "adapt"), "--workdir", str(out), "--steps", "2", "--batch", "8",
+                "--data", f"{data},{other}", "--targets", "sex,site", "--eval-targets", "sex,site", "--shots", "0",
+                "--max-eval", "2"]) == 0
+    report = json.loads((out / "questions.json").read_text())
+    seen = {(r["dataset"], r["target"]) for r in report["rows"]}
+    assert seen == {(d.name, t) for d in (data, other) for t in ("sex", "site")}
+    sites = {r["dataset"]: r for r in report["rows"] if r["target"] == "site" and r["scoring"] == "logprob"}
+    assert sites[data.name]["n"] == sites[other.name]["n"] == 2
+    assert load_model(out).cfg.data.path == f"{data},{other}"
 
 
 def test_adapt_refuses_a_run_that_is_not_a_tokenizer(stage2, capsys):

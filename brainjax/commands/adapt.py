@@ -6,7 +6,11 @@ dataset's descriptors (``brainjax describe``; computed here when missing). Each 
 ``"fMRI: " <scan tokens> "\\nDescribe this scan:" <descriptor text>``; the losses are the descriptor text
 given the scan, the next time patch's VQ codes, and plain language modelling on the descriptor text
 (``language.*_weight``). The tokenizer stays frozen; the LM trains through LoRA adapters by default
-(``--set language.train_lm=full|frozen``). Runs through the shared Trainer: rerun to resume.
+(``--set language.train_lm=full|frozen``). Runs through the shared Trainer: rerun to resume. Several
+comma-separated ``--data`` are mixed as in pretraining (``data.mix_weights``, atlases padded to
+``model.max_parcels``), each window described by its own dataset's descriptors. The run ends with the
+description check (``descriptions.json``, per dataset): does the LM predict a scan's description better from
+that scan than from another subject's?
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import dataclasses
 from pathlib import Path
 
 from brainjax.commands.args import add_distributed_arguments, add_override_argument, initialize_distributed
+from brainjax.errors import UsageError
 
 HELP = "fMRI-LM stage 2: align a language model with scans through the tokenizer (rerun to resume)"
 
@@ -25,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default="runs/tokenizer",
                         help="stage-1 tokenizer work dir (default: %(default)s)")
     parser.add_argument("--lm", help="local Hugging Face LM directory (default: the embedded small LM)")
-    parser.add_argument("--data", help="dataset directory (default: the embedded synthetic dataset)")
+    parser.add_argument("--data", help="dataset directory, or several comma-separated (mixed by data.mix_weights; "
+                                       "default: the embedded synthetic dataset)")
     parser.add_argument("--descriptors", help="descriptors.jsonl (default: DATA/descriptors/descriptors.jsonl, "
                                               "computed when missing)")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps (default: %(default)s)")
@@ -41,13 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_distributed_arguments(parser)
 
 
-def stage2_config(tokenizer_run, args: argparse.Namespace, data: str, descriptors: Path):
-    """The tokenizer run's config with the adapt objective, language section, optimizer and schedule."""
+def stage2_config(tokenizer_run, args: argparse.Namespace, data: str, descriptors: Path | None):
+    """The tokenizer run's config with the adapt objective, language section, optimizer and schedule;
+    ``descriptors`` None: each dataset's own DATA/descriptors/descriptors.jsonl."""
     from brainjax.config import LanguageConfig, OptimConfig, override, with_data, with_steps
 
     cfg = tokenizer_run.cfg
     cfg = dataclasses.replace(
-        cfg, name="adapt", objective="adapt", language=LanguageConfig(descriptors=str(descriptors.resolve())),
+        cfg, name="adapt", objective="adapt",
+        language=LanguageConfig(descriptors=str(descriptors.resolve()) if descriptors else ""),
         data=dataclasses.replace(cfg.data, batch_size=args.batch),
         optim=OptimConfig(base_lr=args.lr, scale_lr=False, weight_decay=0.0, warmup_frac=0.05),
         train=dataclasses.replace(cfg.train, figure=False))
@@ -75,19 +83,24 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.workdir)
     if args.eval_only:
         return _describe(out, args)
-    data = Path(data_or_default(args.data))
-    dataset = Dataset(data)
+    data = data_or_default(args.data)
+    paths = [Path(p) for p in data.split(",")]
+    if args.descriptors and len(paths) > 1:
+        raise UsageError("--descriptors names one file; with several --data each dataset's "
+                         "DATA/descriptors/descriptors.jsonl is used")
+    datasets = [Dataset(p) for p in paths]
     tokenizer_run = load_model(args.tokenizer, objective="tokenizer")
-    descriptors = Path(args.descriptors) if args.descriptors else ensure_descriptors(data)
-    texts, _ = load_descriptor_texts(descriptors, dataset.manifest)
+    files = [Path(args.descriptors)] if args.descriptors else [ensure_descriptors(p) for p in paths]
+    texts = [load_descriptor_texts(f, ds.manifest)[0] for f, ds in zip(files, datasets)]
     lm_dir = lm_dir_or_default(args.lm)
-    cfg = stage2_config(tokenizer_run, args, str(data), descriptors)
+    cfg = stage2_config(tokenizer_run, args, data, files[0] if len(paths) == 1 else None)
     source_run = str(Path(args.tokenizer).resolve())
     lineage = Lineage(parent=source_run, parent_step=tokenizer_run.step, tokenizer=source_run,
                       tokenizer_step=tokenizer_run.step, lm_path=str(lm_dir), lm_architecture=architecture_json(lm_dir))
     codec = TextCodec.from_dir(keep_lm_files(lm_dir, out))
-    spec = sequence_spec(cfg, dataset.atlas.n_parcels)
-    source = DescriptionSource(texts)
+    # Several datasets are padded to model.max_parcels by the loader; each window's own dataset has its texts.
+    spec = sequence_spec(cfg, datasets[0].atlas.n_parcels if len(paths) == 1 else cfg.model.max_parcels)
+    source = [DescriptionSource(t) for t in texts]
     lm_len = cfg.language.lm_len if cfg.language.lm_weight > 0 else 0
 
     def build(batch):
@@ -113,18 +126,26 @@ def _describe(out: Path, args: argparse.Namespace) -> int:
     from brainjax.run import load_model
 
     loaded = load_model(out, objective="adapt")
-    dataset = Dataset(loaded.cfg.data.path)
-    texts, _ = load_descriptor_texts(loaded.cfg.language.descriptors, dataset.manifest)
-    report = describe_scans(loaded, TextCodec.from_dir(out / "lm"), dataset, texts, split=args.split,
-                            max_scans=args.max_eval, generate=not args.no_generate)
+    paths = [Path(p) for p in loaded.cfg.data.path.split(",")]
+    results = []
+    for path in paths:
+        dataset = Dataset(path)
+        file = loaded.cfg.language.descriptors or path / "descriptors" / "descriptors.jsonl"
+        texts, _ = load_descriptor_texts(file, dataset.manifest)
+        report = describe_scans(loaded, TextCodec.from_dir(out / "lm"), dataset, texts, split=args.split,
+                                max_scans=args.max_eval, generate=not args.no_generate)
+        results.append({"dataset": str(path), **report})
+        if is_main():
+            low, high = report["difference_ci"]
+            print(f"{path.name}: description NLL per token on {report['n']} {args.split} scans: own scan "
+                  f"{report['nll_own_scan']:.3f}, another subject's scan {report['nll_other_scan']:.3f} "
+                  f"(difference {report['difference']:.3f} [{low:.3f}, {high:.3f}])")
+            if "rouge_l" in report:
+                print(f"{path.name}: generated descriptions: ROUGE-L {report['rouge_l']:.3f} (chance "
+                      f"{report['chance_rouge_l']:.3f}), ROUGE-1 {report['rouge_1']:.3f} (chance "
+                      f"{report['chance_rouge_1']:.3f})")
     if is_main():
-        write_json(out / "descriptions.json", {"workdir": str(out), "step": loaded.step, **report}, indent=1)
-        low, high = report["difference_ci"]
-        print(f"description NLL per token on {report['n']} {args.split} scans: own scan "
-              f"{report['nll_own_scan']:.3f}, another subject's scan {report['nll_other_scan']:.3f} "
-              f"(difference {report['difference']:.3f} [{low:.3f}, {high:.3f}])")
-        if "rouge_l" in report:
-            print(f"generated descriptions: ROUGE-L {report['rouge_l']:.3f} (chance {report['chance_rouge_l']:.3f}), "
-                  f"ROUGE-1 {report['rouge_1']:.3f} (chance {report['chance_rouge_1']:.3f})")
+        write_json(out / "descriptions.json", {"workdir": str(out), "step": loaded.step, "results": results},
+                   indent=1)
         print(f"-> {out / 'descriptions.json'}")
     return 0

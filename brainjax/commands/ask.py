@@ -45,10 +45,13 @@ def main(args: argparse.Namespace) -> int:
     loaded = load_model(args.workdir)
     if loaded.cfg.objective not in ("adapt", "instruct"):
         raise CheckpointMismatchError(f"{args.workdir} is a {loaded.cfg.objective!r} run, not an fMRI-LM run")
-    data = Path(args.data).resolve() if args.data else Path(loaded.cfg.data.path)
-    dataset, targets, _ = load_question_setup(loaded.cfg, data)
-    index = {row["scan_id"]: i for i, row in enumerate(dataset.manifest)}
-    if args.scan not in index:
+    data = args.data or loaded.cfg.data.path
+    for path in [Path(p).resolve() for p in data.split(",")]:  # several datasets: the one holding the scan
+        dataset, targets, _ = load_question_setup(loaded.cfg, path, several="," in data)
+        index = {row["scan_id"]: i for i, row in enumerate(dataset.manifest)}
+        if args.scan in index:
+            break
+    else:
         raise DatasetError(f"{data}: no scan {args.scan!r} in the manifest")
     scan = index[args.scan]
     split = dataset.manifest[scan]["split"]

@@ -25,7 +25,8 @@ DEFAULT_TARGETS = ("sex", "diagnosis", "modularity")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapt", default="runs/adapt", help="the stage-2 work dir (default: %(default)s)")
     parser.add_argument("--workdir", default="runs/instruct", help="the run's work dir (default: %(default)s)")
-    parser.add_argument("--data", help="dataset directory (default: the stage-2 run's)")
+    parser.add_argument("--data", help="dataset directory, or several comma-separated (mixed by data.mix_weights; "
+                                       "default: the stage-2 run's)")
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                         help="questions tuned on, comma-separated (default: %(default)s); the rest are zero-shot")
     parser.add_argument("--eval-targets", default="all", help="questions evaluated (default: every one available)")
@@ -85,6 +86,7 @@ def _progress(line: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     initialize_distributed(args)  # first: nothing may touch a device before it
+    from brainjax.data.synthetic import data_or_default
     from brainjax.distributed import is_main
     from brainjax.lm.batches import InstructionSource, TextCodec, window_sequences
     from brainjax.lm.instructions import descriptor_rows
@@ -98,41 +100,57 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.workdir)
     shots = sorted({int(k) for k in args.shots.split(",") if k != ""})
     previous = load_model(out if args.eval_only else args.adapt, objective="instruct" if args.eval_only else "adapt")
-    data = Path(args.data).resolve() if args.data else Path(previous.cfg.data.path)
-    dataset, targets, records = load_question_setup(previous.cfg, data)
+    data = data_or_default(args.data) if args.data else previous.cfg.data.path
+    paths = [Path(p) for p in data.split(",")]
+    setups = [load_question_setup(previous.cfg, path, several=len(paths) > 1) for path in paths]
+    available = {name: target for _, targets, _ in setups for name, target in targets.items()}
     loaded, cfg = previous, previous.cfg
     if not args.eval_only:
-        tuned = tuple(_names(args.targets, targets, "--targets"))
-        cfg = stage3_config(previous, args, str(data), tuned)
+        tuned = tuple(_names(args.targets, available, "--targets"))
+        cfg = stage3_config(previous, args, data, tuned)
         codec = TextCodec.from_dir(keep_lm_files(Path(args.adapt) / "lm", out))
-        sites = [str(row.get("site") or "") for row in dataset.manifest] if cfg.language.source_line else []
-        need = text_budget(codec, targets, list(tuned), sites)
+        need = 0
+        sources = []
+        for path, (dataset, targets, records) in zip(paths, setups):
+            own = [n for n in tuned if n in targets]  # each dataset is asked only what its manifest answers
+            if not own:
+                raise UsageError(f"{path}: none of the --targets {list(tuned)} exist in this dataset "
+                                 f"(it has {sorted(targets)})")
+            sites = [str(row.get("site") or "") for row in dataset.manifest] if cfg.language.source_line else []
+            need = max(need, text_budget(codec, targets, own, sites))
+            sources.append(InstructionSource(dataset, targets, own, descriptor_rows(dataset, records),
+                                             cfg.language.seed, cfg.language.source_line))
         if need > cfg.language.text_len:  # the text budget shapes no parameter: raising it is safe
             _progress(f"language.text_len {cfg.language.text_len} -> {need}: the longest question needs it")
             cfg = dataclasses.replace(cfg, language=dataclasses.replace(cfg.language, text_len=need))
-        spec = sequence_spec(cfg, dataset.atlas.n_parcels)
-        source = InstructionSource(dataset, targets, list(tuned), descriptor_rows(dataset, records),
-                                   cfg.language.seed, cfg.language.source_line)
+        spec = sequence_spec(cfg, setups[0][0].atlas.n_parcels if len(paths) == 1 else cfg.model.max_parcels)
         lineage = dataclasses.replace(previous.lineage, parent=str(Path(args.adapt).resolve()),
                                       parent_step=previous.step)
 
         def build(batch):
-            return window_sequences(batch, source, codec, spec)
+            return window_sequences(batch, sources, codec, spec)
         result = launch(cfg, out, lineage=lineage, build=build, warm_start=continue_warm_start(previous),
                         mesh=previous.mesh)
         if cfg.language.train_lm == "lora" and not result.preempted:
             export_adapters(result.model, out, lineage.lm_path)
         loaded = load_model(out)  # the latest checkpoint: also right when this run had finished before
     codec = TextCodec.from_dir(out / "lm")
-    names = list(targets) if args.eval_targets == "all" else _names(args.eval_targets, targets, "--eval-targets")
-    rows = evaluate_targets(loaded, codec, dataset, targets, names, tuned=loaded.cfg.language.targets, shots=shots,
-                            split=args.split, seed=cfg.language.seed, descriptors=records,
-                            source_line=cfg.language.source_line, max_scans=args.max_eval, progress=_progress)
+    names = list(available) if args.eval_targets == "all" else _names(args.eval_targets, available,
+                                                                         "--eval-targets")
+    rows = []
+    for path, (dataset, targets, records) in zip(paths, setups):  # one table block per dataset and target
+        found = evaluate_targets(loaded, codec, dataset, targets, [n for n in names if n in targets],
+                                 tuned=loaded.cfg.language.targets, shots=shots, split=args.split,
+                                 seed=cfg.language.seed, descriptors=records, source_line=cfg.language.source_line,
+                                 max_scans=args.max_eval, progress=_progress)
+        rows += [{"dataset": path.name, **row} for row in found]
     if not is_main():  # every process scored the same prompts; one writes the report
         return 0
     report = {"workdir": str(out), "step": loaded.step, "split": args.split, "tuned": list(loaded.cfg.language.targets),
               "shots": shots, "rows": rows}
     write_json(out / "questions.json", report, indent=1)
-    print(format_table([{**r, "target": r["target"] + ("" if r["tuned"] else " (zero-shot target)")} for r in rows]))
+    prefix = (lambda r: f"{r['dataset']}: ") if len(paths) > 1 else (lambda r: "")
+    print(format_table([{**r, "target": prefix(r) + r["target"] + ("" if r["tuned"] else " (zero-shot target)")}
+                        for r in rows]))
     print(f"-> {out / 'questions.json'}")
     return 0

@@ -14,6 +14,7 @@ Rows that only pad an evaluation batch get zero loss weights.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -80,14 +81,21 @@ def tokenize_segments(codec: TextCodec, segments: list, blocks: dict[int, int]) 
     return out
 
 
-def window_sequences(batch: dict[str, np.ndarray], source: Source, codec: TextCodec, spec: SequenceSpec,
-                     lm_len: int = 0) -> dict[str, np.ndarray]:
-    """One pipeline batch (signal [B, P, T], scan [B], start [B], optional valid [B]) -> an fMRI-LM batch."""
+def window_sequences(batch: dict[str, np.ndarray], source: Source | Sequence[Source], codec: TextCodec,
+                     spec: SequenceSpec, lm_len: int = 0) -> dict[str, np.ndarray]:
+    """One pipeline batch (signal [B, P, T], scan [B], start [B], optional dataset [B] and valid [B]) -> an
+    fMRI-LM batch. ``source``: one, or one per mixed dataset (a window's ``dataset`` index picks it, so its
+    questions and answers come from its own manifest: scan indices are per dataset)."""
     samples, plains = [], []
     rows = np.asarray(batch["scan"])
     real_rows = np.asarray(batch.get("valid", np.ones(len(rows), bool)), bool)
+    sources = list(source) if isinstance(source, Sequence) else None
+    if sources is not None and "dataset" not in batch and len(sources) != 1:
+        raise ValueError(f"{len(sources)} sources but the batch says no window's dataset")
+    which = np.asarray(batch.get("dataset", np.zeros(len(rows), np.int64)))
     for i, scan in enumerate(rows):
-        segments, answer, plain = source.sample(int(scan), int(batch["start"][i]))
+        own = source if sources is None else sources[int(which[i])]
+        segments, answer, plain = own.sample(int(scan), int(batch["start"][i]))
         tokens = tokenize_segments(codec, segments, {int(scan): 0})
         answer_ids = codec.encode(" " + answer) + [codec.eos_id] if answer else []
         sample = layout(tokens, answer_ids, batch["parcel_mask"][i][None], spec, code_blocks=(0,))

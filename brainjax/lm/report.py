@@ -164,11 +164,14 @@ def describe_scans(loaded, codec, dataset, texts: Sequence[str | None], *, split
     return out
 
 
-def load_question_setup(cfg, data: Path):
-    """(dataset, targets, descriptor records aligned to the manifest or None) for a language run's data."""
+def load_question_setup(cfg, data: Path, several: bool = False):
+    """(dataset, targets, descriptor records aligned to the manifest or None) for a language run's data; with
+    ``several`` datasets each reads its own DATA/descriptors/descriptors.jsonl (``language.descriptors`` names
+    one file)."""
     dataset = Dataset(data)
     records = None
-    path = Path(cfg.language.descriptors) if cfg.language.descriptors else data / "descriptors" / "descriptors.jsonl"
+    own = data / "descriptors" / "descriptors.jsonl"
+    path = Path(cfg.language.descriptors) if cfg.language.descriptors and not several else own
     if path.exists():
         records = [r for r in load_descriptor_texts(path, dataset.manifest)[1] if r is not None]
     return dataset, build_targets(dataset, records), records
