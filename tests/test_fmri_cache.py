@@ -87,6 +87,7 @@ def test_chunked_extension_equals_one_forward_of_the_whole_sequence():
     assert int(cache.index) == prefix["ids"].shape[1] + query["ids"].shape[1] + 3
 
 
+@pytest.mark.slow
 def test_a_shared_prefix_repeated_to_several_queries_equals_each_query_alone():
     model = _model()
     prefix = _sample(SHOTS, [0, 1], 6)
@@ -142,7 +143,7 @@ def _full_logprobs(loaded, windows, segments, answer: list[int]) -> np.ndarray:
     return logp[np.arange(len(answer)), answer]
 
 
-@pytest.mark.parametrize("devices", [1, 8])
+@pytest.mark.parametrize("devices", [1, pytest.param(8, marks=pytest.mark.slow)])
 def test_prompter_label_logprobs_equal_full_recomputation_with_and_without_shots(devices):
     prompter, loaded, windows = _prompter(8 if devices == 8 else 3, devices)
     queries = [("Sex?", 3), ("What is the sex?", 4), ("Sex of this one?", 5), ("Sex?", 1)]
@@ -166,6 +167,7 @@ def test_prompter_label_logprobs_equal_full_recomputation_with_and_without_shots
         prompter.continuation_logprobs([query_segments("Sex?", 1)], [[[1]], [[2]]])
 
 
+@pytest.mark.slow
 def test_prompter_generation_equals_greedy_full_recomputation():
     prompter, loaded, windows = _prompter(2, 1)
     queries = [("Age?", 3), ("How old?", 4), ("Age of the participant?", 5)]

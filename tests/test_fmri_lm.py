@@ -180,6 +180,7 @@ def test_patch_connectivity_is_the_correlation_matrix_of_real_parcels():
     np.testing.assert_allclose(fc[1][np.ix_(keep, keep)], np.corrcoef(signal[1, keep]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_connectivity_features_reach_the_tokens_of_their_own_patch_only():
     model = FMRILM(LM, TOK, QUANT, LanguageConfig(lora_rank=2, fmri_features="tokenizer+fc"), rngs=nnx.Rngs(0))
     plain = FMRILM(LM, TOK, QUANT, LanguageConfig(lora_rank=2), rngs=nnx.Rngs(0))
