@@ -29,6 +29,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from brainjax.cache import cached
 from brainjax.data.descriptor_text import CATALOGUE, describe_scan
+from brainjax.lm.instructions import question_documents
 from brainjax.models.lm import DecoderLM, LMConfig
 from brainjax.models.lm_saving import save_pretrained
 
@@ -177,8 +178,6 @@ def build_default_lm(out_dir: str | os.PathLike, *, steps: int = DEFAULT_STEPS, 
     :func:`brainjax.lm.instructions.question_documents`, ``extra``) -> tokenizer (``cfg.vocab_size`` target) ->
     training -> HF directory ``out_dir`` (must be new or empty), plus ``brainjax_lm.json`` (corpus size, steps,
     losses, seed, seconds) written last. Returns the dir."""
-    from brainjax.lm.instructions import question_documents
-
     start = time.perf_counter()
     texts = offline_corpus(seed, n_documents, [*question_documents(seed, n_questions), *extra])
     tokenizer = train_text_tokenizer(texts, cfg.vocab_size)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from brainjax.data.dataset import Dataset
-from brainjax.lm.batches import load_descriptor_texts
+from brainjax.eval.bootstrap import paired_interval
+from brainjax.lm.batches import DESCRIBE_PROMPT, load_descriptor_texts
 from brainjax.lm.evaluate import Prompter, constrained_choice, first_windows
 from brainjax.lm.instructions import build_targets, class_labels, make_examples, query_segments, select_shots
 from brainjax.lm.scoring import (
@@ -133,9 +134,6 @@ def describe_scans(loaded, codec, dataset, texts: Sequence[str | None], *, split
     that scan, against the same description given another subject's scan (:func:`partners`), with a bootstrap
     95 % interval of the difference (subjects resampled); with ``generate``, greedy descriptions scored by ROUGE
     against the reference (:func:`~brainjax.lm.scoring.text_metrics`). texts: description per manifest row."""
-    from brainjax.eval.bootstrap import paired_interval
-    from brainjax.lm.batches import DESCRIBE_PROMPT
-
     window = loaded.cfg.data.window
     subjects = [row["subject"] for row in dataset.manifest]
     scans = [i for i in dataset.indices(split) if texts[i]]
