@@ -120,16 +120,18 @@ class Prompter:
         first answer token [rows, V], the group each row's answer starts at [rows]). ``room``: answer slots."""
         mesh = self.loaded.mesh
         prefix = shot_segments(shots)
-        prefix_len = prefix_next = 0
-        if prefix:
-            prefix_len = self._text_len(prefix) + len(shots) * self.n_patches * self.n_parcels
+        # Shapes are rounded (the prefix's text to 64, the query's to 32, the cache to a power of two) so that
+        # targets and k share compiled programs: on CPU compiling, not computing, dominated the evaluation.
+        prefix_text = _round_up(self._text_len(prefix), 64)
+        prefix_len = prefix_text + len(shots) * self.n_patches * self.n_parcels if prefix else 0
+        prefix_next = 0
         segments = list(prompts)
-        text_len = _round_up(max(self._text_len(s) for s in segments), 16)
-        slots = prefix_len + self.n_patches * self.n_parcels + text_len + room
+        text_len = _round_up(max(self._text_len(s) for s in segments), 32)
+        slots = max(256, 1 << (prefix_len + self.n_patches * self.n_parcels + text_len + room - 1).bit_length())
         model = self.loaded.model
         shared = None
         if prefix:  # one row per device, repeated to the batch on device
-            row, prefix_next = self._chunk(prefix, 0, self._text_len(prefix))
+            row, prefix_next = self._chunk(prefix, 0, prefix_text)
             on_mesh = local_rows({**stack([row] * self.devices), "last": np.zeros(self.devices, np.int32)}, mesh)
             _, shared = _prefill_empty(model, on_mesh, on_mesh.pop("last"), slots=slots)
             shared = _repeat(shared, self.batch_size // self.devices)
@@ -159,7 +161,8 @@ class Prompter:
             raise ValueError("need one list of continuations per prompt, as many for every prompt")
         if any(len(tokens) == 0 for c in continuations for tokens in c):
             raise ValueError("a continuation is empty")
-        width = _round_up(max(len(t) for c in continuations for t in c), 4)
+        longest = max(len(t) for c in continuations for t in c)
+        width = _round_up(longest, 4 if longest <= 8 else 32)
         out: list[list[np.ndarray]] = []
         for lo, (used, cache, first, start) in zip(range(0, len(prompts), self.batch_size),
                                                    self._batches(prompts, shots, width)):
