@@ -93,7 +93,7 @@ def test_instruct_then_ask(stage2, capsys):
                 "--max-eval", "3"]) == 0
     report = json.loads((out / "questions.json").read_text())
     rows = {(r["target"], r["setting"], r["scoring"]): r for r in report["rows"]}
-    scorings = ("logprob", "logprob/token", "constrained")
+    scorings = ("logprob", "logprob/token", "logprob, calibrated", "constrained")
     assert set(rows) == {("sex", s, m) for s in ("zero-shot", "1-shot") for m in scorings} | {
         ("age", "zero-shot", "generate"), ("age", "zero-shot", "number grammar"),
         ("description", "zero-shot", "generate")}

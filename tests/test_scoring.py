@@ -4,10 +4,12 @@ import math
 
 import numpy as np
 import pytest
+from scipy.special import softmax
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
 from brainjax.lm.scoring import (
     NumberGrammar,
+    calibrate,
     chance_metrics,
     format_table,
     is_number,
@@ -61,6 +63,23 @@ def test_text_metrics_against_rouge_by_hand():
     assert out["chance_rouge_l"] == pytest.approx((0.0 + 1.0) / 2)
     with pytest.raises(ValueError, match="as many answers"):
         text_metrics(["a"], refs, refs)
+
+
+def test_calibration_removes_the_label_prior_measured_on_reference_scans():
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 20)
+    # The model prefers label 0 by 3 nats everywhere; on top, a weak scan-dependent push towards the truth.
+    scores = np.stack([np.full(40, 3.0), 1.0 * (y + rng.normal(0, 0.3, 40))], axis=1)
+    reference = np.stack([np.full(30, 3.0), rng.normal(0.5, 0.3, 30)], axis=1)
+    before, after = label_metrics(scores, y), label_metrics(calibrate(scores, reference), y)
+    assert before["balanced_accuracy"] == 0.5 and after["balanced_accuracy"] > 0.9
+    assert after["auroc"] == pytest.approx(before["auroc"])  # the ranking is untouched
+    logp = reference - reference.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    np.testing.assert_allclose(calibrate(reference, reference).mean(0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(calibrate(scores, reference), np.log(softmax(scores, 1)) - logp.mean(0))
+    with pytest.raises(ValueError, match="reference"):
+        calibrate(scores, reference[:, :1])
 
 
 def test_auroc_ranks_probabilities_not_hard_labels():

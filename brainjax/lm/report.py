@@ -18,6 +18,7 @@ from brainjax.lm.evaluate import Prompter, constrained_choice, first_windows
 from brainjax.lm.instructions import build_targets, class_labels, make_examples, query_segments, select_shots
 from brainjax.lm.scoring import (
     NumberGrammar,
+    calibrate,
     chance_metrics,
     label_metrics,
     label_scores,
@@ -36,10 +37,12 @@ def _subset(examples: list, max_scans: int) -> list:
 def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str], *,
                      tuned: Sequence[str], shots: Sequence[int], split: str = "test", seed: int = 0,
                      descriptors: list[dict] | None = None, source_line: bool = False, max_scans: int = 0,
-                     batch_size: int = 8, progress: Callable[[str], None] | None = None) -> list[dict]:
+                     batch_size: int = 8, calibration_scans: int = 32,
+                     progress: Callable[[str], None] | None = None) -> list[dict]:
     """One row per (target, setting, scoring): metrics on the ``split`` scans plus chance from the training
-    split; ``tuned`` names the targets stage 3 trained on (the others are zero-shot targets); ``progress``
-    receives one line per finished (target, setting)."""
+    split; ``tuned`` names the targets stage 3 trained on (the others are zero-shot targets); the calibrated
+    row removes the label prior measured on ``calibration_scans`` training scans; ``progress`` receives one line
+    per finished (target, setting)."""
     start = time.perf_counter()
     window = loaded.cfg.data.window
     windows = first_windows(dataset, dataset.indices("train") + dataset.indices(split), window)
@@ -100,11 +103,19 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
             shot_list = [(s, support_question[s], target.labels[labels[s]]) for s in chosen]
             per = prompter.label_token_logprobs([query_segments(e.question, e.scan) for e in queries], target.labels,
                                                 shot_list)
+            # The label prior on training scans (none a support example): the calibrated row removes it.
+            taken = {subjects[s] for s in chosen}
+            calibration = _subset([e for e in support if e.scan in windows and subjects[e.scan] not in taken],
+                                  calibration_scans)
+            prior = label_scores(prompter.label_token_logprobs([query_segments(e.question, e.scan)
+                                                                for e in calibration], target.labels, shot_list))
             choice = np.array([constrained_choice(labels_of, label_tokens) for labels_of in per])
             setting = "zero-shot" if k == 0 else f"{k}-shot"
             for scoring, normalise in (("logprob", False), ("logprob/token", True)):
                 rows.append({**base, "setting": setting, "scoring": scoring,
                              **label_metrics(label_scores(per, normalise), y, groups), "chance": chance})
+            rows.append({**base, "setting": setting, "scoring": "logprob, calibrated",
+                         **label_metrics(calibrate(label_scores(per), prior), y, groups), "chance": chance})
             onehot = np.where(np.eye(len(target.labels))[choice] > 0, 0.0, -np.inf)
             rows.append({**base, "setting": setting, "scoring": "constrained", **label_metrics(onehot, y, groups),
                          "chance": chance})

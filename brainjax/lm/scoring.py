@@ -147,6 +147,24 @@ def label_scores(token_logps: Sequence[Sequence[np.ndarray]], normalise: bool = 
     return np.array([[float(reduce(t)) for t in labels] for labels in token_logps], np.float64)
 
 
+def calibrate(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Label scores with the model's label prior removed: ``log_softmax(scores) - mean(log_softmax(reference))``.
+
+    scores: float [N, C]; reference: float [M, C], the same model's scores on M calibration scans (training
+    split, never the evaluated ones). A model that ranks scans well but always prefers one label (balanced
+    accuracy 1/C at a good AUROC) is re-centred so that no label wins by prior alone; the ranking within each
+    label, hence a binary AUROC, is unchanged. Returns float [N, C].
+    """
+    scores, reference = np.asarray(scores, np.float64), np.asarray(reference, np.float64)
+    if scores.ndim != 2 or reference.ndim != 2 or scores.shape[1] != reference.shape[1] or not len(reference):
+        raise ValueError(f"need scores [N, C] and reference [M >= 1, C], got {scores.shape} and {reference.shape}")
+
+    def log_softmax(x):
+        x = x - x.max(axis=1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    return log_softmax(scores) - log_softmax(reference).mean(axis=0)
+
+
 def parse_number(text: str) -> float:
     """The first number in ``text`` ("about 37 years" -> 37.0), NaN when there is none."""
     match = _NUMBER.search(str(text))
