@@ -29,7 +29,7 @@ QUANT = QuantizerConfig(kind="vq", codebook_size=8, code_dim=4)
 P, N = 3, 2  # parcels, time patches per block
 # Jitted (eager dispatch of every small op would dominate the tests' time); the maths is the same.
 _forward = nnx.jit(lambda model, batch: model(batch)[0])
-_extend = nnx.jit(extend)
+_extend = nnx.jit(extend, static_argnames="query_chunk")
 MASKS = np.array([[True, True, False], [True, True, True], [True, False, True]])  # some parcels are padding
 
 
@@ -77,17 +77,17 @@ def test_chunked_extension_equals_one_forward_of_the_whole_sequence():
     after = next_group(SHOTS + QUERY, spec)
     answer = {"ids": np.array([[20, 21, 22]], np.int32), "slot": np.full((1, 3), -1, np.int32),
               "group": np.array([[after, after + 1, after + 2]], np.int32), "valid": np.ones((1, 3), bool)}
-    cache = init_cache(model, 1, 64)
-    parts = []
-    for chunk in (prefix, query, answer):
-        hidden, cache = _extend(model, chunk, cache)
-        parts.append((np.asarray(hidden[0]), np.asarray(chunk["valid"][0])))
-    cached = np.concatenate([h[v] for h, v in parts])
-    np.testing.assert_allclose(cached, full[whole["valid"][0]], atol=1e-5)
-    assert int(cache.index) == prefix["ids"].shape[1] + query["ids"].shape[1] + 3
+    for query_chunk in (0, 4):  # one block of queries, and blocks of 4 (the chunked path long chunks take)
+        cache = init_cache(model, 1, 64)
+        parts = []
+        for chunk in (prefix, query, answer):
+            hidden, cache = _extend(model, chunk, cache, query_chunk=query_chunk)
+            parts.append((np.asarray(hidden[0]), np.asarray(chunk["valid"][0])))
+        cached = np.concatenate([h[v] for h, v in parts])
+        np.testing.assert_allclose(cached, full[whole["valid"][0]], atol=1e-5, rtol=1e-5)
+        assert int(cache.index) == prefix["ids"].shape[1] + query["ids"].shape[1] + 3
 
 
-@pytest.mark.slow
 def test_a_shared_prefix_repeated_to_several_queries_equals_each_query_alone():
     model = _model()
     prefix = _sample(SHOTS, [0, 1], 6)

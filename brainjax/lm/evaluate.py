@@ -120,14 +120,15 @@ class Prompter:
         first answer token [rows, V], the group each row's answer starts at [rows]). ``room``: answer slots."""
         mesh = self.loaded.mesh
         prefix = shot_segments(shots)
-        # Shapes are rounded (the prefix's text to 64, the query's to 32, the cache to a power of two) so that
+        # Shapes are rounded (the prefix's text to 64, the query's to 32, the cache to 1,024 slots) so that
         # targets and k share compiled programs: on CPU compiling, not computing, dominated the evaluation.
         prefix_text = _round_up(self._text_len(prefix), 64)
         prefix_len = prefix_text + len(shots) * self.n_patches * self.n_parcels if prefix else 0
         prefix_next = 0
         segments = list(prompts)
         text_len = _round_up(max(self._text_len(s) for s in segments), 32)
-        slots = max(256, 1 << (prefix_len + self.n_patches * self.n_parcels + text_len + room - 1).bit_length())
+        need = prefix_len + self.n_patches * self.n_parcels + text_len + room
+        slots = 1 << (need - 1).bit_length() if need <= 1024 else _round_up(need, 1024)
         model = self.loaded.model
         shared = None
         if prefix:  # one row per device, repeated to the batch on device

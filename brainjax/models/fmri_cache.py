@@ -48,9 +48,11 @@ def init_cache(model: FMRILM, batch: int, length: int) -> FMRICache:
                      jnp.zeros((), jnp.int32))
 
 
-def extend(model: FMRILM, chunk: dict, cache: FMRICache) -> tuple[jax.Array, FMRICache]:
+def extend(model: FMRILM, chunk: dict, cache: FMRICache, query_chunk: int = 128) -> tuple[jax.Array, FMRICache]:
     """Run a chunk of T positions after what ``cache`` holds. Returns hidden [B, T, W] and the cache with T more
-    slots. Traceable; raises ValueError when the chunk does not fit (shapes are static)."""
+    slots. A chunk longer than ``query_chunk`` attends in blocks of that many positions (a scan's 600 tokens over
+    a k-shot cache of thousands of slots would otherwise hold [B, H, 600, S] scores; 0 = one block). Traceable;
+    raises ValueError when the chunk does not fit (shapes are static)."""
     group, valid = jnp.asarray(chunk["group"]), jnp.asarray(chunk["valid"]).astype(bool)
     rows, length = group.shape
     slots = cache.group.shape[1]
@@ -62,7 +64,7 @@ def extend(model: FMRILM, chunk: dict, cache: FMRICache) -> tuple[jax.Array, FMR
     keys_group = jax.lax.dynamic_update_slice(cache.group, group.astype(jnp.int32), (0, cache.index))
     keys_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.index))
     allowed = (keys_group[:, None, :] <= group[:, :, None]) & keys_valid[:, None, :]
-    hidden, k, v = cached_hidden(model.lm, x, group, allowed, cache.k, cache.v, cache.index)
+    hidden, k, v = cached_hidden(model.lm, x, group, allowed, cache.k, cache.v, cache.index, query_chunk)
     return hidden, FMRICache(k, v, keys_group, keys_valid, cache.index + length)
 
 

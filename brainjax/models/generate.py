@@ -51,30 +51,34 @@ def init_cache(model: DecoderLM, batch: int, max_length: int, dtype=None) -> KVC
 
 
 def _attend(attn, x: jax.Array, keys: jax.Array, values: jax.Array, allowed: jax.Array, positions: jax.Array,
-            start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+            start: jax.Array, query_chunk: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
     batch, length, _ = x.shape
     q, k, v = attn.project(x, positions)
     keys = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, start, 0, 0))
     values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, start, 0, 0))
-    out = attention(q, keys, values, mask=allowed, impl=attn.attn_impl)
+    if query_chunk and length > query_chunk:  # bound the [B, H, T, S] scores of a long chunk over a long cache
+        out = attention(q, keys, values, mask=allowed, impl="chunked", chunk=query_chunk)
+    else:
+        out = attention(q, keys, values, mask=allowed, impl=attn.attn_impl)
     return attn.o(out.reshape(batch, length, -1)), keys, values
 
 
 def cached_hidden(model: DecoderLM, x: jax.Array, positions: jax.Array, allowed: jax.Array,
-                  keys: tuple[jax.Array, ...], values: tuple[jax.Array, ...], start: jax.Array
+                  keys: tuple[jax.Array, ...], values: tuple[jax.Array, ...], start: jax.Array, query_chunk: int = 0
                   ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
     """``DecoderLM.hidden`` for T new positions after the S cache slots, writing their keys/values at ``start``.
 
     x: input embeddings [B, T, W]; positions: int [B, T]; allowed: bool [B, T, S] (which cache slots, the new
     ones included, each new position reads); keys, values: per layer [B, S, KV, D]. Returns the final-norm hidden
     states [B, T, W] and the updated per-layer keys and values. Shared by :func:`decode` (text) and the fMRI + text
-    cache of :mod:`brainjax.models.fmri_lm`, so neither can drift from the model's own sub-modules.
+    cache of :mod:`brainjax.models.fmri_lm`, so neither can drift from the model's own sub-modules. ``query_chunk``
+    > 0: chunks longer than it attend in blocks of that many queries (same maths, bounded memory).
     """
     if model.pos_embed is not None:
         x = x + model.pos_embed(positions)
     new_keys, new_values = [], []
     for block, k, v in zip(model.blocks, keys, values):
-        h, k, v = _attend(block.attn, block.attn_norm(x), k, v, allowed, positions, start)
+        h, k, v = _attend(block.attn, block.attn_norm(x), k, v, allowed, positions, start, query_chunk)
         x = x + h
         x = x + block.mlp(block.mlp_norm(x))
         new_keys.append(k)
