@@ -84,7 +84,9 @@ def test_chunked_extension_equals_one_forward_of_the_whole_sequence():
             hidden, cache = _extend(model, chunk, cache, query_chunk=query_chunk)
             parts.append((np.asarray(hidden[0]), np.asarray(chunk["valid"][0])))
         cached = np.concatenate([h[v] for h, v in parts])
-        np.testing.assert_allclose(cached, full[whole["valid"][0]], atol=1e-5, rtol=1e-5)
+        # Hidden states (values ~1) after sums over other key counts and block sizes: float32 reordering gives up
+        # to ~2e-5 on jax 0.12 (a wrong mask or group gives O(0.1)); the Prompter tests hold log-probs to 1e-5.
+        np.testing.assert_allclose(cached, full[whole["valid"][0]], atol=5e-5)
         assert int(cache.index) == prefix["ids"].shape[1] + query["ids"].shape[1] + 3
 
 
