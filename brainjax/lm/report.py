@@ -108,14 +108,16 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
             calibration = _subset([e for e in support if e.scan in windows and subjects[e.scan] not in taken],
                                   calibration_scans)
             prior = label_scores(prompter.label_token_logprobs([query_segments(e.question, e.scan)
-                                                                for e in calibration], target.labels, shot_list))
+                                                                for e in calibration], target.labels,
+                                                               shot_list)) if calibration else None
             choice = np.array([constrained_choice(labels_of, label_tokens) for labels_of in per])
             setting = "zero-shot" if k == 0 else f"{k}-shot"
             for scoring, normalise in (("logprob", False), ("logprob/token", True)):
                 rows.append({**base, "setting": setting, "scoring": scoring,
                              **label_metrics(label_scores(per, normalise), y, groups), "chance": chance})
-            rows.append({**base, "setting": setting, "scoring": "logprob, calibrated",
-                         **label_metrics(calibrate(label_scores(per), prior), y, groups), "chance": chance})
+            if prior is not None:  # no training scan left outside the support set: no calibrated row
+                rows.append({**base, "setting": setting, "scoring": "logprob, calibrated",
+                             **label_metrics(calibrate(label_scores(per), prior), y, groups), "chance": chance})
             onehot = np.where(np.eye(len(target.labels))[choice] > 0, 0.0, -np.inf)
             rows.append({**base, "setting": setting, "scoring": "constrained", **label_metrics(onehot, y, groups),
                          "chance": chance})
