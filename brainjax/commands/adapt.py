@@ -127,12 +127,13 @@ def _describe(out: Path, args: argparse.Namespace) -> int:
 
     loaded = load_model(out, objective="adapt")
     paths = [Path(p) for p in loaded.cfg.data.path.split(",")]
+    codec = TextCodec.from_dir(out / "lm")
     results = []
     for path in paths:
         dataset = Dataset(path)
         file = loaded.cfg.language.descriptors or path / "descriptors" / "descriptors.jsonl"
         texts, _ = load_descriptor_texts(file, dataset.manifest)
-        report = describe_scans(loaded, TextCodec.from_dir(out / "lm"), dataset, texts, split=args.split,
+        report = describe_scans(loaded, codec, dataset, texts, split=args.split,
                                 max_scans=args.max_eval, generate=not args.no_generate)
         results.append({"dataset": str(path), **report})
         if is_main():

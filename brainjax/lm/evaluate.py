@@ -88,8 +88,8 @@ class Prompter:
     :func:`~brainjax.lm.instructions.query_segments`) and optional k-shot ``shots`` ``(scan, question, answer)``
     shared by every prompt. The shots are run once (a prefix of one row per device, repeated to the batch); each batch
     of queries then extends it by its scans and questions (one forward per query); label answers and generated
-    tokens extend that by a few text positions. Chunk lengths are rounded up (text to 16 tokens) so similar
-    prompts share compiled programs.
+    tokens extend that by a few text positions. Shapes are rounded up (see :meth:`_batches`) so similar prompts
+    share compiled programs. It holds no state beyond its settings: one serves every target and k.
     """
 
     def __init__(self, loaded, codec, windows: dict[int, dict], n_parcels: int, batch_size: int = 8):

@@ -13,7 +13,7 @@ import numpy as np
 
 from brainjax.data.dataset import Dataset
 from brainjax.eval.bootstrap import paired_interval
-from brainjax.lm.batches import DESCRIBE_PROMPT, load_descriptor_texts
+from brainjax.lm.batches import DescriptionSource, load_descriptor_texts
 from brainjax.lm.evaluate import Prompter, constrained_choice, first_windows
 from brainjax.lm.instructions import build_targets, class_labels, make_examples, query_segments, select_shots
 from brainjax.lm.scoring import (
@@ -49,6 +49,7 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
     n_parcels = dataset.atlas.n_parcels
     subjects = [row["subject"] for row in dataset.manifest]
     train_pool = np.array([i for i in dataset.indices("train") if i in windows], np.int64)
+    prompter = Prompter(loaded, codec, windows, n_parcels, batch_size)
     rows = []
     for name in names:
         target = targets[name]
@@ -59,7 +60,6 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
             continue
         base = {"target": name, "tuned": name in tuned, "n": len(queries)}
         if target.kind == "numeric":
-            prompter = Prompter(loaded, codec, windows, n_parcels, batch_size)
             prompts = [query_segments(e.question, e.scan) for e in queries]
             y = np.array([float(e.answer) for e in queries])
             train = [float(e.answer) for e in make_examples(dataset, targets, [name], "train", seed=seed,
@@ -77,7 +77,6 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
             train = [e.answer for e in make_examples(dataset, targets, [name], "train", seed=seed,
                                                      descriptors=descriptors)]
             longest = max(len(codec.encode(" " + t)) for t in train[:64]) + 1
-            prompter = Prompter(loaded, codec, windows, n_parcels, batch_size)
             texts = prompter.generate([query_segments(e.question, e.scan) for e in queries], max_new=longest)
             metrics = text_metrics(texts, [e.answer for e in queries], train)
             rows.append({**base, "setting": "zero-shot", "scoring": "generate", **metrics, "examples": texts[:2]})
@@ -92,7 +91,6 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
                                 descriptors=descriptors)
         support_question = {e.scan: e.question for e in support}
         label_tokens = [codec.encode(" " + label) + [codec.eos_id] for label in target.labels]
-        prompter = Prompter(loaded, codec, windows, n_parcels, batch_size)
         asked = {subjects[e.scan] for e in queries}
         for k in shots:
             # One support set per target and k, shared by every query (so its keys and values are computed once);
@@ -155,9 +153,10 @@ def describe_scans(loaded, codec, dataset, texts: Sequence[str | None], *, split
     if len(scans) < 2:
         raise ValueError(f"the {split} split has {len(scans)} described scans of one window or more; need 2")
     prompter = Prompter(loaded, codec, windows, dataset.atlas.n_parcels, batch_size)
+    source = DescriptionSource(texts)
 
-    def prompt(scan):
-        return [("text", "fMRI: "), ("fmri", scan), ("text", DESCRIBE_PROMPT)]
+    def prompt(scan):  # the stage-2 training prompt
+        return source.sample(scan, 0)[0]
     answers = [[codec.encode(" " + texts[s]) + [codec.eos_id]] for s in scans]
     own = [-float(np.mean(lp[0])) for lp in prompter.continuation_logprobs([prompt(s) for s in scans], answers)]
     other = [-float(np.mean(lp[0])) for lp in prompter.continuation_logprobs(

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.special import softmax
+from scipy.special import log_softmax, softmax
 from sklearn.metrics import balanced_accuracy_score, r2_score, roc_auc_score
 
 from brainjax.eval.bootstrap import paired_interval, weighted_auroc
@@ -158,11 +158,7 @@ def calibrate(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
     scores, reference = np.asarray(scores, np.float64), np.asarray(reference, np.float64)
     if scores.ndim != 2 or reference.ndim != 2 or scores.shape[1] != reference.shape[1] or not len(reference):
         raise ValueError(f"need scores [N, C] and reference [M >= 1, C], got {scores.shape} and {reference.shape}")
-
-    def log_softmax(x):
-        x = x - x.max(axis=1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
-    return log_softmax(scores) - log_softmax(reference).mean(axis=0)
+    return log_softmax(scores, axis=1) - log_softmax(reference, axis=1).mean(axis=0)
 
 
 def parse_number(text: str) -> float:
