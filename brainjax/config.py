@@ -189,6 +189,9 @@ class LanguageConfig:
     # adapters
     fmri_features: str = shapes_params("tokenizer")  # what an fMRI token carries: tokenizer (the stage-1 encoder's
     # features) | tokenizer+fc (plus its parcel's connectivity row within the time patch, see models/fmri_lm.py)
+    # | tokenizer+summary | tokenizer+fc+summary (plus K bilinear readouts of the window's connectivity on the
+    # last patch's tokens: models/fmri_lm.ConnectivitySummary)
+    summary_rank: int = shapes_params(32)  # K of that summary
     text_len: int = 160  # text tokens per sample (prompt + answer; longer answers are cut)
     lm_len: int = 128  # tokens of the text-only sequence per sample (stage 2)
     text_weight: float = 1.0  # fMRI -> text loss (answer tokens only)

@@ -194,3 +194,41 @@ def test_connectivity_features_reach_the_tokens_of_their_own_patch_only():
     assert np.abs(changed[3:5] - base[3:5]).max() > 1e-4
     with pytest.raises(ValueError, match="fmri_features"):
         FMRILM(LM, TOK, QUANT, LanguageConfig(fmri_features="fc"), rngs=nnx.Rngs(0))
+
+
+def test_connectivity_summary_reads_network_couplings():
+    from brainjax.models.fmri_lm import ConnectivitySummary
+
+    rng = np.random.default_rng(1)
+    signal = rng.normal(size=(2, 5, 30)).astype(np.float32)
+    real = np.array([[True] * 5, [True, True, True, True, False]])
+    summary = ConnectivitySummary(6, 2, 3, rngs=nnx.Rngs(0))
+    # form 0: mean coupling of parcels {0, 1} with {2, 3}; form 1: parcel 4 with itself (1 where real, else 0)
+    left = np.zeros((2, 6), np.float32)
+    right = np.zeros((2, 6), np.float32)
+    left[0, :2], right[0, 2:4], left[1, 4], right[1, 4] = 0.5, 0.5, 1.0, 1.0
+    summary.left[...], summary.right[...] = left, right
+    summary.out.kernel[...] = np.eye(2, 3, dtype=np.float32)
+    summary.out.bias[...] = np.zeros(3, np.float32)
+    got = np.asarray(summary(np.pad(signal, ((0, 0), (0, 1), (0, 0))), np.pad(real, ((0, 0), (0, 1)))))
+    for r in range(2):
+        corr = np.corrcoef(signal[r])
+        np.testing.assert_allclose(got[r, 0], corr[:2, 2:4].mean(), atol=1e-5)
+        np.testing.assert_allclose(got[r, 1], 1.0 if real[r, 4] else 0.0, atol=1e-5)
+        assert got[r, 2] == 0.0
+    with pytest.raises(ValueError, match="summary_rank"):
+        ConnectivitySummary(6, 0, 3, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.slow
+def test_window_summary_reaches_the_last_patch_only():
+    model = FMRILM(LM, TOK, QUANT, LanguageConfig(lora_rank=2, fmri_features="tokenizer+summary", summary_rank=4),
+                   rngs=nnx.Rngs(0))
+    batch = _batch()
+    base = np.asarray(model.fmri_tokens(batch)[0][0])  # [patch 0 parcels, patch 1 parcels]
+    changed = dict(batch, signal=batch["signal"].copy())
+    changed["signal"][0, 0, 1, 4:] = changed["signal"][0, 0, 0, 4:]  # the window's connectivity changes ...
+    changed["signal"][0, 0, 1, :4] = batch["signal"][0, 0, 1, :4]  # ... the first patch does not
+    moved = np.asarray(model.fmri_tokens(changed)[0][0])
+    np.testing.assert_allclose(moved[:3], base[:3], atol=1e-6)
+    assert np.abs(moved[3:] - base[3:]).max() > 1e-4

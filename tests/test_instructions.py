@@ -257,6 +257,35 @@ def test_partners_never_pair_a_scan_with_its_own_subject():
         partners([0, 1], subjects)
 
 
+def test_scan_windows_read_consecutive_windows_and_skip_short_scans(ds):
+    from brainjax.lm.evaluate import scan_windows
+
+    rows = [0, 1]
+    length = int(ds.manifest[0]["length"])
+    window = length // 2
+    for view in (0, 1):
+        got = scan_windows(ds, rows, window, view)
+        assert sorted(got) == rows
+        expected = ds.normalize(ds.read(1)[:, view * window:(view + 1) * window])
+        np.testing.assert_allclose(got[1]["signal"][:expected.shape[0]], expected, rtol=1e-6)
+    assert scan_windows(ds, rows, window, 2) == {}  # no scan holds a third window
+    with pytest.raises(ValueError, match="view"):
+        scan_windows(ds, rows, window, -1)
+
+
+def test_view_average_means_each_scans_own_windows():
+    from brainjax.lm.report import _view_average
+
+    # 3 scans x 2 labels of token log-probabilities; scan 1 holds no second window
+    first = [[np.array([-1.0, -1.0]), np.array([-3.0])], [np.array([-2.0]), np.array([-0.5])],
+             [np.array([-4.0]), np.array([-1.0, -2.0])]]
+    later = [([0, 2], [[np.array([-3.0, -1.0]), np.array([-1.0])], [np.array([-2.0]), np.array([-1.0, -1.0])]])]
+    summed = _view_average(first, later, normalise=False)
+    np.testing.assert_allclose(summed, [[(-2 - 4) / 2, (-3 - 1) / 2], [-2.0, -0.5], [(-4 - 2) / 2, (-3 - 2) / 2]])
+    per_token = _view_average(first, later, normalise=True)
+    np.testing.assert_allclose(per_token, [[(-1 - 2) / 2, (-3 - 1) / 2], [-2.0, -0.5], [(-4 - 2) / 2, (-1.5 - 1) / 2]])
+
+
 def test_question_documents_follow_the_prompt_format_and_make_labels_whole_tokens():
     from brainjax.lm.default_lm import offline_corpus, train_text_tokenizer
     from brainjax.lm.instructions import question_documents

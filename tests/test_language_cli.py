@@ -104,6 +104,14 @@ def test_instruct_then_ask(stage2, capsys):
     grammar = rows[("age", "zero-shot", "number grammar")]
     assert grammar["parse_rate"] == 1.0 and all(is_number_prefix(t) for t in grammar["examples"])
     assert all(r["n"] == 3 for r in report["rows"])
+    # the 96-TR scans hold three 32-TR windows: label scores averaged over them, the generated answers unchanged
+    assert cli(["instruct", "--eval-only", "--workdir", str(out), "--eval-targets", "sex,age", "--shots", "0",
+                "--max-eval", "3", "--windows", "3"]) == 0
+    viewed = json.loads((out / "questions.json").read_text())
+    again = {(r["target"], r["setting"], r["scoring"]): r for r in viewed["rows"]}
+    assert viewed["windows"] == 3 and again[("age", "zero-shot", "generate")] == rows[("age", "zero-shot", "generate")]
+    assert {("sex", "zero-shot", m) for m in scorings} <= set(again)
+    assert cli(["instruct", "--eval-only", "--workdir", str(out), "--windows", "0"]) == 2
     run = load_model(out)
     assert run.cfg.language.targets == ("sex", "diagnosis") and run.cfg.language.code_weight == 0.0
     stage2_tokenizer = _params(load_model(root / "adapt").model)

@@ -37,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
 
     from brainjax.errors import CheckpointMismatchError, DatasetError
     from brainjax.lm.batches import TextCodec
-    from brainjax.lm.evaluate import Prompter, first_windows
+    from brainjax.lm.evaluate import Prompter, scan_windows
     from brainjax.lm.instructions import query_segments
     from brainjax.lm.report import load_question_setup
     from brainjax.run import load_model
@@ -55,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
         raise DatasetError(f"{data}: no scan {args.scan!r} in the manifest")
     scan = index[args.scan]
     split = dataset.manifest[scan]["split"]
-    windows = first_windows(dataset, [scan], loaded.cfg.data.window)
+    windows = scan_windows(dataset, [scan], loaded.cfg.data.window)
     if scan not in windows:
         raise DatasetError(f"scan {args.scan} is shorter than one window ({loaded.cfg.data.window} TRs)")
     codec = TextCodec.from_dir(Path(args.workdir) / "lm")

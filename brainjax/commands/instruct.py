@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", default="0,1,2", help="k examples per class in the prompt (default: %(default)s)")
     parser.add_argument("--split", default="test", help="evaluation split (default: %(default)s)")
     parser.add_argument("--max-eval", type=int, default=0, help="at most this many scans per target (0 = all)")
+    parser.add_argument("--windows", type=int, default=1,
+                        help="label scores averaged over up to this many consecutive windows of each evaluated scan "
+                             "(default: %(default)s)")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=8, help="global batch (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: %(default)s)")
@@ -121,6 +124,8 @@ def main(args: argparse.Namespace) -> int:
 
     out = Path(args.workdir)
     shots = sorted({int(k) for k in args.shots.split(",") if k != ""})
+    if args.windows < 1:
+        raise UsageError(f"--windows must be at least 1, got {args.windows}")
     previous = load_model(out if args.eval_only else args.adapt, objective="instruct" if args.eval_only else "adapt")
     data = data_or_default(args.data) if args.data else previous.cfg.data.path
     paths = [Path(p) for p in data.split(",")]
@@ -164,12 +169,12 @@ def main(args: argparse.Namespace) -> int:
         found = evaluate_targets(loaded, codec, dataset, targets, [n for n in names if n in targets],
                                  tuned=loaded.cfg.language.targets, shots=shots, split=args.split,
                                  seed=cfg.language.seed, descriptors=records, source_line=cfg.language.source_line,
-                                 max_scans=args.max_eval, progress=_progress)
+                                 max_scans=args.max_eval, views=args.windows, progress=_progress)
         rows += [{"dataset": path.name, **row} for row in found]
     if not is_main():  # every process scored the same prompts; one writes the report
         return 0
     report = {"workdir": str(out), "step": loaded.step, "split": args.split, "tuned": list(loaded.cfg.language.targets),
-              "shots": shots, "rows": rows}
+              "shots": shots, "windows": args.windows, "rows": rows}
     write_json(out / "questions.json", report, indent=1)
     prefix = (lambda r: f"{r['dataset']}: ") if len(paths) > 1 else (lambda r: "")
     print(format_table([{**r, "target": prefix(r) + r["target"] + ("" if r["tuned"] else " (zero-shot target)")}

@@ -3,7 +3,8 @@
 Each test scan is asked each target's question (paraphrase seeded per scan) after ``k`` labelled example scans
 per class from the training split (k = 0 is zero-shot). The examples are one support set per target and k,
 shared by every query and drawn from no queried subject, so their keys and values are computed once
-(:class:`Prompter`, :mod:`brainjax.models.fmri_cache`). Scans enter as their first window. Two readings of the
+(:class:`Prompter`, :mod:`brainjax.models.fmri_cache`). A scan enters as one window (:func:`scan_windows`); the
+stage-3 table may average label scores over several consecutive windows of each query scan. Two readings of the
 same forward passes:
 
 * ``logprob``: the summed log-probability of each label's answer tokens (answer + eos) given the prompt; the
@@ -33,14 +34,17 @@ from brainjax.models.inputs import WINDOW_KEYS
 from brainjax.models.sequences import SequenceSpec, layout, next_group, stack
 
 
-def first_windows(dataset, rows: Sequence[int], window: int) -> dict[int, dict[str, np.ndarray]]:
-    """The first window (TRs 0 .. window) of each manifest row long enough for one, read exactly as the
-    pipeline reads windows: manifest index -> signal [P, T], parcel_mask [P], coords [P, 3], tr []."""
+def scan_windows(dataset, rows: Sequence[int], window: int, view: int = 0) -> dict[int, dict[str, np.ndarray]]:
+    """Window number ``view`` (TRs view * window .. (view + 1) * window) of each manifest row long enough to hold
+    it, read exactly as the pipeline reads windows: manifest index -> signal [P, T], parcel_mask [P],
+    coords [P, 3], tr []."""
+    if view < 0:
+        raise ValueError(f"view must be >= 0, got {view}")
     reader = ReadWindow([dataset], window, dataset.atlas.n_parcels)
     out = {}
     for row in rows:
-        if int(dataset.manifest[row]["length"]) >= window:
-            example = reader.map(np.array([0, row, 0]))
+        if int(dataset.manifest[row]["length"]) >= (view + 1) * window:
+            example = reader.map(np.array([0, row, view * window]))
             out[int(row)] = {k: np.asarray(example[k]) for k in WINDOW_KEYS}
     return out
 

@@ -14,7 +14,7 @@ import numpy as np
 from brainjax.data.dataset import Dataset
 from brainjax.eval.bootstrap import paired_interval
 from brainjax.lm.batches import DescriptionSource, load_descriptor_texts
-from brainjax.lm.evaluate import Prompter, constrained_choice, first_windows
+from brainjax.lm.evaluate import Prompter, constrained_choice, scan_windows
 from brainjax.lm.instructions import build_targets, class_labels, make_examples, query_segments, select_shots
 from brainjax.lm.scoring import (
     NumberGrammar,
@@ -37,16 +37,25 @@ def _subset(examples: list, max_scans: int) -> list:
 def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str], *,
                      tuned: Sequence[str], shots: Sequence[int], split: str = "test", seed: int = 0,
                      descriptors: list[dict] | None = None, source_line: bool = False, max_scans: int = 0,
-                     batch_size: int = 8, calibration_scans: int = 32,
+                     batch_size: int = 8, calibration_scans: int = 32, views: int = 1,
                      progress: Callable[[str], None] | None = None) -> list[dict]:
     """One row per (target, setting, scoring): metrics on the ``split`` scans plus chance from the training
     split; ``tuned`` names the targets stage 3 trained on (the others are zero-shot targets); the calibrated
     row removes the label prior measured on ``calibration_scans`` training scans; ``progress`` receives one line
-    per finished (target, setting)."""
+    per finished (target, setting).
+
+    ``views``: label targets are asked about up to that many consecutive windows of each query scan (as many as
+    the scan holds) and the label scores (``logprob`` rows) are averaged over them, as a whole-scan probe reads
+    the whole scan; support examples, calibration scans, constrained decoding and generated answers read the
+    first window."""
     start = time.perf_counter()
     window = loaded.cfg.data.window
-    windows = first_windows(dataset, dataset.indices("train") + dataset.indices(split), window)
+    windows = scan_windows(dataset, dataset.indices("train") + dataset.indices(split), window)
     n_parcels = dataset.atlas.n_parcels
+    later = []  # per later window: a Prompter whose query scans read that window (support scans their first)
+    for view in range(1, views):
+        held = scan_windows(dataset, dataset.indices(split), window, view)
+        later.append((Prompter(loaded, codec, {**windows, **held}, n_parcels, batch_size), set(held)))
     subjects = [row["subject"] for row in dataset.manifest]
     train_pool = np.array([i for i in dataset.indices("train") if i in windows], np.int64)
     prompter = Prompter(loaded, codec, windows, n_parcels, batch_size)
@@ -101,6 +110,8 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
             shot_list = [(s, support_question[s], target.labels[labels[s]]) for s in chosen]
             per = prompter.label_token_logprobs([query_segments(e.question, e.scan) for e in queries], target.labels,
                                                 shot_list)
+            extra = _later_views(later, queries, target.labels, shot_list)
+            scores = {normalise: _view_average(per, extra, normalise) for normalise in (False, True)}
             # The label prior on training scans (none a support example): the calibrated row removes it.
             taken = {subjects[s] for s in chosen}
             calibration = _subset([e for e in support if e.scan in windows and subjects[e.scan] not in taken],
@@ -112,16 +123,39 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
             setting = "zero-shot" if k == 0 else f"{k}-shot"
             for scoring, normalise in (("logprob", False), ("logprob/token", True)):
                 rows.append({**base, "setting": setting, "scoring": scoring,
-                             **label_metrics(label_scores(per, normalise), y, groups), "chance": chance})
+                             **label_metrics(scores[normalise], y, groups), "chance": chance})
             if prior is not None:  # no training scan left outside the support set: no calibrated row
                 rows.append({**base, "setting": setting, "scoring": "logprob, calibrated",
-                             **label_metrics(calibrate(label_scores(per), prior), y, groups), "chance": chance})
+                             **label_metrics(calibrate(scores[False], prior), y, groups), "chance": chance})
             onehot = np.where(np.eye(len(target.labels))[choice] > 0, 0.0, -np.inf)
             rows.append({**base, "setting": setting, "scoring": "constrained", **label_metrics(onehot, y, groups),
                          "chance": chance})
             if progress:
                 progress(f"{name} {setting}: {len(queries)} scans, {time.perf_counter() - start:.0f} s")
     return rows
+
+
+def _later_views(later: Sequence[tuple[Prompter, set]], queries: list, labels: Sequence[str], shots: list) -> list:
+    """Per later window (its :class:`Prompter` and the scans long enough to hold it): (the queries whose scan
+    holds it, their per-label token log-probabilities)."""
+    out = []
+    for prompter, holding in later:
+        held = [i for i, e in enumerate(queries) if e.scan in holding]
+        prompts = [query_segments(queries[i].question, queries[i].scan) for i in held]
+        out.append((held, prompter.label_token_logprobs(prompts, labels, shots) if held else []))
+    return out
+
+
+def _view_average(per: list, later: list, normalise: bool) -> np.ndarray:
+    """Label scores float [N, C] averaged over each query's windows: ``per`` from the first window, ``later``
+    from :func:`_later_views` (a scan too short for a window is left out of that window's mean)."""
+    total = label_scores(per, normalise)
+    count = np.ones(len(total))
+    for held, logps in later:
+        if held:
+            total[held] += label_scores(logps, normalise)
+            count[held] += 1
+    return total / count[:, None]
 
 
 def partners(scans: Sequence[int], subjects: Sequence[str]) -> list[int]:
@@ -148,7 +182,7 @@ def describe_scans(loaded, codec, dataset, texts: Sequence[str | None], *, split
     window = loaded.cfg.data.window
     subjects = [row["subject"] for row in dataset.manifest]
     scans = [i for i in dataset.indices(split) if texts[i]]
-    windows = first_windows(dataset, scans, window)
+    windows = scan_windows(dataset, scans, window)
     scans = _subset([i for i in scans if i in windows], max_scans)
     if len(scans) < 2:
         raise ValueError(f"the {split} split has {len(scans)} described scans of one window or more; need 2")

@@ -35,7 +35,7 @@ from brainjax.nn.layers import linear, logical
 from brainjax.nn.lora import add_lora
 
 TRAIN_LM = ("lora", "full", "frozen")
-FMRI_FEATURES = ("tokenizer", "tokenizer+fc")
+FMRI_FEATURES = ("tokenizer", "tokenizer+fc", "tokenizer+summary", "tokenizer+fc+summary")
 
 
 def patch_connectivity(signal: jax.Array, real: jax.Array) -> jax.Array:
@@ -49,6 +49,30 @@ def patch_connectivity(signal: jax.Array, real: jax.Array) -> jax.Array:
     x = x / jnp.maximum(jnp.sqrt((x * x).mean(-1, keepdims=True)), 1e-6)
     x = jnp.where(real[..., None], x, 0.0)
     return jnp.einsum("rpt,rqt->rpq", x, x) / x.shape[-1]
+
+
+class ConnectivitySummary(nnx.Module):
+    """K learned bilinear readouts of a window's connectivity, projected to the LM width.
+
+    ``s_k = a_k^T FC b_k`` (FC the correlation matrix over the window, padded parcels 0), then a linear map
+    K -> width. With a_k, b_k the indicator vectors of two networks divided by their sizes, s_k is their mean
+    coupling: the quantity a network-level probe reads, learnable from few scans (2 K P weights).
+    """
+
+    def __init__(self, max_parcels: int, rank: int, width: int, *, rngs: nnx.Rngs):
+        if rank < 1:
+            raise ValueError(f"language.summary_rank must be >= 1, got {rank}")
+        init = nnx.initializers.normal(max_parcels ** -0.5)
+        self.left = nnx.Param(init(rngs.params(), (rank, max_parcels), jnp.float32))
+        self.right = nnx.Param(init(rngs.params(), (rank, max_parcels), jnp.float32))
+        self.out = linear(rank, width, (None, "embed"), dtype=jnp.float32, rngs=rngs)
+
+    def __call__(self, signal: jax.Array, real: jax.Array) -> jax.Array:
+        """signal float [R, P, T], real bool [R, P] -> float32 [R, width]."""
+        fc = patch_connectivity(signal, real)
+        n = fc.shape[-1]
+        forms = jnp.einsum("kp,rpq,kq->rk", self.left[...][:, :n], fc, self.right[...][:, :n])
+        return self.out(forms)
 
 
 def lm_config_from_json(text: str) -> LMConfig:
@@ -90,8 +114,13 @@ class FMRILM(nnx.Module):
         self.fmri_head = linear(width, self.tokenizer.codebook_size, ("embed", None), dtype=jnp.float32, rngs=rngs)
         # Phenotypes live in between-network coupling (the FC probe's strength); a token's own connectivity row
         # hands it to the LM directly instead of leaving the LM to correlate 600 time-course codes itself.
+        parts = language.fmri_features.split("+")
         self.fmri_fc = linear(tok_model.max_parcels, width, (None, "embed"), dtype=jnp.float32, rngs=rngs,
-                              use_bias=False) if language.fmri_features == "tokenizer+fc" else None
+                              use_bias=False) if "fc" in parts else None
+        # A phenotype such as sex is one mean coupling between two networks: a bilinear form a^T FC b over the
+        # whole window. K learned forms, read once per window, reach the LM as one vector on the last patch.
+        self.summary = ConnectivitySummary(tok_model.max_parcels, language.summary_rank, width, rngs=rngs) \
+            if "summary" in parts else None
 
     def fmri_tokens(self, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
         """LM-width embeddings of every fMRI token float32 [B, S * N * P, W] (block, patch, parcel order), the VQ
@@ -124,6 +153,11 @@ class FMRILM(nnx.Module):
             width = self.fmri_fc.in_features
             x = x + self.fmri_fc(jnp.pad(fc, ((0, 0), (0, 0), (0, width - n_parcels))))
         x = x + self.parcel_embed(jnp.arange(n_parcels))[None].astype(x.dtype)
+        if self.summary is not None:  # the last patch predicts no code, so the whole window can reach it
+            real_parcels = jnp.asarray(batch["parcel_mask"]).astype(bool).reshape(batch_size * blocks, n_parcels)
+            window = self.summary(signal.reshape(batch_size * blocks, n_parcels, length), real_parcels)
+            last = (jnp.arange(n_patches) == n_patches - 1)[None, :, None, None]
+            x = x.reshape(batch_size * blocks, n_patches, n_parcels, -1) + last * window[:, None, None, :]
         x = x.reshape(batch_size, blocks * n_patches * n_parcels, -1)
         shape = (batch_size, blocks, n_patches, n_parcels)
         return x, codes.reshape(shape), real.reshape(shape)
