@@ -4,6 +4,7 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from _trainer_utils import cli, cli_env, tiny_config, tiny_dataset, write_config_file
@@ -35,18 +36,25 @@ def _args(setup, workdir, *extra):
 
 
 def _start_and_wait_for_checkpoint(setup, workdir, min_step: int) -> subprocess.Popen:
-    proc = subprocess.Popen(_args(setup, workdir), env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    """Start a run whose stdout / stderr go to files beside ``workdir`` (``_output`` reads them): a pipe nobody
+    reads while we wait would block the run once its buffer fills."""
+    with open(f"{workdir}.out", "w") as out, open(f"{workdir}.err", "w") as err:
+        proc = subprocess.Popen(_args(setup, workdir), env=cli_env(), stdout=out, stderr=err, text=True)
     deadline = time.time() + 240
     while time.time() < deadline:
         steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
         if steps and max(steps) >= min_step:
             return proc
         if proc.poll() is not None:
-            pytest.fail(f"pretrain exited ({proc.returncode}) before a checkpoint: {proc.stderr.read()[-2000:]}")
+            pytest.fail(f"pretrain exited ({proc.returncode}) before a checkpoint: {_output(workdir)[1][-2000:]}")
         time.sleep(0.05)
     proc.kill()
     pytest.fail("no checkpoint appeared in time")
+
+
+def _output(workdir) -> tuple[str, str]:
+    """(stdout, stderr) of the run started by ``_start_and_wait_for_checkpoint``."""
+    return Path(f"{workdir}.out").read_text(), Path(f"{workdir}.err").read_text()
 
 
 def test_run_prints_and_writes_artefacts_then_extends_and_refuses_changes(setup):
@@ -90,7 +98,8 @@ def test_sigterm_saves_exits_zero_and_resumes(setup):
     proc = _start_and_wait_for_checkpoint(setup, workdir, min_step=10)
     assert proc.poll() is None, "the run finished before SIGTERM; raise STEPS"
     proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    stdout, stderr = _output(workdir)
     assert proc.returncode == 0, stderr[-3000:]
     stopped = int(stderr.split("stopped at step ")[1].split()[0]) if "stopped at step" in stderr else \
         int(stdout.split("stopped at step ")[1].split()[0])
