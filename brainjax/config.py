@@ -192,6 +192,8 @@ class LanguageConfig:
     # | tokenizer+summary | tokenizer+fc+summary (plus K bilinear readouts of the window's connectivity on the
     # last patch's tokens: models/fmri_lm.ConnectivitySummary)
     summary_rank: int = shapes_params(32)  # K of that summary
+    fmri_norm: bool = shapes_params(False)  # RMS-normalise fMRI tokens to the text embeddings' scale (`adapt` sets
+    # it; False only so that runs saved before it existed load unchanged)
     text_len: int = 160  # text tokens per sample (prompt + answer; longer answers are cut)
     lm_len: int = 128  # tokens of the text-only sequence per sample (stage 2)
     text_weight: float = 1.0  # fMRI -> text loss (answer tokens only)

@@ -55,7 +55,7 @@ def stage2_config(tokenizer_run, args: argparse.Namespace, data: str, descriptor
     cfg = tokenizer_run.cfg
     cfg = dataclasses.replace(
         cfg, name="adapt", objective="adapt",
-        language=LanguageConfig(descriptors=str(descriptors.resolve()) if descriptors else ""),
+        language=LanguageConfig(descriptors=str(descriptors.resolve()) if descriptors else "", fmri_norm=True),
         data=dataclasses.replace(cfg.data, batch_size=args.batch),
         optim=OptimConfig(base_lr=args.lr, scale_lr=False, weight_decay=0.0, warmup_frac=0.05),
         train=dataclasses.replace(cfg.train, figure=False))
