@@ -85,6 +85,17 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def _slots(need: int) -> int:
+    """Cache slots for ``need`` positions: a power of two up to 1,024, then a multiple of 1,024 (few shapes)."""
+    return 1 << (need - 1).bit_length() if need <= 1024 else _round_up(need, 1024)
+
+
+def _scan_then_text(segments: list) -> bool:
+    """Whether a prompt is one scan after text, followed by text only ("fMRI: " <scan> "\nQuestion: ...")."""
+    kinds = [kind for kind, _ in segments]
+    return kinds.count("fmri") == 1 and kinds.index("fmri") < len(kinds) - 1 and kinds[-1] == "text"
+
+
 class Prompter:
     """Asks questions about scans through the fMRI + text key/value cache (:mod:`brainjax.models.fmri_cache`).
 
@@ -93,7 +104,8 @@ class Prompter:
     shared by every prompt. The shots are run once (a prefix of one row per device, repeated to the batch); each batch
     of queries then extends it by its scans and questions (one forward per query); label answers and generated
     tokens extend that by a few text positions. Shapes are rounded up (see :meth:`_batches`) so similar prompts
-    share compiled programs. It holds no state beyond its settings: one serves every target and k.
+    share compiled programs. Without shots, the scan part of a batch of prompts is kept (a few MB per batch) and
+    reused when the same scans are asked again, so one Prompter should serve every target and k.
     """
 
     def __init__(self, loaded, codec, windows: dict[int, dict], n_parcels: int, batch_size: int = 8):
@@ -102,6 +114,7 @@ class Prompter:
         self.n_parcels, self.n_patches = n_parcels, cfg.data.window // cfg.model.patch
         self.devices = loaded.mesh.size
         self.batch_size = _round_up(batch_size, self.devices)
+        self._scan_caches: dict = {}  # zero-shot: each batch's scan part, reused by every question about it
 
     def _chunk(self, segments: list, first_group: int, text_len: int) -> tuple[dict[str, np.ndarray], int]:
         """One row of a chunk holding ``segments`` (text strings, fMRI manifest indices) from ``first_group``,
@@ -122,6 +135,9 @@ class Prompter:
     def _batches(self, prompts: Sequence[list], shots: Sequence[tuple[int, str, str]], room: int):
         """Per batch of queries: (rows used, cache after the shots and the queries, log-probabilities of the
         first answer token [rows, V], the group each row's answer starts at [rows]). ``room``: answer slots."""
+        if not shots and all(_scan_then_text(s) for s in prompts):
+            yield from self._scan_first_batches(prompts, room)
+            return
         mesh = self.loaded.mesh
         prefix = shot_segments(shots)
         # Shapes are rounded (the prefix's text to 64, the query's to 32, the cache to 1,024 slots) so that
@@ -131,8 +147,7 @@ class Prompter:
         prefix_next = 0
         segments = list(prompts)
         text_len = _round_up(max(self._text_len(s) for s in segments), 32)
-        need = prefix_len + self.n_patches * self.n_parcels + text_len + room
-        slots = 1 << (need - 1).bit_length() if need <= 1024 else _round_up(need, 1024)
+        slots = _slots(prefix_len + self.n_patches * self.n_parcels + text_len + room)
         model = self.loaded.model
         shared = None
         if prefix:  # one row per device, repeated to the batch on device
@@ -151,6 +166,41 @@ class Prompter:
             else:
                 first, cache = _prefill(model, on_mesh, shared, on_mesh.pop("last"))
             yield len(part), cache, gather_rows(first)[:len(part)], np.array([g for _, g in built], np.int32)
+
+    def _scan_first_batches(self, prompts: Sequence[list], room: int):
+        """:meth:`_batches` for prompts without shots that open with their scan ("fMRI: " <scan> <text>): the scan
+        part of each batch is computed once per Prompter and reused by every later question about the same
+        scans (zero-shot targets ask the same test scans in the same order); only the text after it is new."""
+        mesh, model = self.loaded.mesh, self.loaded.model
+        cut = [[i for i, (kind, _) in enumerate(s) if kind == "fmri"][0] + 1 for s in prompts]
+        heads = [tuple(s[:i]) for s, i in zip(prompts, cut)]
+        tails = [[t for kind, p in s[i:] for t in self.codec.encode(p)] for s, i in zip(prompts, cut)]
+        head_text = _round_up(max(self._text_len(list(h)) for h in heads), 8)
+        tail_len = _round_up(max(len(t) for t in tails), 32)
+        # One cache size whatever the question and answer room, so that every target finds the scans' caches.
+        slots = _slots(head_text + self.n_patches * self.n_parcels + max(tail_len + room, 256))
+        for lo in range(0, len(prompts), self.batch_size):
+            part = heads[lo:lo + self.batch_size]
+            key = (tuple(part), head_text, slots)
+            if key not in self._scan_caches:
+                built = [self._chunk(list(h), 0, head_text) for h in part]
+                built += [built[-1]] * (self.batch_size - len(built))
+                on_mesh = local_rows({**stack([c for c, _ in built]), "last": np.zeros(self.batch_size, np.int32)},
+                                     mesh)
+                _, cache = _prefill_empty(model, on_mesh, on_mesh.pop("last"), slots=slots)
+                self._scan_caches[key] = cache, np.array([g for _, g in built], np.int32)
+            cache, start = self._scan_caches[key]
+            rows = tails[lo:lo + self.batch_size]
+            rows += [rows[-1]] * (self.batch_size - len(rows))
+            tokens = np.zeros((self.batch_size, tail_len), np.int64)
+            valid = np.zeros(tokens.shape, bool)
+            for i, row in enumerate(rows):
+                tokens[i, :len(row)], valid[i, :len(row)] = row, True
+            last = np.array([len(r) - 1 for r in rows], np.int32)
+            on_mesh = local_rows({**self._text_chunk(tokens, valid, start), "last": last}, mesh)
+            first, cache = _prefill(model, on_mesh, cache, on_mesh.pop("last"))
+            used = len(part)
+            yield used, cache, gather_rows(first)[:used], start + np.array([len(r) for r in rows], np.int32)
 
     def _text_chunk(self, tokens: np.ndarray, valid: np.ndarray, start_group: np.ndarray) -> dict[str, np.ndarray]:
         """Text positions ids int [B, T] (valid bool [B, T]) whose groups start at start_group [B]."""
