@@ -234,12 +234,16 @@ def test_window_summary_reaches_the_last_patch_only():
     assert np.abs(moved[3:] - base[3:]).max() > 1e-4
 
 
-def test_fmri_norm_puts_scan_tokens_at_the_text_embeddings_scale():
+def test_fmri_norm_balances_token_parts_and_matches_the_text_embeddings_scale():
     model = FMRILM(LM, TOK, QUANT, LanguageConfig(lora_rank=2, fmri_norm=True), rngs=nnx.Rngs(0))
-    table = 7.0 * np.asarray(model.lm.embed.embedding[...])  # a trained LM's embeddings have their own scale: the fMRI tokens follow it
+    table = 7.0 * np.asarray(model.lm.embed.embedding[...])  # a trained LM's own scale: fMRI tokens follow it
     model.lm.embed.embedding[...] = table
     tokens = np.asarray(model.fmri_tokens(_batch())[0][0])
     text_rms = np.sqrt((table ** 2).mean())
     np.testing.assert_allclose(np.sqrt((tokens ** 2).mean(-1)), text_rms, rtol=1e-3)
+    # each part of a token enters at unit RMS: scaling one part (here the parcel embedding) by 1000 changes it by
+    # no more than the normaliser's epsilon does
+    model.parcel_embed.embedding[...] = 1000.0 * np.asarray(model.parcel_embed.embedding[...])
+    np.testing.assert_allclose(np.asarray(model.fmri_tokens(_batch())[0][0]), tokens, atol=5e-3 * text_rms)
     plain = FMRILM(LM, TOK, QUANT, LanguageConfig(lora_rank=2), rngs=nnx.Rngs(0))
     assert not np.allclose(np.sqrt((np.asarray(plain.fmri_tokens(_batch())[0][0]) ** 2).mean(-1)), text_rms, rtol=0.1)

@@ -86,8 +86,9 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def _slots(need: int) -> int:
-    """Cache slots for ``need`` positions: a power of two up to 1,024, then a multiple of 1,024 (few shapes)."""
-    return 1 << (need - 1).bit_length() if need <= 1024 else _round_up(need, 1024)
+    """Cache slots for ``need`` positions: a power of two up to 1,024, then a multiple of 512 (few shapes, yet a
+    query's scan attends over at most 511 empty slots: attention over the cache is most of a k-shot query)."""
+    return 1 << (need - 1).bit_length() if need <= 1024 else _round_up(need, 512)
 
 
 def _scan_then_text(segments: list) -> bool:
@@ -140,7 +141,7 @@ class Prompter:
             return
         mesh = self.loaded.mesh
         prefix = shot_segments(shots)
-        # Shapes are rounded (the prefix's text to 64, the query's to 32, the cache to 1,024 slots) so that
+        # Shapes are rounded (the prefix's text to 64, the query's to 32, the cache by _slots) so that
         # targets and k share compiled programs: on CPU compiling, not computing, dominated the evaluation.
         prefix_text = _round_up(self._text_len(prefix), 64)
         prefix_len = prefix_text + len(shots) * self.n_patches * self.n_parcels if prefix else 0

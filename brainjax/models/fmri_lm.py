@@ -75,6 +75,11 @@ class ConnectivitySummary(nnx.Module):
         return self.out(forms)
 
 
+def _unit_rms(x: jax.Array) -> jax.Array:
+    """x [..., W] scaled to unit root-mean-square over W (no parameters)."""
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+
+
 def lm_config_from_json(text: str) -> LMConfig:
     """The :class:`LMConfig` stored as the run's ``Lineage.lm_architecture``."""
     if not text:
@@ -120,7 +125,10 @@ class FMRILM(nnx.Module):
         # A phenotype such as sex is one mean coupling between two networks: a bilinear form a^T FC b over the
         # whole window. K learned forms, read once per window, reach the LM as one vector on the last patch.
         # Unnormalised projector outputs sat ~400x above the text embeddings (norm 337 vs 0.84 after stage 2):
-        # pre-norm blocks then cannot change an fMRI position's state, so the LM never mixes parcels.
+        # pre-norm blocks then cannot change an fMRI position's state, so the LM never mixes parcels. Within a
+        # token, the parts were as unequal (RMS: tokenizer features 26, connectivity row 3, parcel embedding
+        # 0.04), which hid which parcel a token is. With fmri_norm each part enters at unit RMS, and the sum at
+        # the text embeddings' scale.
         self.fmri_norm = nnx.RMSNorm(width, epsilon=lm_cfg.norm_eps, rngs=rngs) if language.fmri_norm else None
         self.summary = ConnectivitySummary(tok_model.max_parcels, language.summary_rank, width, rngs=rngs) \
             if "summary" in parts else None
@@ -150,15 +158,16 @@ class FMRILM(nnx.Module):
         features, _, real = self.tokenizer.features(flat)  # [rows, P, 1, C]
         codes = self.tokenizer.quantizer(features, real, train=False).codes
         features = jax.lax.stop_gradient(features[:, :, 0])
-        x = self.fmri_out(jax.nn.gelu(self.fmri_in(features)))  # [rows, P, W]
+        balance = _unit_rms if self.fmri_norm is not None else (lambda v: v)
+        x = balance(self.fmri_out(jax.nn.gelu(self.fmri_in(features))))  # [rows, P, W]
         if self.fmri_fc is not None:  # per patch, so no token carries the next patch (the code loss's target)
             fc = patch_connectivity(flat["signal"], flat["parcel_mask"].astype(bool))
             width = self.fmri_fc.in_features
-            x = x + self.fmri_fc(jnp.pad(fc, ((0, 0), (0, 0), (0, width - n_parcels))))
-        x = x + self.parcel_embed(jnp.arange(n_parcels))[None].astype(x.dtype)
+            x = x + balance(self.fmri_fc(jnp.pad(fc, ((0, 0), (0, 0), (0, width - n_parcels)))))
+        x = x + balance(self.parcel_embed(jnp.arange(n_parcels))[None].astype(x.dtype))
         if self.summary is not None:  # the last patch predicts no code, so the whole window can reach it
             real_parcels = jnp.asarray(batch["parcel_mask"]).astype(bool).reshape(batch_size * blocks, n_parcels)
-            window = self.summary(signal.reshape(batch_size * blocks, n_parcels, length), real_parcels)
+            window = balance(self.summary(signal.reshape(batch_size * blocks, n_parcels, length), real_parcels))
             last = (jnp.arange(n_patches) == n_patches - 1)[None, :, None, None]
             x = x.reshape(batch_size * blocks, n_patches, n_parcels, -1) + last * window[:, None, None, :]
         if self.fmri_norm is not None:  # at the RMS of the LM's own token embeddings (not trained through here)
