@@ -247,3 +247,19 @@ def test_fmri_norm_balances_token_parts_and_matches_the_text_embeddings_scale():
     np.testing.assert_allclose(np.asarray(model.fmri_tokens(_batch())[0][0]), tokens, atol=5e-3 * text_rms)
     plain = FMRILM(LM, TOK, QUANT, LanguageConfig(lora_rank=2), rngs=nnx.Rngs(0))
     assert not np.allclose(np.sqrt((np.asarray(plain.fmri_tokens(_batch())[0][0]) ** 2).mean(-1)), text_rms, rtol=0.1)
+
+
+def test_adapt_defaults_train_the_embedded_lm_in_full_and_a_given_lm_through_lora():
+    import argparse
+    from types import SimpleNamespace
+
+    from brainjax.commands import adapt
+
+    parser = argparse.ArgumentParser()
+    adapt.add_arguments(parser)
+    tokenizer_run = SimpleNamespace(cfg=Config(objective="tokenizer"))
+    for extra, mode in (([], "full"), (["--lm", "some/lm"], "lora"),
+                        (["--set", "language.train_lm=frozen"], "frozen")):
+        cfg = adapt.stage2_config(tokenizer_run, parser.parse_args(extra), "some/data", None)
+        assert cfg.objective == "adapt" and cfg.language.train_lm == mode
+        assert cfg.language.fmri_norm and cfg.language.fmri_features == "tokenizer+fc+summary"
