@@ -249,7 +249,7 @@ def test_fmri_norm_balances_token_parts_and_matches_the_text_embeddings_scale():
     assert not np.allclose(np.sqrt((np.asarray(plain.fmri_tokens(_batch())[0][0]) ** 2).mean(-1)), text_rms, rtol=0.1)
 
 
-def test_adapt_defaults_train_the_embedded_lm_in_full_and_a_given_lm_through_lora():
+def test_adapt_defaults_and_overrides():
     import argparse
     from types import SimpleNamespace
 
@@ -258,8 +258,7 @@ def test_adapt_defaults_train_the_embedded_lm_in_full_and_a_given_lm_through_lor
     parser = argparse.ArgumentParser()
     adapt.add_arguments(parser)
     tokenizer_run = SimpleNamespace(cfg=Config(objective="tokenizer"))
-    for extra, mode in (([], "full"), (["--lm", "some/lm"], "lora"),
-                        (["--set", "language.train_lm=frozen"], "frozen")):
+    for extra, mode in (([], "lora"), (["--lm", "some/lm"], "lora"), (["--set", "language.train_lm=full"], "full")):
         cfg = adapt.stage2_config(tokenizer_run, parser.parse_args(extra), "some/data", None)
         assert cfg.objective == "adapt" and cfg.language.train_lm == mode
         assert cfg.language.fmri_norm and cfg.language.fmri_features == "tokenizer+fc+summary"
