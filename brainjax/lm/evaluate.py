@@ -91,6 +91,15 @@ def _slots(need: int) -> int:
     return 1 << (need - 1).bit_length() if need <= 1024 else _round_up(need, 512)
 
 
+def _padded(rows: Sequence[Sequence[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows left-aligned in int64 [len(rows), width] (zeros after each row), and which entries are real."""
+    tokens = np.zeros((len(rows), width), np.int64)
+    valid = np.zeros(tokens.shape, bool)
+    for i, row in enumerate(rows):
+        tokens[i, :len(row)], valid[i, :len(row)] = row, True
+    return tokens, valid
+
+
 def _scan_then_text(segments: list) -> bool:
     """Whether a prompt is one scan after text, followed by text only ("fMRI: " <scan> "\nQuestion: ...")."""
     kinds = [kind for kind, _ in segments]
@@ -193,10 +202,7 @@ class Prompter:
             cache, start = self._scan_caches[key]
             rows = tails[lo:lo + self.batch_size]
             rows += [rows[-1]] * (self.batch_size - len(rows))
-            tokens = np.zeros((self.batch_size, tail_len), np.int64)
-            valid = np.zeros(tokens.shape, bool)
-            for i, row in enumerate(rows):
-                tokens[i, :len(row)], valid[i, :len(row)] = row, True
+            tokens, valid = _padded(rows, tail_len)
             last = np.array([len(r) - 1 for r in rows], np.int32)
             on_mesh = local_rows({**self._text_chunk(tokens, valid, start), "last": last}, mesh)
             first, cache = _prefill(model, on_mesh, cache, on_mesh.pop("last"))
@@ -225,10 +231,7 @@ class Prompter:
             rows = [continuations[lo + min(i, used - 1)] for i in range(self.batch_size)]
             per = []
             for c in range(len(rows[0])):
-                tokens = np.zeros((self.batch_size, width), np.int64)
-                valid = np.zeros(tokens.shape, bool)
-                for i, row in enumerate(rows):
-                    tokens[i, :len(row[c])], valid[i, :len(row[c])] = row[c], True
+                tokens, valid = _padded([row[c] for row in rows], width)
                 targets = np.roll(tokens, -1, axis=1)  # position t predicts token t + 1
                 chunk = self._text_chunk(tokens, valid, start)
                 on_mesh = local_rows({**chunk, "targets": targets.astype(np.int32)}, self.loaded.mesh)

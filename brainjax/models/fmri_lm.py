@@ -23,6 +23,7 @@ Batch entries (B samples, L positions, S fMRI blocks of P parcels x T TRs, M los
 from __future__ import annotations
 
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,7 @@ from brainjax.models.lm import DecoderLM, LMConfig
 from brainjax.models.tokenizer import NeuralTokenizer
 from brainjax.nn.layers import linear, logical
 from brainjax.nn.lora import add_lora
+from brainjax.nn.quantizers import l2_normalize
 
 TRAIN_LM = ("lora", "full", "frozen")
 FMRI_FEATURES = ("tokenizer", "tokenizer+fc", "tokenizer+summary", "tokenizer+fc+summary")
@@ -76,8 +78,8 @@ class ConnectivitySummary(nnx.Module):
 
 
 def _unit_rms(x: jax.Array) -> jax.Array:
-    """x [..., W] scaled to unit root-mean-square over W (no parameters)."""
-    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+    """x [..., W] scaled to unit root-mean-square over W (no parameters; a zero vector stays zero)."""
+    return l2_normalize(x) * math.sqrt(x.shape[-1])
 
 
 def lm_config_from_json(text: str) -> LMConfig:
@@ -122,14 +124,14 @@ class FMRILM(nnx.Module):
         parts = language.fmri_features.split("+")
         self.fmri_fc = linear(tok_model.max_parcels, width, (None, "embed"), dtype=jnp.float32, rngs=rngs,
                               use_bias=False) if "fc" in parts else None
-        # A phenotype such as sex is one mean coupling between two networks: a bilinear form a^T FC b over the
-        # whole window. K learned forms, read once per window, reach the LM as one vector on the last patch.
         # Unnormalised projector outputs sat ~400x above the text embeddings (norm 337 vs 0.84 after stage 2):
         # pre-norm blocks then cannot change an fMRI position's state, so the LM never mixes parcels. Within a
         # token, the parts were as unequal (RMS: tokenizer features 26, connectivity row 3, parcel embedding
         # 0.04), which hid which parcel a token is. With fmri_norm each part enters at unit RMS, and the sum at
         # the text embeddings' scale.
         self.fmri_norm = nnx.RMSNorm(width, epsilon=lm_cfg.norm_eps, rngs=rngs) if language.fmri_norm else None
+        # A phenotype such as sex is one mean coupling between two networks: a bilinear form a^T FC b over the
+        # whole window. K learned forms, read once per window, reach the LM as one vector on the last patch.
         self.summary = ConnectivitySummary(tok_model.max_parcels, language.summary_rank, width, rngs=rngs) \
             if "summary" in parts else None
 
