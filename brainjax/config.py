@@ -70,7 +70,8 @@ class ModelConfig:
     dec_heads: int = shapes_params(4)  # decoder attention heads
     dec_mlp: int = shapes_params(1024)  # decoder MLP hidden size
     decoder: str = shapes_params("full")  # full (self-attention over every token, BrainLM) | cross (queries at every
-    # token attend only to the encoder's visible tokens, CrossMAE: O(L x V) instead of O(L^2))
+    # token attend only to the encoder's visible tokens, CrossMAE: O(L x V) instead of O(L^2)) | factorised (time
+    # within a parcel + cross) | axial (across parcels within a time patch, then over time within a parcel)
     fourier_features: int = shapes_params(4)  # octaves per coordinate axis (wavelengths 200, 100, 50, 25 mm); finer
     # ones only hash the parcel identity and slowed learning (see experiments/default.py)
     parcel_identity: bool = shapes_params(False)  # add a learned embedding per parcel slot to the coordinate embedding:

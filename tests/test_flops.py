@@ -30,8 +30,8 @@ QUALITY_PATHS = {"neighbour_context": True, "linear_skip": True, "factor_prior":
                  "factor_dynamics": True}
 
 
-@pytest.mark.parametrize("decoder,extra", [("full", {}), ("cross", {}), ("cross", QUALITY_PATHS)],
-                         ids=["full", "cross", "cross-linear-paths"])
+@pytest.mark.parametrize("decoder,extra", [("full", {}), ("cross", {}), ("cross", QUALITY_PATHS), ("axial", {})],
+                         ids=["full", "cross", "cross-linear-paths", "axial"])
 def test_formula_matches_xla_cost_analysis_on_a_loop_free_program(decoder, extra):
     model_cfg = dataclasses.replace(load_config("default").model, width=128, mlp=512, depth=2, heads=4,
                                     dec_width=128, dec_mlp=512, dec_depth=1, dec_heads=4, attention="xla",

@@ -41,6 +41,7 @@ SMALL = Config(data=DataConfig(window=80, batch_size=8), mask=MaskConfig(ratio=0
 VARIANTS = {"xla": {}, "remat": {"model.remat": True},
             "remat_attention": {"model.remat": True, "model.remat_policy": "attention"},
             "cross": {"model.decoder": "cross"}, "factorised": {"model.decoder": "factorised"},
+            "axial": {"model.decoder": "axial"},
             "chunked_batch16": {"model.attention": "chunked", "model.attention_chunk": 64, "data.batch_size": 16}}
 
 
@@ -63,7 +64,7 @@ def measured(tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("name, changes", [("tiny", []), ("tiny", ["model.time_embedding=learned"]),
-                                           ("default", []), ("quality", []),
+                                           ("default", []), ("quality", []), ("default", ["model.decoder=axial"]),
                                            ("tiny", ["model.decoder=factorised", "model.contrastive_weight=1",
                                                      "model.parcel_trend=true", "model.linear_skip=true"]),
                                            pytest.param("brainlm_111m", [], marks=pytest.mark.slow)])

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from brainjax.config import ConfigError, check, load_config, override
-from brainjax.nn.layers import DECODER_AXES, CrossDecoder, FactorisedDecoder, Transformer, rematerialise
+from brainjax.nn.layers import DECODER_AXES, AxialDecoder, CrossDecoder, FactorisedDecoder, Transformer, rematerialise
 from brainjax.train.step import step_compiler_options
 
 WIDTH, HEADS, MLP = 16, 2, 64
@@ -23,16 +23,18 @@ POLICIES = (None, "full", "attention")
 
 def _stack(kind: str, policy: str | None, impl: str):
     common = dict(dropout_rate=0.0, attn_impl=impl, chunk=8, remat=policy, dtype=jnp.float32, rngs=nnx.Rngs(0))
-    cls = {"self": Transformer, "cross": CrossDecoder, "factorised": FactorisedDecoder}[kind]
+    cls = {"self": Transformer, "cross": CrossDecoder, "factorised": FactorisedDecoder, "axial": AxialDecoder}[kind]
     return cls(2, WIDTH, HEADS, MLP, DECODER_AXES, **common)
 
 
 def _inputs(kind: str):
     rng = np.random.default_rng(0)
-    shape = (2, 3, 6, WIDTH) if kind == "factorised" else (2, 18, WIDTH)
+    shape = (2, 3, 6, WIDTH) if kind in ("factorised", "axial") else (2, 18, WIDTH)
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
     memory = jnp.asarray(rng.normal(size=(2, 5, WIDTH)), jnp.float32)
-    mask = jnp.asarray(rng.random((2, 18 if kind == "self" else 5)) > 0.2).at[:, 0].set(True)
+    mask = jnp.asarray(rng.random((2, {"self": 18, "axial": 3}.get(kind, 5))) > 0.2).at[:, 0].set(True)
+    if kind == "axial":  # its memory is CLS [B, W] and its mask the parcels'
+        memory = memory[:, 0]
     return x, memory, mask
 
 
@@ -50,7 +52,7 @@ def _loss_and_grads(kind: str, policy: str | None, impl: str):
 
 @pytest.mark.parametrize("kind, impl", [("self", "chunked"), pytest.param("self", "xla", marks=pytest.mark.slow),
                                         *(pytest.param(k, i, marks=pytest.mark.slow)
-                                          for k in ("cross", "factorised") for i in ("xla", "chunked"))])
+                                          for k in ("cross", "factorised", "axial") for i in ("xla", "chunked"))])
 def test_every_policy_gives_the_values_and_gradients_of_no_remat(kind, impl):
     reference, ref_grads = _loss_and_grads(kind, None, impl)
     for policy in POLICIES[1:]:

@@ -31,6 +31,7 @@ from brainjax.nn.layers import (
     DECODER_AXES,
     DTYPES,
     ENCODER_AXES,
+    AxialDecoder,
     CrossDecoder,
     FactorisedDecoder,
     Transformer,
@@ -42,7 +43,7 @@ from brainjax.nn.priors import factor_scores
 
 DYNAMICS_EDGE = 2  # TRs of factor scores at each edge of the neighbouring patches that the latent dynamics read
 
-DECODERS = ("full", "cross", "factorised")
+DECODERS = ("full", "cross", "factorised", "axial")
 
 
 def _sanitize(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -71,13 +72,13 @@ def linear_path_widths(cfg: ModelConfig) -> tuple[int, int]:
 def patch_decoder(cfg: ModelConfig, common: dict, kind: str = "full") -> tuple[nnx.Module, ...]:
     """The decoder side shared by the MAE and the tokenizer: spatial and temporal position embeddings, the
     transformer (``kind`` full: self-attention; cross: :class:`CrossDecoder`; factorised:
-    :class:`FactorisedDecoder`) and the linear head to
+    :class:`FactorisedDecoder`; axial: :class:`AxialDecoder`) and the linear head to
     ``cfg.patch`` values. ``common`` holds the Transformer keywords (dropout_rate, attn_impl, chunk, remat,
     dtype, rngs)."""
     if kind not in DECODERS:
         raise ValueError(f"model.decoder must be one of {DECODERS}, got {kind!r}")
     dtype, rngs = common["dtype"], common["rngs"]
-    stack = {"full": Transformer, "cross": CrossDecoder, "factorised": FactorisedDecoder}[kind]
+    stack = {"full": Transformer, "cross": CrossDecoder, "factorised": FactorisedDecoder, "axial": AxialDecoder}[kind]
     return (SpatialEmbedding(cfg.fourier_features, cfg.dec_width, "dec_embed", dtype=dtype, rngs=rngs),
             TemporalEmbedding(cfg.time_embedding, cfg.dec_width, cfg.patch, cfg.max_patches, "dec_embed",
                               rngs=rngs),
@@ -236,6 +237,8 @@ class BrainLM(nnx.Module):
             decoded = self._cross_decode(projected, positions, masking, mask_token, keys[1])
         elif self.cfg.decoder == "factorised":
             decoded = self._factorised_decode(projected, positions, masking, mask_token, n_parcels, keys[1])
+        elif self.cfg.decoder == "axial":
+            decoded = self._axial_decode(projected, positions, masking, mask_token, parcel_mask, keys[1])
         else:
             decoded = self._full_decode(projected, positions, masking, mask_token, parcel_mask, keys[1])
         pred = self.head(decoded).astype(jnp.float32).reshape(batch_size, n_parcels, n_patches, patch) + base
@@ -335,6 +338,15 @@ class BrainLM(nnx.Module):
         memory, memory_mask = self._visible_memory(projected, positions, masking)
         grid = tokens.reshape(batch_size, n_parcels, n_tokens // n_parcels, width)
         return self.decoder(grid, memory, memory_mask, dropout_key).reshape(batch_size, n_tokens, width)
+
+    def _axial_decode(self, projected, positions, masking: Masking, mask_token, parcel_mask, dropout_key):
+        """Every token (encoder output where visible, mask token where hidden) attends across the parcels of its
+        time patch (with CLS) and over the time patches of its parcel, layer by layer -> [B, L, dw]."""
+        batch_size, n_tokens, width = positions.shape
+        n_parcels = parcel_mask.shape[1]
+        tokens = self._token_grid(projected, positions, masking, mask_token)
+        grid = tokens.reshape(batch_size, n_parcels, n_tokens // n_parcels, width)
+        return self.decoder(grid, projected[:, 0], parcel_mask, dropout_key).reshape(batch_size, n_tokens, width)
 
     def embed(self, batch: dict) -> dict:
         """Embeddings without masking: cls [B,width], mean over real tokens [B,width], tokens [B,P,N,width]."""
@@ -494,6 +506,10 @@ def model_flops_per_sample(cfg: ModelConfig, n_parcels: int, window: int, mask_c
                      + 4 * (visible + 1) * cfg.dec_width ** 2 + 4 * tokens * (visible + 1) * cfg.dec_width)
         time = n_parcels * transformer_flops(n_patches, cfg.dec_width, cfg.dec_mlp, 1)
         decoder = float(cfg.dec_depth * (per_layer + time))
+    elif cfg.decoder == "axial":  # per layer: CLS + P parcels per time patch, then N patches per parcel
+        space = n_patches * transformer_flops(n_parcels + 1, cfg.dec_width, cfg.dec_mlp, 1)
+        time = n_parcels * transformer_flops(n_patches, cfg.dec_width, cfg.dec_mlp, 1)
+        decoder = float(cfg.dec_depth * (space + time))
     else:
         decoder = transformer_flops(tokens + 1, cfg.dec_width, cfg.dec_mlp, cfg.dec_depth)
     if cfg.factor_prior:  # loadings, the r x r systems' Gram matrices and right-hand sides, L z, the query embedding

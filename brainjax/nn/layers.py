@@ -266,3 +266,46 @@ class FactorisedDecoder(nnx.Module):
             key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
             x = layer(time_block, cross_block, x, memory, memory_mask, key)
         return self.norm(x).reshape(batch, parcels, patches, width)
+
+
+class AxialDecoder(nnx.Module):
+    """Decoder layers that alternate attention across parcels within each time patch and over time within each
+    parcel (axial attention on the parcel x time grid).
+
+    Layer i: a :class:`Block` over CLS + the P parcels of each time patch (a hidden token reads the visible
+    parcels of its own moment: the regression-from-visible-parcels path), then a :class:`Block` over the N time
+    patches of each parcel (its own past and future: the autoregressive path). CLS joins every spatial row as a
+    key and query but is not updated (each row would update its own copy). Cost O(N P^2 + P N^2) per layer
+    instead of the O((P N)^2) of full self-attention; two hops reach any token.
+    """
+
+    def __init__(self, depth: int, width: int, heads: int, mlp: int, axes: AxisNames, *, dropout_rate: float,
+                 attn_impl: str, chunk: int, remat: str | None, dtype, rngs: nnx.Rngs):
+        self.remat = _checked_policy(remat)
+        common = dict(dropout_rate=dropout_rate, attn_impl=attn_impl, chunk=chunk, dtype=dtype, rngs=rngs)
+        self.space_blocks = nnx.List([Block(width, heads, mlp, axes, **common) for _ in range(depth)])
+        self.time_blocks = nnx.List([Block(width, heads, mlp, axes, **common) for _ in range(depth)])
+        self.norm = layer_norm(width, axes.embed, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, cls: jax.Array, parcel_mask: jax.Array | None,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
+        """x: [B, P, N, W] tokens; cls: [B, W]; parcel_mask: bool [B, P] (padded parcels are never keys) ->
+        [B, P, N, W]."""
+        batch, parcels, patches, width = x.shape
+        keys = jnp.ones((batch, parcels), bool) if parcel_mask is None else parcel_mask
+        space_mask = jnp.repeat(jnp.concatenate([jnp.ones((batch, 1), bool), keys], 1), patches, axis=0)
+        rows_cls = jnp.repeat(cls[:, None, :], patches, axis=0)  # [B*N, 1, W], row b*N + n
+
+        def layer(space_block, time_block, x, rows_cls, space_mask, key):
+            keys = (None, None) if key is None else tuple(jax.random.split(key))
+            rows = jnp.swapaxes(x, 1, 2).reshape(batch * patches, parcels, width)  # [B*N, P, W]
+            rows = space_block(jnp.concatenate([rows_cls, rows], 1), space_mask, keys[0])[:, 1:]
+            columns = jnp.swapaxes(rows.reshape(batch, patches, parcels, width), 1, 2)
+            columns = time_block(columns.reshape(batch * parcels, patches, width), None, keys[1])
+            return columns.reshape(batch, parcels, patches, width)
+
+        layer = rematerialise(layer, self.remat)
+        for i, (space_block, time_block) in enumerate(zip(self.space_blocks, self.time_blocks)):
+            key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+            x = layer(space_block, time_block, x, rows_cls.astype(x.dtype), space_mask, key)
+        return self.norm(x)

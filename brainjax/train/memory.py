@@ -140,11 +140,16 @@ def _cross_block(block: str, width: int, mlp: int, axes: AxisNames) -> list[Para
 
 def _decoder(cfg: ModelConfig) -> list[ParamSpec]:
     """The decoder stack of ``cfg.decoder`` (full: Transformer; cross: CrossDecoder; factorised: a time Block and
-    a CrossBlock per layer)."""
+    a CrossBlock per layer; axial: a space Block and a time Block per layer)."""
     width, mlp, axes = cfg.dec_width, cfg.dec_mlp, DECODER_AXES
     if cfg.decoder == "full":
         return _transformer("decoder", cfg.dec_depth, width, mlp, axes)
     specs: list[ParamSpec] = []
+    if cfg.decoder == "axial":
+        for i in range(cfg.dec_depth):
+            specs += _block(f"decoder.space_blocks.{i}", width, mlp, axes)
+            specs += _block(f"decoder.time_blocks.{i}", width, mlp, axes)
+        return specs + _norm("decoder.norm", width, axes.embed)
     for i in range(cfg.dec_depth):
         if cfg.decoder == "factorised":
             specs += _block(f"decoder.time_blocks.{i}", width, mlp, axes)
@@ -266,7 +271,8 @@ def _decoder_stacks(model: ModelConfig, b: int, n_parcels: int, n_patches: int, 
                     platform: str) -> list[_Stack]:
     """The decoder's layers for ``model.decoder``: full self-attention over CLS + every token; cross: every
     token reads CLS + the visible tokens; factorised: per layer a time block within each parcel and a cross
-    block."""
+    block; axial: per layer a block over CLS + the parcels of each time patch and a time block within each
+    parcel."""
     tokens, w, m, h, d = n_parcels * n_patches, model.dec_width, model.dec_mlp, model.dec_heads, model.dec_depth
     cross = _Stack(d, b, tokens, enc_len, w, m, h, impl, memory_len=enc_len)
     if model.decoder == "cross":
@@ -274,6 +280,11 @@ def _decoder_stacks(model: ModelConfig, b: int, n_parcels: int, n_patches: int, 
     if model.decoder == "factorised":
         time_impl = attention_impl(model.attention, n_patches, model.dtype, model.attention_chunk, platform)
         return [_Stack(d, b * n_parcels, n_patches, n_patches, w, m, h, time_impl), cross]
+    if model.decoder == "axial":
+        time_impl = attention_impl(model.attention, n_patches, model.dtype, model.attention_chunk, platform)
+        space_impl = attention_impl(model.attention, n_parcels + 1, model.dtype, model.attention_chunk, platform)
+        return [_Stack(d, b * n_patches, n_parcels + 1, n_parcels + 1, w, m, h, space_impl),
+                _Stack(d, b * n_parcels, n_patches, n_patches, w, m, h, time_impl)]
     return [_Stack(d, b, tokens + 1, tokens + 1, w, m, h, impl)]
 
 
