@@ -195,6 +195,9 @@ class LanguageConfig:
     summary_rank: int = shapes_params(32)  # K of that summary
     fmri_norm: bool = shapes_params(False)  # RMS-normalise fMRI tokens to the text embeddings' scale (`adapt` sets
     # it; False only so that runs saved before it existed load unchanged)
+    scan_attention: str = shapes_params("causal")  # causal: an fMRI token reads everything before it (text and
+    # earlier scans); block: only its own scan's earlier and same patches, so a scan's keys/values do not depend on
+    # the prompt around it and evaluation computes them once per scan (models/fmri_lm.py; `adapt` sets it)
     text_len: int = 160  # text tokens per sample (prompt + answer; longer answers are cut)
     lm_len: int = 128  # tokens of the text-only sequence per sample (stage 2)
     text_weight: float = 1.0  # fMRI -> text loss (answer tokens only)

@@ -33,8 +33,9 @@ _extend = nnx.jit(extend, static_argnames="query_chunk")
 MASKS = np.array([[True, True, False], [True, True, True], [True, False, True]])  # some parcels are padding
 
 
-def _model() -> FMRILM:
-    model = FMRILM(LM, TOK, QUANT, LanguageConfig(train_lm="lora", lora_rank=2), rngs=nnx.Rngs(0))
+def _model(scan_attention: str = "causal") -> FMRILM:
+    language = LanguageConfig(train_lm="lora", lora_rank=2, scan_attention=scan_attention)
+    model = FMRILM(LM, TOK, QUANT, language, rngs=nnx.Rngs(0))
     # LoRA's B starts at zero; random adapters make sure the cached path runs through them too.
     for path, leaf in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         if "lora_b" in str(path[-2:]):
@@ -62,8 +63,9 @@ QUERY = [("text", [11, 12]), ("fmri", 0), ("text", [13, 14, 15])]
 ANSWER = [("text", [20, 21, 22])]
 
 
-def test_chunked_extension_equals_one_forward_of_the_whole_sequence():
-    model = _model()
+@pytest.mark.parametrize("scan_attention", ["causal", "block"])
+def test_chunked_extension_equals_one_forward_of_the_whole_sequence(scan_attention):
+    model = _model(scan_attention)
     whole = _sample(SHOTS + [("fmri", 2) if s[0] == "fmri" else s for s in QUERY] + ANSWER, [0, 1, 2], 14)
     full = np.asarray(_forward(model, whole)[0])
 
@@ -105,6 +107,33 @@ def test_a_shared_prefix_repeated_to_several_queries_equals_each_query_alone():
         extend(model, queries[0], cache)
 
 
+def test_block_scan_attention_makes_a_scan_independent_of_what_precedes_it():
+    """Under block-local attention a scan's hidden states are the same after any text and scans, at any offset (a
+    RoPE LM reads relative positions only): what lets evaluation compute each scan once. Causal attention mixes
+    the prompt in."""
+    spec = SequenceSpec(P, N)
+    scan = _windows([2], seed=5)
+    alone_segments = [("fmri", 0), ("text", [13])]
+    after_segments = SHOTS + [("text", [40, 41, 42]), ("fmri", 2), ("text", [13])]
+    for scan_attention, independent in (("block", True), ("causal", False)):
+        model = _model(scan_attention)
+        alone = _sample(alone_segments, [2], 4)
+        alone.update({k: v[None] for k, v in scan.items()})
+        after = _sample(after_segments, [0, 1, 2], 10)
+        for key, value in scan.items():  # the same window as block 2
+            after[key][0, 2] = value[0]
+        tokens = N * P
+        at = int(np.flatnonzero(after["slot"][0] == 2 * tokens)[0])
+        assert after["group"][0, at] == next_group(SHOTS + [("text", [40, 41, 42])], spec) > 0
+        got = np.asarray(_forward(model, after)[0, at:at + tokens])
+        want = np.asarray(_forward(model, alone)[0, :tokens])
+        real = alone["valid"][0, :tokens]
+        if independent:
+            np.testing.assert_allclose(got[real], want[real], atol=2e-5)
+        else:
+            assert np.abs(got[real] - want[real]).max() > 1e-3
+
+
 class _Codec:
     """Characters as token ids (ASCII), eos 0: enough text machinery to drive the Prompter."""
 
@@ -117,10 +146,10 @@ class _Codec:
         return "".join(chr(i) for i in ids if i)
 
 
-def _prompter(batch_size: int, devices: int):
+def _prompter(batch_size: int, devices: int, scan_attention: str = "causal"):
     cfg = Config(objective="instruct", data=DataConfig(window=8), model=TOK, mesh=MeshConfig())
     mesh = make_mesh(cfg.mesh, jax.devices()[:devices])
-    loaded = types.SimpleNamespace(cfg=cfg, model=_model(), mesh=mesh)
+    loaded = types.SimpleNamespace(cfg=cfg, model=_model(scan_attention), mesh=mesh)
     windows = {scan: {k: v[0] for k, v in _windows([scan % 3], seed=scan).items()} for scan in range(6)}
     return Prompter(loaded, _Codec(), windows, P, batch_size), loaded, windows
 
@@ -145,9 +174,12 @@ def _full_logprobs(loaded, windows, segments, answer: list[int]) -> np.ndarray:
     return logp[np.arange(len(answer)), answer]
 
 
-@pytest.mark.parametrize("devices", [1, pytest.param(8, marks=pytest.mark.slow)])
-def test_prompter_label_logprobs_equal_full_recomputation_with_and_without_shots(devices):
-    prompter, loaded, windows = _prompter(8 if devices == 8 else 3, devices)
+# block: each scan's keys and values are computed once on their own and moved into every prompt
+@pytest.mark.parametrize("devices, scan_attention", [(1, "causal"), (1, "block"),
+                                                     pytest.param(8, "causal", marks=pytest.mark.slow),
+                                                     pytest.param(8, "block", marks=pytest.mark.slow)])
+def test_prompter_label_logprobs_equal_full_recomputation_with_and_without_shots(devices, scan_attention):
+    prompter, loaded, windows = _prompter(8 if devices == 8 else 3, devices, scan_attention)
     queries = [("Sex?", 3), ("What is the sex?", 4), ("Sex of this one?", 5), ("Sex?", 1)]
     labels = ["female", "male"]
     codec = _Codec()
@@ -170,8 +202,9 @@ def test_prompter_label_logprobs_equal_full_recomputation_with_and_without_shots
 
 
 @pytest.mark.slow
-def test_prompter_generation_equals_greedy_full_recomputation():
-    prompter, loaded, windows = _prompter(2, 1)
+@pytest.mark.parametrize("scan_attention", ["causal", "block"])
+def test_prompter_generation_equals_greedy_full_recomputation(scan_attention):
+    prompter, loaded, windows = _prompter(2, 1, scan_attention)
     queries = [("Age?", 3), ("How old?", 4), ("Age of the participant?", 5)]
     grammar = NumberGrammar([chr(i) if i else "" for i in range(LM.vocab_size)], 0)
     prompts = [query_segments(q, s) for q, s in queries]

@@ -29,7 +29,7 @@ from flax import nnx
 from brainjax.data.pipeline import ReadWindow, gather_rows, local_rows
 from brainjax.lm.instructions import shot_segments
 from brainjax.lm.scoring import NumberGrammar
-from brainjax.models.fmri_cache import FMRICache, extend, init_cache, repeat_rows
+from brainjax.models.fmri_cache import FMRICache, extend, init_cache, insert_block, repeat_rows
 from brainjax.models.inputs import WINDOW_KEYS
 from brainjax.models.sequences import SequenceSpec, layout, next_group, stack
 
@@ -76,6 +76,15 @@ def _continuation(model, chunk: dict, cache: FMRICache, targets: jax.Array) -> j
     return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
 
+@nnx.jit
+def _insert(model, cache: FMRICache, block: dict) -> FMRICache:
+    """:func:`~brainjax.models.fmri_cache.insert_block` of a stacked :meth:`Prompter._scan_block` (+ ``offset``)."""
+    layers = model.lm.cfg.layers
+    return insert_block(model, cache, tuple(block[f"k{i}"] for i in range(layers)),
+                        tuple(block[f"v{i}"] for i in range(layers)), block["group"], block["valid"],
+                        block["offset"])
+
+
 @functools.partial(jax.jit, static_argnames="times")
 def _repeat(cache: FMRICache, times: int) -> FMRICache:
     return repeat_rows(cache, times)
@@ -115,7 +124,10 @@ class Prompter:
     of queries then extends it by its scans and questions (one forward per query); label answers and generated
     tokens extend that by a few text positions. Shapes are rounded up (see :meth:`_batches`) so similar prompts
     share compiled programs. Without shots, the scan part of a batch of prompts is kept (a few MB per batch) and
-    reused when the same scans are asked again, so one Prompter should serve every target and k.
+    reused when the same scans are asked again, so one Prompter should serve every target and k. A model with
+    block-local scan attention (``language.scan_attention = "block"``) goes further: each scan's keys and values
+    are computed once, on their own, and moved into every prompt that asks about it, with or without shots
+    (:meth:`_moved_scan_batches`), so a question costs its text only.
     """
 
     def __init__(self, loaded, codec, windows: dict[int, dict], n_parcels: int, batch_size: int = 8):
@@ -125,6 +137,7 @@ class Prompter:
         self.devices = loaded.mesh.size
         self.batch_size = _round_up(batch_size, self.devices)
         self._scan_caches: dict = {}  # zero-shot: each batch's scan part, reused by every question about it
+        self._scan_blocks: dict[int, dict[str, np.ndarray]] = {}  # block-local attention: each scan's keys/values
 
     def _chunk(self, segments: list, first_group: int, text_len: int) -> tuple[dict[str, np.ndarray], int]:
         """One row of a chunk holding ``segments`` (text strings, fMRI manifest indices) from ``first_group``,
@@ -145,6 +158,9 @@ class Prompter:
     def _batches(self, prompts: Sequence[list], shots: Sequence[tuple[int, str, str]], room: int):
         """Per batch of queries: (rows used, cache after the shots and the queries, log-probabilities of the
         first answer token [rows, V], the group each row's answer starts at [rows]). ``room``: answer slots."""
+        if self._movable_scans() and all(_scan_then_text(s) for s in prompts):
+            yield from self._moved_scan_batches(prompts, shots, room)
+            return
         if not shots and all(_scan_then_text(s) for s in prompts):
             yield from self._scan_first_batches(prompts, room)
             return
@@ -208,6 +224,78 @@ class Prompter:
             first, cache = _prefill(model, on_mesh, cache, on_mesh.pop("last"))
             used = len(part)
             yield used, cache, gather_rows(first)[:used], start + np.array([len(r) for r in rows], np.int32)
+
+    def _movable_scans(self) -> bool:
+        """Whether a scan's keys and values can be computed once and moved into any prompt (block-local scan
+        attention under RoPE, :func:`~brainjax.models.fmri_cache.insert_block`)."""
+        model = self.loaded.model
+        return model.scan_attention == "block" and model.lm.cfg.family == "qwen3"
+
+    def _scan_block(self, scans: Sequence[int]) -> dict[str, np.ndarray]:
+        """Keys and values of each scan computed on its own from group 0, stacked [len(scans), ...]: k{i}, v{i}
+        per layer [T, KV, D], group int32 [T], valid bool [T] (T = N x P). Each scan is computed once per
+        Prompter and kept on the host (N x P x layers x 2 x KV x D floats, ~3 MB on the default data)."""
+        missing = sorted({int(s) for s in scans} - set(self._scan_blocks))
+        tokens = self.n_patches * self.n_parcels
+        for lo in range(0, len(missing), self.batch_size):
+            part = missing[lo:lo + self.batch_size]
+            built = [self._chunk([("fmri", scan)], 0, 1)[0] for scan in part]
+            built += [built[-1]] * (self.batch_size - len(built))
+            on_mesh = local_rows({**stack(built), "last": np.zeros(self.batch_size, np.int32)}, self.loaded.mesh)
+            _, cache = _prefill_empty(self.loaded.model, on_mesh, on_mesh.pop("last"), slots=_slots(tokens + 1))
+            keys = [gather_rows(k)[:, :tokens] for k in cache.k]
+            values = [gather_rows(v)[:, :tokens] for v in cache.v]
+            for i, scan in enumerate(part):
+                block = {f"k{layer}": k[i] for layer, k in enumerate(keys)}
+                block.update({f"v{layer}": v[i] for layer, v in enumerate(values)})
+                block.update(group=built[i]["group"][:tokens], valid=built[i]["valid"][:tokens])
+                self._scan_blocks[scan] = block
+        return stack([self._scan_blocks[int(s)] for s in scans])
+
+    def _moved_scan_batches(self, prompts: Sequence[list], shots: Sequence[tuple[int, str, str]], room: int):
+        """:meth:`_batches` for prompts "<text> <scan> <text>" under block-local scan attention: per batch the
+        shots' cache (computed once) is extended by each row's text before its scan, the scan's own keys and values
+        moved in (:meth:`_scan_block`, computed once per scan for every target and k), then the text after it.
+        Only text is computed per question: a k-shot query costs its question, not its 600-token scan."""
+        mesh, model = self.loaded.mesh, self.loaded.model
+        scan_len = self.n_patches * self.n_parcels
+        cut = [[i for i, (kind, _) in enumerate(s) if kind == "fmri"][0] for s in prompts]
+        scans = [int(s[i][1]) for s, i in zip(prompts, cut)]
+        heads = [[t for _, p in s[:i] for t in self.codec.encode(p)] for s, i in zip(prompts, cut)]
+        tails = [[t for _, p in s[i + 1:] for t in self.codec.encode(p)] for s, i in zip(prompts, cut)]
+        prefix = shot_segments(shots)
+        prefix_text = _round_up(self._text_len(prefix), 64) if prefix else 0
+        prefix_len = prefix_text + len(shots) * scan_len
+        head_len = _round_up(max(max(len(h) for h in heads), 1), 8)
+        tail_len = _round_up(max(len(t) for t in tails), 32)
+        slots = _slots(prefix_len + head_len + scan_len + tail_len + room)
+        shared, prefix_next = None, 0
+        if prefix:  # one row per device, repeated to the batch on device
+            row, prefix_next = self._chunk(prefix, 0, prefix_text)
+            on_mesh = local_rows({**stack([row] * self.devices), "last": np.zeros(self.devices, np.int32)}, mesh)
+            _, shared = _prefill_empty(model, on_mesh, on_mesh.pop("last"), slots=slots)
+            shared = _repeat(shared, self.batch_size // self.devices)
+        for lo in range(0, len(prompts), self.batch_size):
+            used = min(self.batch_size, len(prompts) - lo)
+            pick = [lo + min(i, used - 1) for i in range(self.batch_size)]  # pad to whole device rows
+            head_tokens, head_valid = _padded([heads[i] for i in pick], head_len)
+            start = np.full(self.batch_size, prefix_next, np.int32)
+            first_rows = np.zeros(self.batch_size, np.int32)
+            on_mesh = local_rows({**self._text_chunk(head_tokens, head_valid, start), "last": first_rows}, mesh)
+            if shared is None:
+                _, cache = _prefill_empty(model, on_mesh, on_mesh.pop("last"), slots=slots)
+            else:
+                _, cache = _prefill(model, on_mesh, shared, on_mesh.pop("last"))
+            offset = start + np.array([len(heads[i]) for i in pick], np.int32)
+            cache = _insert(model, cache, local_rows({**self._scan_block([scans[i] for i in pick]),
+                                                      "offset": offset}, mesh))
+            tail_start = offset + self.n_patches
+            tail_tokens, tail_valid = _padded([tails[i] for i in pick], tail_len)
+            last = np.array([len(tails[i]) - 1 for i in pick], np.int32)
+            on_mesh = local_rows({**self._text_chunk(tail_tokens, tail_valid, tail_start), "last": last}, mesh)
+            first, cache = _prefill(model, on_mesh, cache, on_mesh.pop("last"))
+            yield used, cache, gather_rows(first)[:used], tail_start + np.array([len(tails[i]) for i in pick],
+                                                                                 np.int32)
 
     def _text_chunk(self, tokens: np.ndarray, valid: np.ndarray, start_group: np.ndarray) -> dict[str, np.ndarray]:
         """Text positions ids int [B, T] (valid bool [B, T]) whose groups start at start_group [B]."""

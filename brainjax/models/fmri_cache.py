@@ -6,9 +6,10 @@ prefix; with it the prefix is computed once, each query's scan and question once
 generated token reads the cached keys and values.
 
 The attention rule is the model's: a position reads a key iff ``group[key] <= group[query]`` and the key is
-valid. Because a chunk's groups continue where the cached ones stop (the host lays out one prompt and cuts it
-into chunks, :func:`brainjax.models.sequences.layout` with ``first_group``), extending chunk by chunk gives the
-hidden states of the whole sequence in one forward (tested within 1e-5). Padding anywhere stays invalid, so a
+valid (and, with block-local scan attention, an fMRI position only keys of its own block). Because a chunk's
+groups continue where the cached ones stop (the host lays out one prompt and cuts it into chunks,
+:func:`brainjax.models.sequences.layout` with ``first_group``), extending chunk by chunk gives the hidden states
+of the whole sequence in one forward (tested within 1e-5). Padding anywhere stays invalid, so a
 chunk may be padded at its end and the next chunk still continues each row's own groups.
 
 Chunks are batches in :class:`FMRILM`'s layout (ids, slot, group, valid, plus the window arrays of the
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 
 from brainjax.models.fmri_lm import FMRILM
 from brainjax.models.generate import cached_hidden
+from brainjax.models.lm import rope
 
 
 class FMRICache(NamedTuple):
@@ -64,6 +66,9 @@ def extend(model: FMRILM, chunk: dict, cache: FMRICache, query_chunk: int = 128)
     keys_group = jax.lax.dynamic_update_slice(cache.group, group.astype(jnp.int32), (0, cache.index))
     keys_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.index))
     allowed = (keys_group[:, None, :] <= group[:, :, None]) & keys_valid[:, None, :]
+    floor = model.floor(chunk)
+    if floor is not None:  # block-local scan attention: a scan's tokens read only their own block
+        allowed &= keys_group[:, None, :] >= floor[:, :, None]
     hidden, k, v = cached_hidden(model.lm, x, group, allowed, cache.k, cache.v, cache.index, query_chunk)
     return hidden, FMRICache(k, v, keys_group, keys_valid, cache.index + length)
 
@@ -73,3 +78,25 @@ def repeat_rows(cache: FMRICache, times: int) -> FMRICache:
     def grow(x):
         return x if x.ndim == 0 else jnp.repeat(x, times, axis=0)
     return jax.tree.map(grow, cache)
+
+
+def insert_block(model: FMRILM, cache: FMRICache, keys: tuple[jax.Array, ...], values: tuple[jax.Array, ...],
+                 group: jax.Array, valid: jax.Array, offset: jax.Array) -> FMRICache:
+    """Write one scan block per row, computed on its own from group 0, at the cache's index, moved to start at
+    group ``offset`` int [B].
+
+    Only for block-local scan attention (the block's states do not depend on what precedes it) and a RoPE LM:
+    there attention reads relative positions only, and a key rotated for position g then by ``offset`` is the
+    key rotated for g + offset, so the moved block equals the block computed in place. keys, values: per layer
+    [B, T, KV, D] (keys rotated for groups ``group``); group int [B, T] (from 0), valid bool [B, T]. Traceable."""
+    lm_cfg = model.lm.cfg
+    if model.scan_attention != "block" or lm_cfg.family != "qwen3":
+        raise ValueError("a scan block can be moved only with language.scan_attention='block' and a RoPE LM")
+    shift = jnp.broadcast_to(offset[:, None], group.shape)
+
+    def put(into, new):
+        return jax.lax.dynamic_update_slice(into, new.astype(into.dtype), (0, cache.index) + (0,) * (into.ndim - 2))
+
+    k = tuple(put(old, rope(new, shift, lm_cfg.rope_theta)) for old, new in zip(cache.k, keys))
+    v = tuple(put(old, new) for old, new in zip(cache.v, values))
+    return FMRICache(k, v, put(cache.group, group + shift), put(cache.valid, valid), cache.index + group.shape[1])

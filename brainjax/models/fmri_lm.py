@@ -9,7 +9,10 @@ One sequence mixes text and fMRI blocks (see :mod:`brainjax.models.sequences` fo
 position carries a *group*: all tokens of one time patch of one block share a group, every text token has its
 own, groups increase along the sequence. Query i may read key j when ``group[j] <= group[i]``: full attention
 within a time patch, causal across patches, text causal and reading every earlier fMRI block. The group is
-also the position id, so the parcels of one patch share a position.
+also the position id, so the parcels of one patch share a position. With ``language.scan_attention = "block"``
+an fMRI token reads only its own block (``group[j] >= `` the block's first group, :func:`read_floor`): text still
+reads everything before it, but a scan's hidden states no longer depend on what precedes it, and under RoPE its
+keys at another offset are the same keys rotated, so evaluation computes each scan's keys and values once.
 
 Batch entries (B samples, L positions, S fMRI blocks of P parcels x T TRs, M loss positions)::
 
@@ -38,6 +41,7 @@ from brainjax.nn.quantizers import l2_normalize
 
 TRAIN_LM = ("lora", "full", "frozen")
 FMRI_FEATURES = ("tokenizer", "tokenizer+fc", "tokenizer+summary", "tokenizer+fc+summary")
+SCAN_ATTENTION = ("causal", "block")
 
 
 def patch_connectivity(signal: jax.Array, real: jax.Array) -> jax.Array:
@@ -89,10 +93,18 @@ def lm_config_from_json(text: str) -> LMConfig:
     return LMConfig(**json.loads(text))
 
 
-def allowed_mask(group: jax.Array, valid: jax.Array) -> jax.Array:
+def allowed_mask(group: jax.Array, valid: jax.Array, floor: jax.Array | None = None) -> jax.Array:
     """group int [B, L], valid bool [B, L] -> bool [B, L, L]: query i reads key j iff group[j] <= group[i] and
-    j is valid."""
-    return (group[:, None, :] <= group[:, :, None]) & valid[:, None, :]
+    j is valid, and with ``floor`` int [B, L] (:func:`read_floor`) also group[j] >= floor[i]."""
+    allowed = (group[:, None, :] <= group[:, :, None]) & valid[:, None, :]
+    return allowed if floor is None else allowed & (group[:, None, :] >= floor[:, :, None])
+
+
+def read_floor(slot: jax.Array, group: jax.Array, n_patches: int, n_parcels: int) -> jax.Array:
+    """The lowest group each position reads under block-local scan attention, int [B, L]: for an fMRI token
+    (``slot >= 0``, patch-major within its block) the first group of its own block, for text 0 (everything)."""
+    patch = (slot % (n_patches * n_parcels)) // n_parcels
+    return jnp.where(slot >= 0, group - patch, 0)
 
 
 class FMRILM(nnx.Module):
@@ -103,6 +115,10 @@ class FMRILM(nnx.Module):
                  language: LanguageConfig, *, rngs: nnx.Rngs):
         if language.train_lm not in TRAIN_LM:
             raise ValueError(f"language.train_lm must be one of {TRAIN_LM}, got {language.train_lm!r}")
+        if language.scan_attention not in SCAN_ATTENTION:
+            raise ValueError(f"language.scan_attention must be one of {SCAN_ATTENTION}, got "
+                             f"{language.scan_attention!r}")
+        self.scan_attention = language.scan_attention
         if language.fmri_features not in FMRI_FEATURES:
             raise ValueError(f"language.fmri_features must be one of {FMRI_FEATURES}, got "
                              f"{language.fmri_features!r}")
@@ -190,11 +206,20 @@ class FMRILM(nnx.Module):
         gathered = jnp.take_along_axis(fmri, jnp.maximum(slot, 0)[..., None], axis=1)
         return jnp.where(slot[..., None] >= 0, gathered.astype(text.dtype), text), codes, real
 
+    def floor(self, batch: dict) -> jax.Array | None:
+        """:func:`read_floor` of a batch under ``scan_attention = "block"``; None when every position may read
+        everything before it (causal scan attention, or a text-only batch)."""
+        if self.scan_attention == "causal" or "signal" not in batch:
+            return None
+        _, _, n_parcels, length = jnp.shape(batch["signal"])
+        return read_floor(jnp.asarray(batch["slot"]), jnp.asarray(batch["group"]),
+                          length // self.tokenizer.cfg.patch, n_parcels)
+
     def __call__(self, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Hidden states float [B, L, W] of the mixed sequence, plus the blocks' codes and ``real`` [B, S, N, P]."""
         x, codes, real = self.embed_inputs(batch)
         group, valid = jnp.asarray(batch["group"]), jnp.asarray(batch["valid"]).astype(bool)
-        return self.lm.hidden(x, allowed_mask(group, valid), group), codes, real
+        return self.lm.hidden(x, allowed_mask(group, valid, self.floor(batch)), group), codes, real
 
     def code_logits(self, hidden: jax.Array) -> jax.Array:
         """hidden [..., W] -> logits over the tokenizer's codebook float32 [..., K]."""
