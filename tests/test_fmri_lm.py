@@ -262,3 +262,4 @@ def test_adapt_defaults_and_overrides():
         cfg = adapt.stage2_config(tokenizer_run, parser.parse_args(extra), "some/data", None)
         assert cfg.objective == "adapt" and cfg.language.train_lm == mode
         assert cfg.language.fmri_norm and cfg.language.fmri_features == "tokenizer+fc+summary"
+        assert cfg.language.scan_attention == "block"

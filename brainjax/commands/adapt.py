@@ -54,13 +54,14 @@ def stage2_config(tokenizer_run, args: argparse.Namespace, data: str, descriptor
     Defaults measured on the default data (recipe log in :mod:`brainjax.commands.instruct`): scan tokens with
     their connectivity row and the window summary, balanced and at the text scale (``fmri_norm``), the LM
     through LoRA (training the embedded LM in full fits the descriptions' wording far better, NLL 0.30 vs 0.70
-    per token, but its stage-3 sex AUROC fell from 0.82 to 0.41 in the one run measured).
+    per token, but its stage-3 sex AUROC fell from 0.82 to 0.41 in the one run measured), and block-local scan
+    attention (X9: the same quality as X6, and each scan is computed once at evaluation).
     """
     from brainjax.config import LanguageConfig, OptimConfig, override, with_data, with_steps
 
     cfg = tokenizer_run.cfg
     language = LanguageConfig(descriptors=str(descriptors.resolve()) if descriptors else "", fmri_norm=True,
-                              fmri_features="tokenizer+fc+summary")
+                              fmri_features="tokenizer+fc+summary", scan_attention="block")
     cfg = dataclasses.replace(
         cfg, name="adapt", objective="adapt", language=language,
         data=dataclasses.replace(cfg.data, batch_size=args.batch),
