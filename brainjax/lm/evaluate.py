@@ -165,22 +165,14 @@ class Prompter:
             yield from self._scan_first_batches(prompts, room)
             return
         mesh = self.loaded.mesh
-        prefix = shot_segments(shots)
         # Shapes are rounded (the prefix's text to 64, the query's to 32, the cache by _slots) so that
         # targets and k share compiled programs: on CPU compiling, not computing, dominated the evaluation.
-        prefix_text = _round_up(self._text_len(prefix), 64)
-        prefix_len = prefix_text + len(shots) * self.n_patches * self.n_parcels if prefix else 0
-        prefix_next = 0
+        prefix, prefix_text, prefix_len = self._prefix_shape(shots)
         segments = list(prompts)
         text_len = _round_up(max(self._text_len(s) for s in segments), 32)
         slots = _slots(prefix_len + self.n_patches * self.n_parcels + text_len + room)
         model = self.loaded.model
-        shared = None
-        if prefix:  # one row per device, repeated to the batch on device
-            row, prefix_next = self._chunk(prefix, 0, prefix_text)
-            on_mesh = local_rows({**stack([row] * self.devices), "last": np.zeros(self.devices, np.int32)}, mesh)
-            _, shared = _prefill_empty(model, on_mesh, on_mesh.pop("last"), slots=slots)
-            shared = _repeat(shared, self.batch_size // self.devices)
+        shared, prefix_next = self._shots_cache(prefix, prefix_text, slots)
         for lo in range(0, len(segments), self.batch_size):
             part = segments[lo:lo + self.batch_size]
             built = [self._chunk(s, prefix_next, text_len) for s in part]
@@ -192,6 +184,25 @@ class Prompter:
             else:
                 first, cache = _prefill(model, on_mesh, shared, on_mesh.pop("last"))
             yield len(part), cache, gather_rows(first)[:len(part)], np.array([g for _, g in built], np.int32)
+
+    def _prefix_shape(self, shots: Sequence[tuple[int, str, str]]) -> tuple[list, int, int]:
+        """The shots' segments, their text length rounded to 64 and their positions (0 without shots)."""
+        prefix = shot_segments(shots)
+        if not prefix:
+            return prefix, 0, 0
+        prefix_text = _round_up(self._text_len(prefix), 64)
+        return prefix, prefix_text, prefix_text + len(shots) * self.n_patches * self.n_parcels
+
+    def _shots_cache(self, prefix: list, prefix_text: int, slots: int) -> tuple[FMRICache | None, int]:
+        """The shots' cache, computed as one row per device and repeated to the batch on device, and the group
+        after it; (None, 0) without shots."""
+        if not prefix:
+            return None, 0
+        row, prefix_next = self._chunk(prefix, 0, prefix_text)
+        on_mesh = local_rows({**stack([row] * self.devices), "last": np.zeros(self.devices, np.int32)},
+                             self.loaded.mesh)
+        _, shared = _prefill_empty(self.loaded.model, on_mesh, on_mesh.pop("last"), slots=slots)
+        return _repeat(shared, self.batch_size // self.devices), prefix_next
 
     def _scan_first_batches(self, prompts: Sequence[list], room: int):
         """:meth:`_batches` for prompts without shots that open with their scan ("fMRI: " <scan> <text>): the scan
@@ -234,7 +245,7 @@ class Prompter:
     def _scan_block(self, scans: Sequence[int]) -> dict[str, np.ndarray]:
         """Keys and values of each scan computed on its own from group 0, stacked [len(scans), ...]: k{i}, v{i}
         per layer [T, KV, D], group int32 [T], valid bool [T] (T = N x P). Each scan is computed once per
-        Prompter and kept on the host (N x P x layers x 2 x KV x D floats, ~3 MB on the default data)."""
+        Prompter and kept on the host (N x P x layers x 2 x KV x D floats, 1.2 MB on the default data)."""
         missing = sorted({int(s) for s in scans} - set(self._scan_blocks))
         tokens = self.n_patches * self.n_parcels
         for lo in range(0, len(missing), self.batch_size):
@@ -243,8 +254,9 @@ class Prompter:
             built += [built[-1]] * (self.batch_size - len(built))
             on_mesh = local_rows({**stack(built), "last": np.zeros(self.batch_size, np.int32)}, self.loaded.mesh)
             _, cache = _prefill_empty(self.loaded.model, on_mesh, on_mesh.pop("last"), slots=_slots(tokens + 1))
-            keys = [gather_rows(k)[:, :tokens] for k in cache.k]
-            values = [gather_rows(v)[:, :tokens] for v in cache.v]
+            # copies: a view would keep the whole batch's cache alive for each scan
+            keys = [np.ascontiguousarray(gather_rows(k)[:, :tokens]) for k in cache.k]
+            values = [np.ascontiguousarray(gather_rows(v)[:, :tokens]) for v in cache.v]
             for i, scan in enumerate(part):
                 block = {f"k{layer}": k[i] for layer, k in enumerate(keys)}
                 block.update({f"v{layer}": v[i] for layer, v in enumerate(values)})
@@ -263,18 +275,11 @@ class Prompter:
         scans = [int(s[i][1]) for s, i in zip(prompts, cut)]
         heads = [[t for _, p in s[:i] for t in self.codec.encode(p)] for s, i in zip(prompts, cut)]
         tails = [[t for _, p in s[i + 1:] for t in self.codec.encode(p)] for s, i in zip(prompts, cut)]
-        prefix = shot_segments(shots)
-        prefix_text = _round_up(self._text_len(prefix), 64) if prefix else 0
-        prefix_len = prefix_text + len(shots) * scan_len
+        prefix, prefix_text, prefix_len = self._prefix_shape(shots)
         head_len = _round_up(max(max(len(h) for h in heads), 1), 8)
         tail_len = _round_up(max(len(t) for t in tails), 32)
         slots = _slots(prefix_len + head_len + scan_len + tail_len + room)
-        shared, prefix_next = None, 0
-        if prefix:  # one row per device, repeated to the batch on device
-            row, prefix_next = self._chunk(prefix, 0, prefix_text)
-            on_mesh = local_rows({**stack([row] * self.devices), "last": np.zeros(self.devices, np.int32)}, mesh)
-            _, shared = _prefill_empty(model, on_mesh, on_mesh.pop("last"), slots=slots)
-            shared = _repeat(shared, self.batch_size // self.devices)
+        shared, prefix_next = self._shots_cache(prefix, prefix_text, slots)
         for lo in range(0, len(prompts), self.batch_size):
             used = min(self.batch_size, len(prompts) - lo)
             pick = [lo + min(i, used - 1) for i in range(self.batch_size)]  # pad to whole device rows
