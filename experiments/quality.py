@@ -140,6 +140,15 @@ Hypotheses, kept (+) or rejected (-):
   [-0.043, 0.006], ties: 98 % of FC), diagnosis 0.964 vs 0.963 (ties), sex 0.956 vs 0.986 (-0.031 [-0.055,
   -0.009], loses, within 0.05); networks: k-means on the factor correlation 0.823 vs FC 0.818 (+0.005
   [-0.069, 0.078], ties; factor_spectral 0.786).
+- (+, not yet in the preset) the axial decoder (``model.decoder=axial``: per layer a block across the parcels of
+  each time patch, then a block over time within each parcel; at patch 20 on the default preset it reached
+  0.482 val R² against cross 0.429, experiments/default.py) in place of cross, this recipe at 1,500 steps on the
+  EPYC (shared with other jobs, so no time), against the recent-context run above (cross, 1,500 steps): eval
+  random 0.560 vs regression 0.544 (+0.016 [0.012, 0.020], cross +0.011), parcels +0.003 (same), time_block
+  +0.034 (+0.027), future +0.057 (+0.053), forecast MSE 0.607 beats AR(3) 0.616 (-0.009 [-0.016, -0.001];
+  cross 0.610 tied), step 1 0.216 (0.219), 5 steps beaten, none lost; probes on factcov age R² 0.875,
+  diagnosis 0.978 (beats FC), sex 0.981 (ties); networks factor 0.811 vs FC 0.774 (ties). Better on every row
+  by a little; the preset keeps cross until its 3,000-step table is measured again with axial.
 - What still loses, and why: random masking beats regression by 0.019, and +0.05 is beyond any model here:
   the generator's own conditional mean reaches +0.046 [0.040, 0.054] (the data are linear-Gaussian, so what a
   model can add to same-time regression is the temporal neighbourhood, and the oracle shows how little that
