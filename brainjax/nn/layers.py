@@ -234,6 +234,17 @@ class CrossDecoder(nnx.Module):
         return self.norm(x)
 
 
+def _paired_layers(layer: Callable, remat: str | None, pairs, x: jax.Array, dropout_key: jax.Array | None,
+                   *args) -> jax.Array:
+    """x through ``layer(first, second, x, *args, key)`` for each (first, second) block pair in order, each layer
+    rematerialised under ``remat`` and given its own dropout key (None: no dropout)."""
+    layer = rematerialise(layer, remat)
+    for i, (first, second) in enumerate(pairs):
+        key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+        x = layer(first, second, x, *args, key)
+    return x
+
+
 class FactorisedDecoder(nnx.Module):
     """Decoder layers that alternate attention over time within each parcel and cross-attention to a memory.
 
@@ -261,10 +272,8 @@ class FactorisedDecoder(nnx.Module):
             x = time_block(x.reshape(batch * parcels, patches, width), None, keys[0])
             return cross_block(x.reshape(batch, parcels * patches, width), memory, memory_mask, keys[1])
 
-        layer = rematerialise(layer, self.remat)
-        for i, (time_block, cross_block) in enumerate(zip(self.time_blocks, self.cross_blocks)):
-            key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-            x = layer(time_block, cross_block, x, memory, memory_mask, key)
+        x = _paired_layers(layer, self.remat, zip(self.time_blocks, self.cross_blocks), x, dropout_key,
+                           memory, memory_mask)
         return self.norm(x).reshape(batch, parcels, patches, width)
 
 
@@ -304,8 +313,6 @@ class AxialDecoder(nnx.Module):
             columns = time_block(columns.reshape(batch * parcels, patches, width), None, keys[1])
             return columns.reshape(batch, parcels, patches, width)
 
-        layer = rematerialise(layer, self.remat)
-        for i, (space_block, time_block) in enumerate(zip(self.space_blocks, self.time_blocks)):
-            key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-            x = layer(space_block, time_block, x, rows_cls.astype(x.dtype), space_mask, key)
+        x = _paired_layers(layer, self.remat, zip(self.space_blocks, self.time_blocks), x, dropout_key,
+                           rows_cls.astype(x.dtype), space_mask)
         return self.norm(x)
