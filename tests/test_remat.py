@@ -52,7 +52,8 @@ def _loss_and_grads(kind: str, policy: str | None, impl: str):
 
 @pytest.mark.parametrize("kind, impl", [("self", "chunked"), pytest.param("self", "xla", marks=pytest.mark.slow),
                                         *(pytest.param(k, i, marks=pytest.mark.slow)
-                                          for k in ("cross", "factorised", "axial") for i in ("xla", "chunked"))])
+                                          for k in ("cross", "factorised") for i in ("xla", "chunked")),
+                                        pytest.param("axial", "chunked", marks=pytest.mark.slow)])
 def test_every_policy_gives_the_values_and_gradients_of_no_remat(kind, impl):
     reference, ref_grads = _loss_and_grads(kind, None, impl)
     for policy in POLICIES[1:]:
