@@ -23,7 +23,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from brainjax.models.fmri_lm import FMRILM
+from brainjax.models.fmri_lm import FMRILM, allowed_mask
 from brainjax.models.generate import cached_hidden
 from brainjax.models.lm import rope
 
@@ -65,10 +65,7 @@ def extend(model: FMRILM, chunk: dict, cache: FMRICache, query_chunk: int = 128)
     x, _, _ = model.embed_inputs(chunk)
     keys_group = jax.lax.dynamic_update_slice(cache.group, group.astype(jnp.int32), (0, cache.index))
     keys_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.index))
-    allowed = (keys_group[:, None, :] <= group[:, :, None]) & keys_valid[:, None, :]
-    floor = model.floor(chunk)
-    if floor is not None:  # block-local scan attention: a scan's tokens read only their own block
-        allowed &= keys_group[:, None, :] >= floor[:, :, None]
+    allowed = allowed_mask(group, keys_valid, model.floor(chunk), key_group=keys_group)
     hidden, k, v = cached_hidden(model.lm, x, group, allowed, cache.k, cache.v, cache.index, query_chunk)
     return hidden, FMRICache(k, v, keys_group, keys_valid, cache.index + length)
 

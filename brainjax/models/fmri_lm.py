@@ -93,11 +93,14 @@ def lm_config_from_json(text: str) -> LMConfig:
     return LMConfig(**json.loads(text))
 
 
-def allowed_mask(group: jax.Array, valid: jax.Array, floor: jax.Array | None = None) -> jax.Array:
-    """group int [B, L], valid bool [B, L] -> bool [B, L, L]: query i reads key j iff group[j] <= group[i] and
-    j is valid, and with ``floor`` int [B, L] (:func:`read_floor`) also group[j] >= floor[i]."""
-    allowed = (group[:, None, :] <= group[:, :, None]) & valid[:, None, :]
-    return allowed if floor is None else allowed & (group[:, None, :] >= floor[:, :, None])
+def allowed_mask(group: jax.Array, valid: jax.Array, floor: jax.Array | None = None,
+                 key_group: jax.Array | None = None) -> jax.Array:
+    """Queries' group int [B, T] and floor (:func:`read_floor`, or None), keys' key_group int [B, S] (default: the
+    queries' own) and valid bool [B, S] -> bool [B, T, S]: query i reads key j iff key_group[j] <= group[i], j is
+    valid and, with a floor, key_group[j] >= floor[i]."""
+    key_group = group if key_group is None else key_group
+    allowed = (key_group[:, None, :] <= group[:, :, None]) & valid[:, None, :]
+    return allowed if floor is None else allowed & (key_group[:, None, :] >= floor[:, :, None])
 
 
 def read_floor(slot: jax.Array, group: jax.Array, n_patches: int, n_parcels: int) -> jax.Array:
