@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from safetensors.numpy import load_file
 
 from brainjax.cli import main as cli
 from brainjax.config import QuantizerConfig
+from brainjax.data.dataset import Dataset
 from brainjax.lm.default_lm import offline_corpus, train_text_tokenizer
 from brainjax.lm.scoring import is_number_prefix
 from brainjax.models.lm import DecoderLM, LMConfig
@@ -96,6 +98,7 @@ def test_instruct_then_ask(stage2, capsys):
     scorings = ("logprob", "logprob/token", "logprob, calibrated", "constrained")
     assert set(rows) == {("sex", s, m) for s in ("zero-shot", "1-shot") for m in scorings} | {
         ("age", "zero-shot", "generate"), ("age", "zero-shot", "number grammar"),
+        ("age", "zero-shot", "number scores, mean"), ("age", "zero-shot", "number scores, mean, calibrated"),
         ("description", "zero-shot", "generate")}
     described = rows[("description", "zero-shot", "generate")]
     assert 0.0 <= described["rouge_l"] <= 1.0 and 0.0 < described["chance_rouge_l"] <= 1.0
@@ -103,6 +106,13 @@ def test_instruct_then_ask(stage2, capsys):
     # whatever the 2-step model says, the grammar-constrained answers are numbers
     grammar = rows[("age", "zero-shot", "number grammar")]
     assert grammar["parse_rate"] == 1.0 and all(is_number_prefix(t) for t in grammar["examples"])
+    # the mean over the training range's whole numbers is a number inside that range for every scan
+    train_ages = [float(r["age"]) for r in Dataset(data).manifest if r["split"] == "train" and r["age"]]
+    for scoring in ("number scores, mean", "number scores, mean, calibrated"):
+        read = rows[("age", "zero-shot", scoring)]
+        assert read["parse_rate"] == 1.0 and math.isfinite(read["r2"])
+        low, high = math.floor(min(train_ages) + 0.5), math.floor(max(train_ages) + 0.5)
+        assert all(low - 0.05 <= float(t) <= high + 0.05 for t in read["examples"])
     assert all(r["n"] == 3 for r in report["rows"])
     # the 96-TR scans hold three 32-TR windows: label scores averaged over them, the generated answers unchanged
     assert cli(["instruct", "--eval-only", "--workdir", str(out), "--eval-targets", "sex,age", "--shots", "0",

@@ -11,14 +11,17 @@ from brainjax.lm.scoring import (
     NumberGrammar,
     calibrate,
     chance_metrics,
+    expected_number,
     format_table,
     is_number,
     is_number_prefix,
     label_metrics,
     label_scores,
+    number_candidates,
     numeric_metrics,
     parse_number,
     text_metrics,
+    value_metrics,
 )
 
 
@@ -135,6 +138,27 @@ def test_numeric_metrics_by_hand():
     assert out["chance_r2"] == pytest.approx(1 - np.sum((ok_y - 45) ** 2) / np.sum((ok_y - ok_y.mean()) ** 2))
     none = numeric_metrics(["no idea"], np.array([3.0]))
     assert none["parse_rate"] == 0 and math.isnan(none["mae"]) and math.isnan(none["r2"])
+
+
+def test_number_scores_by_hand():
+    assert number_candidates(np.array([8.4, 13.8, 79.6])).tolist() == list(range(8, 81))
+    spread = number_candidates(np.array([0.0, 1000.0]), most=11)
+    assert spread.tolist() == list(range(0, 1001, 100))
+    values = np.array([20.0, 30.0, 40.0])
+    scores = np.log(np.array([[0.5, 0.25, 0.25], [0.0, 0.0, 1.0]]) + 1e-300)
+    scores[0] += 7.0  # only differences between a row's scores matter
+    assert expected_number(scores, values) == pytest.approx([27.5, 40.0])
+    # a number the model gives no chance (-inf) takes no weight
+    assert expected_number(np.array([[0.0, -np.inf, 0.0]]), values) == pytest.approx([30.0])
+    # predictions given as values: the same metrics as the parsed texts they would print as
+    texts = ["30", "x", "50"]
+    y = np.array([32.0, 60.0, 45.0])
+    assert value_metrics(np.array([30.0, np.nan, 50.0]), y, np.array([40.0])) == numeric_metrics(texts, y,
+                                                                                                 np.array([40.0]))
+    with pytest.raises(ValueError, match="finite"):
+        expected_number(np.full((1, 3), -np.inf), values)
+    with pytest.raises(ValueError, match="finite training values"):
+        number_candidates(np.array([]))
 
 
 def test_bad_input_raises():

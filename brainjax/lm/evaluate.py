@@ -13,7 +13,9 @@ same forward passes:
   prefix, so the teacher-forced token log-probabilities of the label forwards are exactly the decoder's
   next-token distribution: at each step the best allowed next token is kept until one label remains.
 
-Numeric targets (e.g. age) are answered by free greedy decoding (a few tokens), parsed as numbers.
+Numeric targets (e.g. age) are answered by free greedy decoding (a few tokens), parsed as numbers, by greedy
+decoding constrained to a number grammar, and read as the mean of the model's distribution over the whole
+numbers of the training range, each scored like a label (:func:`~brainjax.lm.scoring.expected_number`).
 """
 
 from __future__ import annotations

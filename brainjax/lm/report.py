@@ -1,6 +1,7 @@
 """The stage-3 evaluation table: every target, zero-shot and k-shot, scored by log-probability (summed over
 the label's tokens, and per token), and by constrained decoding, beside chance; numeric targets by free
-generation and by generation constrained to the number grammar (see :mod:`brainjax.lm.evaluate` for how
+generation, by generation constrained to the number grammar and by the mean of the model's distribution over
+the training range's whole numbers (see :mod:`brainjax.lm.evaluate` for how
 answers are scored)."""
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from brainjax.lm.scoring import (
     NumberGrammar,
     calibrate,
     chance_metrics,
+    expected_number,
     label_metrics,
     label_scores,
+    number_candidates,
     numeric_metrics,
     text_metrics,
+    value_metrics,
 )
 
 
@@ -79,6 +83,9 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
                 texts = prompter.generate(prompts, grammar=rule)
                 rows.append({**base, "setting": "zero-shot", "scoring": scoring,
                              **numeric_metrics(texts, y, np.array(train)), "examples": texts[:3]})
+            rows += _number_score_rows(prompter, base, prompts, y, train, _subset(
+                [e for e in make_examples(dataset, targets, [name], "train", seed=seed + 1, descriptors=descriptors)
+                 if e.scan in windows], calibration_scans))
             if progress:
                 progress(f"{name} zero-shot: {len(queries)} scans, {time.perf_counter() - start:.0f} s")
             continue
@@ -132,6 +139,27 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
                          "chance": chance})
             if progress:
                 progress(f"{name} {setting}: {len(queries)} scans, {time.perf_counter() - start:.0f} s")
+    return rows
+
+
+def _number_score_rows(prompter, base: dict, prompts: list, y: np.ndarray, train: list[float],
+                       calibration: list) -> list[dict]:
+    """Numeric rows read from the model's distribution over the whole numbers of the training range (each scored
+    like a label, answer + eos): its mean (``number scores, mean``), and the same with the prior over numbers
+    measured on the ``calibration`` training scans removed (``..., calibrated``), as for labels."""
+    values = number_candidates(np.array(train))
+    labels = [str(int(v)) for v in values]
+    scores = label_scores(prompter.label_token_logprobs(prompts, labels))
+    readings = [("number scores, mean", scores)]
+    if calibration:
+        prior = label_scores(prompter.label_token_logprobs([query_segments(e.question, e.scan)
+                                                            for e in calibration], labels))
+        readings.append(("number scores, mean, calibrated", calibrate(scores, prior)))
+    rows = []
+    for scoring, read in readings:
+        pred = expected_number(read, values)
+        rows.append({**base, "setting": "zero-shot", "scoring": scoring,
+                     **value_metrics(pred, y, np.array(train)), "examples": [f"{v:.1f}" for v in pred[:3]]})
     return rows
 
 

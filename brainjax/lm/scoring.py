@@ -5,7 +5,8 @@ A classification question is scored by the model's log-probability of each label
 log-probabilities). Softmax over the C label log-probabilities turns them into class probabilities, so AUROC
 ranks scans by probability, not by the hard answer. Chance is what a model that ignores the scan achieves:
 the training majority class (accuracy), 1/C (balanced accuracy), 0.5 (AUROC). Numeric answers are parsed
-from generated text; chance predicts the training mean.
+from generated text, or read as the mean of the model's distribution over the whole numbers of the training
+range (each number scored like a label); chance predicts the training mean.
 """
 
 from __future__ import annotations
@@ -173,12 +174,18 @@ def numeric_metrics(texts: Sequence[str], y: np.ndarray, y_train: np.ndarray | N
     MAE and R^2 use the parsed answers only (NaN when none, R^2 NaN below 2). With y_train: float [M], chance
     (predicting the training mean) is reported on the same parsed scans as chance_mae and chance_r2.
     """
-    y = np.asarray(y, np.float64)
-    if y.ndim != 1 or len(texts) != len(y) or y.size == 0:
-        raise ValueError(f"need N >= 1 texts and values, got {len(texts)} texts and y of shape {y.shape}")
+    if len(texts) != len(np.atleast_1d(y)):
+        raise ValueError(f"need one text per value, got {len(texts)} texts and y of shape {np.shape(y)}")
+    return value_metrics(np.array([parse_number(t) for t in texts]), y, y_train)
+
+
+def value_metrics(pred: np.ndarray, y: np.ndarray, y_train: np.ndarray | None = None) -> dict:
+    """:func:`numeric_metrics` of predicted values pred: float [N] (NaN = no answer) against y: float [N]."""
+    y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
+    if y.ndim != 1 or pred.shape != y.shape or y.size == 0:
+        raise ValueError(f"need N >= 1 predictions and values, got {pred.shape} and {y.shape}")
     if not np.isfinite(y).all():
         raise ValueError("true values hold NaN or inf")
-    pred = np.array([parse_number(t) for t in texts])
     ok = np.isfinite(pred)
     out = {"n": len(y), "parse_rate": float(ok.mean()),
            "mae": float(np.mean(np.abs(pred[ok] - y[ok]))) if ok.any() else math.nan,
@@ -191,6 +198,29 @@ def numeric_metrics(texts: Sequence[str], y: np.ndarray, y_train: np.ndarray | N
         out["chance_mae"] = float(np.mean(np.abs(base - y[ok]))) if ok.any() else math.nan
         out["chance_r2"] = float(r2_score(y[ok], base)) if ok.sum() >= 2 else math.nan
     return out
+
+
+def number_candidates(y_train: np.ndarray, most: int = 128) -> np.ndarray:
+    """The whole numbers an answer is scored over: every integer from the smallest to the largest training value
+    (rounded), or ``most`` of them evenly spread when the range holds more. float [K]."""
+    y_train = np.asarray(y_train, np.float64)
+    if y_train.ndim != 1 or y_train.size == 0 or not np.isfinite(y_train).all():
+        raise ValueError("need a non-empty 1-D array of finite training values")
+    low, high = math.floor(y_train.min() + 0.5), math.floor(y_train.max() + 0.5)
+    if high - low + 1 <= most:
+        return np.arange(low, high + 1, dtype=np.float64)
+    return np.unique(np.floor(np.linspace(low, high, most) + 0.5))
+
+
+def expected_number(scores: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The mean answer under the model: sum_k softmax(scores)[:, k] * values[k]; scores: float [N, K] (each
+    candidate's answer log-probability), values: float [K]. Returns float [N]. Under squared error the mean,
+    not the most probable number, is the best point answer a distribution gives (R^2 is squared error)."""
+    scores, values = np.asarray(scores, np.float64), np.asarray(values, np.float64)
+    if scores.ndim != 2 or values.shape != (scores.shape[1],) or not np.isfinite(scores).any(axis=1).all():
+        raise ValueError(f"need scores [N, K] with a finite entry per row and values [K], got {scores.shape} "
+                         f"and {values.shape}")
+    return softmax(scores, axis=1) @ values
 
 
 def text_metrics(texts: Sequence[str], references: Sequence[str], train_references: Sequence[str],
