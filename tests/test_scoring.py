@@ -151,14 +151,33 @@ def test_number_scores_by_hand():
     # a number the model gives no chance (-inf) takes no weight
     assert expected_number(np.array([[0.0, -np.inf, 0.0]]), values) == pytest.approx([30.0])
     # predictions given as values: the same metrics as the parsed texts they would print as
-    texts = ["30", "x", "50"]
-    y = np.array([32.0, 60.0, 45.0])
-    assert value_metrics(np.array([30.0, np.nan, 50.0]), y, np.array([40.0])) == numeric_metrics(texts, y,
-                                                                                                 np.array([40.0]))
+    texts = ["30", "x", "50", "41"]
+    y = np.array([32.0, 60.0, 45.0, 40.0])
+    by_value = value_metrics(np.array([30.0, np.nan, 50.0, 41.0]), y, np.array([40.0]))
+    by_text = numeric_metrics(texts, y, np.array([40.0]))
+    assert by_value.keys() == by_text.keys()
+    for key, value in by_value.items():
+        assert np.allclose(value, by_text[key], equal_nan=True), key
+    assert by_value["r"] == pytest.approx(np.corrcoef([32.0, 45.0, 40.0], [30.0, 50.0, 41.0])[0, 1])
     with pytest.raises(ValueError, match="finite"):
         expected_number(np.full((1, 3), -np.inf), values)
     with pytest.raises(ValueError, match="finite training values"):
         number_candidates(np.array([]))
+
+
+def test_numeric_intervals_separate_signal_from_offset():
+    rng = np.random.default_rng(0)
+    y = rng.uniform(10, 80, 60)
+    subjects = np.repeat(np.arange(30), 2)
+    # answers that track the truth (with noise) beat the training mean: r and the R^2 gain are above 0
+    tracking = value_metrics(y + rng.normal(0, 8, 60), y, y_train=np.array([45.0, 45.0]), groups=subjects)
+    assert tracking["r"] > 0.8 and tracking["r_ci"][0] > 0.5 and tracking["r2_gain_ci"][0] > 0
+    # a constant closer to the test mean than the training mean: R^2 above chance by offset alone, no r
+    shifted = value_metrics(np.full(60, y.mean() + 1.0), y, y_train=np.array([y.mean() + 15.0]), groups=subjects)
+    assert shifted["r2"] > shifted["chance_r2"] and math.isnan(shifted["r"])
+    # answers unrelated to the scan: r's interval holds 0
+    blind = value_metrics(rng.uniform(10, 80, 60), y, y_train=np.array([45.0]), groups=subjects)
+    assert blind["r_ci"][0] < 0 < blind["r_ci"][1]
 
 
 def test_bad_input_raises():

@@ -31,6 +31,7 @@ X7 X6 with the LM trained in full (``train_lm=full``)        0.405 [.16,.68]  0.
                                                                                                .005]**
 X6 again with ``train.seed=1`` (stages 2-3)                  0.702 [.45,.93]  0.714 [.40,1.0]  +.001 [-.002,.003] -
 X9 X6 + block-local scan attention (``scan_attention``)      0.833 [.69,.96]  0.635 [.28,.96]  +.000 [-.002,.002] yes
+X10 X9 + age among the tuned targets (same stage 2)         0.476 [.25,.76]  0.724 [.44,.95]  (X9's)            no
 ===========================================================  ===============  ===============  ==================  =====
 
 Findings. Until X6 the LM did not read the scans at all: on *training* scans stage 3 scored sex 0.59 and
@@ -63,6 +64,16 @@ default. X6 repeated with another seed scored sex 0.702 [0.45, 0.93] (calibrated
 any recipe change since X6, so the sex goal (0.85) is not settled by one good run. The whole default
 evaluation (7 targets x k = 0, 1, 2, calibration, description) took 3 min 19 s and 2.52 GiB peak RSS alone,
 against 4 min 40 s and 1.97 GiB with causal scan attention (X8 checkpoint, same shapes).
+
+Age as a number (X9 rerun bit for bit from a new stage 2: same figures). Free and grammar-constrained greedy
+answers give one number for every scan (X9: "0", R2 -10.5; tuned on age, X10: "12", R2 -6.3), so the stage-3
+table now also reads the model's distribution over the whole numbers of the training range (8-80, each scored
+like a label): its mean, raw and with the prior over numbers (32 training scans) removed. X9 zero-shot: raw mean
+R2 -0.468 (training mean -0.459; r 0.26 [-0.17, 0.64]); calibrated R2 -0.276, above the training mean (95 %
+interval of the R2 gain [0.06, 0.70]), MAE 15.5 vs 16.7, r 0.36 [-0.04, 0.62]. The gain is mostly level,
+not reading: calibration flattens the prior to the range's middle (44), nearer the test mean (53) than the
+training mean (42); a constant 44 scores -0.31. X10 (age tuned) answers "12" to every scan, its calibrated mean
+R2 -0.314, and sex falls to chance (0.476): rejected, age stays a zero-shot target.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ numbers of the training range, each scored like a label (:func:`~brainjax.lm.sco
 
 from __future__ import annotations
 
+import ctypes
 import functools
 from collections.abc import Sequence
 
@@ -57,10 +58,18 @@ def _extend_and_pick(model, chunk: dict, cache: FMRICache, last: jax.Array) -> t
     return jax.nn.log_softmax(model.lm.logits(picked), axis=-1), cache
 
 
-@nnx.jit
+@functools.partial(nnx.jit, donate_argnames="cache")
 def _prefill(model, chunk: dict, cache: FMRICache, last: jax.Array) -> tuple[jax.Array, FMRICache]:
-    """Extend the cache by a chunk; log-probabilities of the next token after position ``last`` [B] -> [B, V]."""
+    """Extend the cache by a chunk; log-probabilities of the next token after position ``last`` [B] -> [B, V].
+    The cache is donated (its slots are written in place, not into a copy of it: a k-shot cache is ~100 MB on
+    the default data): pass :func:`_copy` of a cache that is used again."""
     return _extend_and_pick(model, chunk, cache, last)
+
+
+@jax.jit
+def _copy(cache: FMRICache) -> FMRICache:
+    """A new cache equal to ``cache``, for :func:`_prefill` to extend while ``cache`` is kept (shots, scans)."""
+    return jax.tree.map(jnp.copy, cache)
 
 
 @functools.partial(nnx.jit, static_argnames="slots")
@@ -78,9 +87,10 @@ def _continuation(model, chunk: dict, cache: FMRICache, targets: jax.Array) -> j
     return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
 
-@nnx.jit
+@functools.partial(nnx.jit, donate_argnames="cache")
 def _insert(model, cache: FMRICache, block: dict) -> FMRICache:
-    """:func:`~brainjax.models.fmri_cache.insert_block` of a stacked :meth:`Prompter._scan_block` (+ ``offset``)."""
+    """:func:`~brainjax.models.fmri_cache.insert_block` of a stacked :meth:`Prompter._scan_block` (+ ``offset``)
+    into a cache nothing else holds (donated: written in place)."""
     layers = model.lm.cfg.layers
     return insert_block(model, cache, tuple(block[f"k{i}"] for i in range(layers)),
                         tuple(block[f"v{i}"] for i in range(layers)), block["group"], block["valid"],
@@ -92,14 +102,30 @@ def _repeat(cache: FMRICache, times: int) -> FMRICache:
     return repeat_rows(cache, times)
 
 
+def _release_large_buffers() -> None:
+    """Have glibc serve every allocation of 1 MiB or more by its own mapping, returned to the system when freed.
+
+    Why: glibc raises that threshold after each large block is freed (up to 32 MiB), after which such blocks come
+    from the heap and stay resident once freed. The evaluation frees buffers of every size for minutes (caches of
+    each prompt shape, attention workspaces), so its resident memory only grew: the whole default evaluation
+    peaked at 2.5 GiB with 1.2 GiB of it free heap, against 1.7 GiB with this setting. A no-op where the C library
+    has no ``mallopt`` (macOS)."""
+    try:
+        ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = -3 (malloc.h)
+    except (OSError, AttributeError):
+        pass
+
+
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
 def _slots(need: int) -> int:
-    """Cache slots for ``need`` positions: a power of two up to 1,024, then a multiple of 512 (few shapes, yet a
-    query's scan attends over at most 511 empty slots: attention over the cache is most of a k-shot query)."""
-    return 1 << (need - 1).bit_length() if need <= 1024 else _round_up(need, 512)
+    """Cache slots for ``need`` positions: a power of two, or above 1,024 the smaller of 1.5 x and 2 x a power of
+    two (1,536, 2,048, 3,072, 4,096, 6,144, ...). Few sizes, so the targets and k share compiled programs: on CPU
+    each new shape costs ~0.7 s to compile and ~30 MB held by its executable, more than the empty slots cost."""
+    size = 1 << (need - 1).bit_length()
+    return size * 3 // 4 if size > 1024 and size * 3 // 4 >= need else size
 
 
 def _padded(rows: Sequence[Sequence[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +166,7 @@ class Prompter:
         self.batch_size = _round_up(batch_size, self.devices)
         self._scan_caches: dict = {}  # zero-shot: each batch's scan part, reused by every question about it
         self._scan_blocks: dict[int, dict[str, np.ndarray]] = {}  # block-local attention: each scan's keys/values
+        _release_large_buffers()
 
     def _chunk(self, segments: list, first_group: int, text_len: int) -> tuple[dict[str, np.ndarray], int]:
         """One row of a chunk holding ``segments`` (text strings, fMRI manifest indices) from ``first_group``,
@@ -184,7 +211,7 @@ class Prompter:
             if shared is None:
                 first, cache = _prefill_empty(model, on_mesh, on_mesh.pop("last"), slots=slots)
             else:
-                first, cache = _prefill(model, on_mesh, shared, on_mesh.pop("last"))
+                first, cache = _prefill(model, on_mesh, _copy(shared), on_mesh.pop("last"))
             yield len(part), cache, gather_rows(first)[:len(part)], np.array([g for _, g in built], np.int32)
 
     def _prefix_shape(self, shots: Sequence[tuple[int, str, str]]) -> tuple[list, int, int]:
@@ -205,6 +232,48 @@ class Prompter:
                              self.loaded.mesh)
         _, shared = _prefill_empty(self.loaded.model, on_mesh, on_mesh.pop("last"), slots=slots)
         return _repeat(shared, self.batch_size // self.devices), prefix_next
+
+    def _prefix_runs(self, prefix: list) -> list[tuple[str, list[int] | int]]:
+        """The shots' segments as alternating runs: ("text", token ids of consecutive text segments, each encoded
+        on its own as :meth:`_chunk` lays them) and ("fmri", manifest index)."""
+        runs: list = []
+        for kind, part in prefix:
+            if kind == "fmri":
+                runs.append(("fmri", int(part)))
+            elif runs and runs[-1][0] == "text":
+                runs[-1][1].extend(self.codec.encode(part))
+            else:
+                runs.append(("text", list(self.codec.encode(part))))
+        return runs
+
+    def _moved_shots_cache(self, runs: list, slots: int) -> tuple[FMRICache | None, int]:
+        """:meth:`_shots_cache` under block-local scan attention: the shots' text runs are computed (each padded
+        to 32 positions) and each shot's scan is moved in from :meth:`_scan_block`, so a k-shot prefix costs its
+        text, not one forward over all its scans (on the default data a 2-shot prompt over five sites was 6,000
+        fMRI tokens attending to each other in one chunk: most of the evaluation's peak memory)."""
+        if not runs:
+            return None, 0
+        # Computed for the whole batch (not one row per device, then repeated): the chunks then have the shapes of
+        # the queries' own text and scan chunks, so they share compiled programs (compiling dominates on CPU).
+        mesh, model, rows = self.loaded.mesh, self.loaded.model, self.batch_size
+        cache, group = None, 0
+        for kind, part in runs:
+            start = np.full(rows, group, np.int32)
+            if kind == "fmri":
+                if cache is None:  # shot_segments open with text; the cache is made by the first text run
+                    raise ValueError("a k-shot prefix must open with text, not a scan")
+                cache = _insert(model, cache, local_rows({**self._scan_block([part] * rows), "offset": start},
+                                                         mesh))
+                group += self.n_patches
+                continue
+            tokens, valid = _padded([part] * rows, _round_up(len(part), 32))
+            on_mesh = local_rows({**self._text_chunk(tokens, valid, start), "last": np.zeros(rows, np.int32)}, mesh)
+            if cache is None:
+                _, cache = _prefill_empty(model, on_mesh, on_mesh.pop("last"), slots=slots)
+            else:
+                _, cache = _prefill(model, on_mesh, cache, on_mesh.pop("last"))
+            group += len(part)
+        return cache, group
 
     def _scan_first_batches(self, prompts: Sequence[list], room: int):
         """:meth:`_batches` for prompts without shots that open with their scan ("fMRI: " <scan> <text>): the scan
@@ -234,7 +303,7 @@ class Prompter:
             tokens, valid = _padded(rows, tail_len)
             last = np.array([len(r) - 1 for r in rows], np.int32)
             on_mesh = local_rows({**self._text_chunk(tokens, valid, start), "last": last}, mesh)
-            first, cache = _prefill(model, on_mesh, cache, on_mesh.pop("last"))
+            first, cache = _prefill(model, on_mesh, _copy(cache), on_mesh.pop("last"))  # the stored one is kept
             used = len(part)
             yield used, cache, gather_rows(first)[:used], start + np.array([len(r) for r in rows], np.int32)
 
@@ -248,6 +317,13 @@ class Prompter:
         """Keys and values of each scan computed on its own from group 0, stacked [len(scans), ...]: k{i}, v{i}
         per layer [T, KV, D], group int32 [T], valid bool [T] (T = N x P). Each scan is computed once per
         Prompter and kept on the host (N x P x layers x 2 x KV x D floats, 1.2 MB on the default data)."""
+        self._compute_blocks(scans)
+        return stack([self._scan_blocks[int(s)] for s in scans])
+
+    def _compute_blocks(self, scans: Sequence[int]) -> None:
+        """Compute the :meth:`_scan_block` of every scan of ``scans`` not yet kept, whole batches at a time (callers
+        pass every scan they will need first: a forward over a batch of scans is the evaluation's largest cost, and
+        one new scan at a time would fill each batch with copies of it)."""
         missing = sorted({int(s) for s in scans} - set(self._scan_blocks))
         tokens = self.n_patches * self.n_parcels
         for lo in range(0, len(missing), self.batch_size):
@@ -264,7 +340,6 @@ class Prompter:
                 block.update({f"v{layer}": v[i] for layer, v in enumerate(values)})
                 block.update(group=built[i]["group"][:tokens], valid=built[i]["valid"][:tokens])
                 self._scan_blocks[scan] = block
-        return stack([self._scan_blocks[int(s)] for s in scans])
 
     def _moved_scan_batches(self, prompts: Sequence[list], shots: Sequence[tuple[int, str, str]], room: int):
         """:meth:`_batches` for prompts "<text> <scan> <text>" under block-local scan attention: per batch the
@@ -277,11 +352,13 @@ class Prompter:
         scans = [int(s[i][1]) for s, i in zip(prompts, cut)]
         heads = [[t for _, p in s[:i] for t in self.codec.encode(p)] for s, i in zip(prompts, cut)]
         tails = [[t for _, p in s[i + 1:] for t in self.codec.encode(p)] for s, i in zip(prompts, cut)]
-        prefix, prefix_text, prefix_len = self._prefix_shape(shots)
+        runs = self._prefix_runs(shot_segments(shots))
+        self._compute_blocks(scans + [p for kind, p in runs if kind == "fmri"])
+        prefix_len = sum(_round_up(len(p), 32) if kind == "text" else scan_len for kind, p in runs)
         head_len = _round_up(max(max(len(h) for h in heads), 1), 8)
         tail_len = _round_up(max(len(t) for t in tails), 32)
         slots = _slots(prefix_len + head_len + scan_len + tail_len + room)
-        shared, prefix_next = self._shots_cache(prefix, prefix_text, slots)
+        shared, prefix_next = self._moved_shots_cache(runs, slots)
         for lo in range(0, len(prompts), self.batch_size):
             used = min(self.batch_size, len(prompts) - lo)
             pick = [lo + min(i, used - 1) for i in range(self.batch_size)]  # pad to whole device rows
@@ -292,7 +369,7 @@ class Prompter:
             if shared is None:
                 _, cache = _prefill_empty(model, on_mesh, on_mesh.pop("last"), slots=slots)
             else:
-                _, cache = _prefill(model, on_mesh, shared, on_mesh.pop("last"))
+                _, cache = _prefill(model, on_mesh, _copy(shared), on_mesh.pop("last"))
             offset = start + np.array([len(heads[i]) for i in pick], np.int32)
             cache = _insert(model, cache, local_rows({**self._scan_block([scans[i] for i in pick]),
                                                       "offset": offset}, mesh))
@@ -370,6 +447,7 @@ class Prompter:
                 feed[:used, 0] = tokens
                 chunk = self._text_chunk(feed, np.ones(feed.shape, bool), start + step)
                 on_mesh = local_rows({**chunk, "last": np.zeros(self.batch_size, np.int32)}, self.loaded.mesh)
+                # every cache _batches yields is a new one, used here only: extended in place
                 logp, cache = _prefill(self.loaded.model, on_mesh, cache, on_mesh.pop("last"))
                 logp = gather_rows(logp)
             texts += [self.codec.decode(g).strip() for g in generated]

@@ -72,6 +72,7 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
         if not queries:
             continue
         base = {"target": name, "tuned": name in tuned, "n": len(queries)}
+        groups = [subjects[e.scan] for e in queries]  # bootstrap intervals resample subjects
         if target.kind == "numeric":
             prompts = [query_segments(e.question, e.scan) for e in queries]
             y = np.array([float(e.answer) for e in queries])
@@ -82,8 +83,8 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
             for scoring, rule in (("generate", None), ("number grammar", grammar)):
                 texts = prompter.generate(prompts, grammar=rule)
                 rows.append({**base, "setting": "zero-shot", "scoring": scoring,
-                             **numeric_metrics(texts, y, np.array(train)), "examples": texts[:3]})
-            rows += _number_score_rows(prompter, base, prompts, y, train, _subset(
+                             **numeric_metrics(texts, y, np.array(train), groups), "examples": texts[:3]})
+            rows += _number_score_rows(prompter, base, prompts, y, train, groups, _subset(
                 [e for e in make_examples(dataset, targets, [name], "train", seed=seed + 1, descriptors=descriptors)
                  if e.scan in windows], calibration_scans))
             if progress:
@@ -101,7 +102,6 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
             continue
         labels = class_labels(dataset, target, descriptors)
         y = np.array([e.label for e in queries])
-        groups = [subjects[e.scan] for e in queries]  # bootstrap intervals resample subjects
         chance = chance_metrics(labels[train_pool][labels[train_pool] >= 0], y, len(target.labels))
         support = make_examples(dataset, targets, [name], "train", seed=seed + 1, source_line=source_line,
                                 descriptors=descriptors)
@@ -142,7 +142,7 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
     return rows
 
 
-def _number_score_rows(prompter, base: dict, prompts: list, y: np.ndarray, train: list[float],
+def _number_score_rows(prompter, base: dict, prompts: list, y: np.ndarray, train: list[float], groups: list,
                        calibration: list) -> list[dict]:
     """Numeric rows read from the model's distribution over the whole numbers of the training range (each scored
     like a label, answer + eos): its mean (``number scores, mean``), and the same with the prior over numbers
@@ -159,7 +159,7 @@ def _number_score_rows(prompter, base: dict, prompts: list, y: np.ndarray, train
     for scoring, read in readings:
         pred = expected_number(read, values)
         rows.append({**base, "setting": "zero-shot", "scoring": scoring,
-                     **value_metrics(pred, y, np.array(train)), "examples": [f"{v:.1f}" for v in pred[:3]]})
+                     **value_metrics(pred, y, np.array(train), groups), "examples": [f"{v:.1f}" for v in pred[:3]]})
     return rows
 
 

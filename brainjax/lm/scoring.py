@@ -27,7 +27,8 @@ _NUMBER = re.compile(r"(?:(?<!\w)[-+])?\d+(?:\.\d+)?")
 _COLUMNS = (("target", "target"), ("setting", "setting"), ("scoring", "scoring"), ("n", "n"),
             ("accuracy", "accuracy"), ("balanced_accuracy", "bal. acc."), ("balanced_accuracy_ci", "95 %"),
             ("auroc", "AUROC"), ("auroc_ci", "95 %"), ("chance", "chance"),
-            ("parse_rate", "parsed"), ("mae", "MAE"), ("r2", "R2"), ("chance_mae", "chance MAE"),
+            ("parse_rate", "parsed"), ("mae", "MAE"), ("r2", "R2"), ("r2_gain_ci", "R2 - chance 95 %"),
+            ("r", "r"), ("r_ci", "95 %"), ("chance_mae", "chance MAE"),
             ("rouge_l", "ROUGE-L"), ("chance_rouge_l", "chance ROUGE-L"))
 _ALWAYS = ("target", "setting", "scoring")
 
@@ -168,19 +169,39 @@ def parse_number(text: str) -> float:
     return float(match.group()) if match else math.nan
 
 
-def numeric_metrics(texts: Sequence[str], y: np.ndarray, y_train: np.ndarray | None = None) -> dict:
+def numeric_metrics(texts: Sequence[str], y: np.ndarray, y_train: np.ndarray | None = None, groups=None) -> dict:
     """Parse rate, MAE and R^2 of numbers parsed from generated ``texts`` (N strings) against y: float [N].
 
     MAE and R^2 use the parsed answers only (NaN when none, R^2 NaN below 2). With y_train: float [M], chance
-    (predicting the training mean) is reported on the same parsed scans as chance_mae and chance_r2.
+    (predicting the training mean) is reported on the same parsed scans as chance_mae and chance_r2. The
+    correlation and intervals are :func:`value_metrics`'.
     """
     if len(texts) != len(np.atleast_1d(y)):
         raise ValueError(f"need one text per value, got {len(texts)} texts and y of shape {np.shape(y)}")
-    return value_metrics(np.array([parse_number(t) for t in texts]), y, y_train)
+    return value_metrics(np.array([parse_number(t) for t in texts]), y, y_train, groups)
 
 
-def value_metrics(pred: np.ndarray, y: np.ndarray, y_train: np.ndarray | None = None) -> dict:
-    """:func:`numeric_metrics` of predicted values pred: float [N] (NaN = no answer) against y: float [N]."""
+def _weighted_r2(w: np.ndarray, y: np.ndarray, pred: np.ndarray) -> float:
+    mean = np.average(y, weights=w)
+    total = np.sum(w * (y - mean) ** 2)
+    return float(1 - np.sum(w * (y - pred) ** 2) / total) if total > 0 else math.nan
+
+
+def _weighted_corr(w: np.ndarray, y: np.ndarray, pred: np.ndarray) -> float:
+    drawn = w > 0
+    if np.ptp(y[drawn]) == 0 or np.ptp(pred[drawn]) == 0:  # a constant has no correlation (not rounding noise)
+        return math.nan
+    dy, dp = y - np.average(y, weights=w), pred - np.average(pred, weights=w)
+    scale = math.sqrt(np.sum(w * dy ** 2) * np.sum(w * dp ** 2))
+    return float(np.sum(w * dy * dp) / scale) if scale > 0 else math.nan
+
+
+def value_metrics(pred: np.ndarray, y: np.ndarray, y_train: np.ndarray | None = None, groups=None) -> dict:
+    """:func:`numeric_metrics` of predicted values pred: float [N] (NaN = no answer) against y: float [N], plus
+    the Pearson correlation ``r`` of the answers with the truth (NaN for constant answers) and its bootstrap 95 %
+    interval ``r_ci`` (groups: [N] resampling unit per scan, default the scan); with y_train, also
+    ``r2_gain_ci``: the interval of R^2 minus the training mean's R^2 on the same draws (above 0: the answers
+    beat the scan-blind baseline)."""
     y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
     if y.ndim != 1 or pred.shape != y.shape or y.size == 0:
         raise ValueError(f"need N >= 1 predictions and values, got {pred.shape} and {y.shape}")
@@ -190,6 +211,15 @@ def value_metrics(pred: np.ndarray, y: np.ndarray, y_train: np.ndarray | None = 
     out = {"n": len(y), "parse_rate": float(ok.mean()),
            "mae": float(np.mean(np.abs(pred[ok] - y[ok]))) if ok.any() else math.nan,
            "r2": float(r2_score(y[ok], pred[ok])) if ok.sum() >= 2 else math.nan}
+    sub = None if groups is None else np.asarray(groups)[ok]
+    yo, po = y[ok], pred[ok]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if ok.sum() >= 2:
+            out["r"] = _weighted_corr(np.ones(len(yo)), yo, po)
+            draw = paired_interval(lambda w: _weighted_corr(w, yo, po), len(yo), groups=sub)
+            out["r_ci"] = [draw["low"], draw["high"]]
+        else:
+            out["r"], out["r_ci"] = math.nan, [math.nan, math.nan]
     if y_train is not None:
         y_train = np.asarray(y_train, np.float64)
         if y_train.ndim != 1 or y_train.size == 0 or not np.isfinite(y_train).all():
@@ -197,6 +227,10 @@ def value_metrics(pred: np.ndarray, y: np.ndarray, y_train: np.ndarray | None = 
         base = np.full(ok.sum(), y_train.mean())
         out["chance_mae"] = float(np.mean(np.abs(base - y[ok]))) if ok.any() else math.nan
         out["chance_r2"] = float(r2_score(y[ok], base)) if ok.sum() >= 2 else math.nan
+        if ok.sum() >= 2:
+            draw = paired_interval(lambda w: _weighted_r2(w, yo, po) - _weighted_r2(w, yo, base), len(yo),
+                                   groups=sub)
+            out["r2_gain_ci"] = [draw["low"], draw["high"]]
     return out
 
 
