@@ -72,6 +72,15 @@ def _copy(cache: FMRICache) -> FMRICache:
     return jax.tree.map(jnp.copy, cache)
 
 
+def _start_or_extend(model, on_mesh: dict, cache: FMRICache | None, slots: int) -> tuple[jax.Array, FMRICache]:
+    """:func:`_prefill` of the chunk ``on_mesh`` (with its ``last``) into ``cache`` (donated), or into a new cache of
+    ``slots`` slots when there is none yet."""
+    last = on_mesh.pop("last")
+    if cache is None:
+        return _prefill_empty(model, on_mesh, last, slots=slots)
+    return _prefill(model, on_mesh, cache, last)
+
+
 @functools.partial(nnx.jit, static_argnames="slots")
 def _prefill_empty(model, chunk: dict, last: jax.Array, *, slots: int) -> tuple[jax.Array, FMRICache]:
     """:func:`_prefill` into a new cache of ``slots`` slots (made inside the program, so it is sharded like the
@@ -208,10 +217,7 @@ class Prompter:
             built += [built[-1]] * (self.batch_size - len(built))  # pad to whole device rows
             last = np.array([np.flatnonzero(c["valid"]).max() for c, _ in built], np.int32)
             on_mesh = local_rows({**stack([c for c, _ in built]), "last": last}, mesh)
-            if shared is None:
-                first, cache = _prefill_empty(model, on_mesh, on_mesh.pop("last"), slots=slots)
-            else:
-                first, cache = _prefill(model, on_mesh, _copy(shared), on_mesh.pop("last"))
+            first, cache = _start_or_extend(model, on_mesh, None if shared is None else _copy(shared), slots)
             yield len(part), cache, gather_rows(first)[:len(part)], np.array([g for _, g in built], np.int32)
 
     def _prefix_shape(self, shots: Sequence[tuple[int, str, str]]) -> tuple[list, int, int]:
@@ -269,10 +275,7 @@ class Prompter:
                 continue
             tokens, valid = _padded([part] * rows, _round_up(len(part), 32))
             on_mesh = local_rows({**self._text_chunk(tokens, valid, start), "last": np.zeros(rows, np.int32)}, mesh)
-            if cache is None:
-                _, cache = _prefill_empty(model, on_mesh, on_mesh.pop("last"), slots=slots)
-            else:
-                _, cache = _prefill(model, on_mesh, cache, on_mesh.pop("last"))
+            _, cache = _start_or_extend(model, on_mesh, cache, slots)
             group += len(part)
         return cache, group
 
@@ -367,10 +370,7 @@ class Prompter:
             start = np.full(self.batch_size, prefix_next, np.int32)
             first_rows = np.zeros(self.batch_size, np.int32)
             on_mesh = local_rows({**self._text_chunk(head_tokens, head_valid, start), "last": first_rows}, mesh)
-            if shared is None:
-                _, cache = _prefill_empty(model, on_mesh, on_mesh.pop("last"), slots=slots)
-            else:
-                _, cache = _prefill(model, on_mesh, _copy(shared), on_mesh.pop("last"))
+            _, cache = _start_or_extend(model, on_mesh, None if shared is None else _copy(shared), slots)
             offset = start + np.array([len(heads[i]) for i in pick], np.int32)
             cache = _insert(model, cache, local_rows({**self._scan_block([scans[i] for i in pick]),
                                                       "offset": offset}, mesh))

@@ -76,17 +76,17 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
         if target.kind == "numeric":
             prompts = [query_segments(e.question, e.scan) for e in queries]
             y = np.array([float(e.answer) for e in queries])
-            train = [float(e.answer) for e in make_examples(dataset, targets, [name], "train", seed=seed,
-                                                            descriptors=descriptors)]
+            # the training answers (chance, the number range) and the calibration scans from one example list
+            support = make_examples(dataset, targets, [name], "train", seed=seed + 1, descriptors=descriptors)
+            train = [float(e.answer) for e in support]
             grammar = NumberGrammar([codec.decode([i]) for i in range(codec.tokenizer.get_vocab_size())],
                                     codec.eos_id)
             for scoring, rule in (("generate", None), ("number grammar", grammar)):
                 texts = prompter.generate(prompts, grammar=rule)
                 rows.append({**base, "setting": "zero-shot", "scoring": scoring,
                              **numeric_metrics(texts, y, np.array(train), groups), "examples": texts[:3]})
-            rows += _number_score_rows(prompter, base, prompts, y, train, groups, _subset(
-                [e for e in make_examples(dataset, targets, [name], "train", seed=seed + 1, descriptors=descriptors)
-                 if e.scan in windows], calibration_scans))
+            rows += _number_score_rows(prompter, base, prompts, y, train, groups,
+                                       _subset([e for e in support if e.scan in windows], calibration_scans))
             if progress:
                 progress(f"{name} zero-shot: {len(queries)} scans, {time.perf_counter() - start:.0f} s")
             continue

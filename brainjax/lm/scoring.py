@@ -192,8 +192,7 @@ def _weighted_corr(w: np.ndarray, y: np.ndarray, pred: np.ndarray) -> float:
     if np.ptp(y[drawn]) == 0 or np.ptp(pred[drawn]) == 0:  # a constant has no correlation (not rounding noise)
         return math.nan
     dy, dp = y - np.average(y, weights=w), pred - np.average(pred, weights=w)
-    scale = math.sqrt(np.sum(w * dy ** 2) * np.sum(w * dp ** 2))
-    return float(np.sum(w * dy * dp) / scale) if scale > 0 else math.nan
+    return float(np.sum(w * dy * dp) / math.sqrt(np.sum(w * dy ** 2) * np.sum(w * dp ** 2)))
 
 
 def value_metrics(pred: np.ndarray, y: np.ndarray, y_train: np.ndarray | None = None, groups=None) -> dict:
@@ -213,13 +212,12 @@ def value_metrics(pred: np.ndarray, y: np.ndarray, y_train: np.ndarray | None = 
            "r2": float(r2_score(y[ok], pred[ok])) if ok.sum() >= 2 else math.nan}
     sub = None if groups is None else np.asarray(groups)[ok]
     yo, po = y[ok], pred[ok]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if ok.sum() >= 2:
-            out["r"] = _weighted_corr(np.ones(len(yo)), yo, po)
-            draw = paired_interval(lambda w: _weighted_corr(w, yo, po), len(yo), groups=sub)
-            out["r_ci"] = [draw["low"], draw["high"]]
-        else:
-            out["r"], out["r_ci"] = math.nan, [math.nan, math.nan]
+    if ok.sum() >= 2:
+        out["r"] = _weighted_corr(np.ones(len(yo)), yo, po)
+        draw = paired_interval(lambda w: _weighted_corr(w, yo, po), len(yo), groups=sub)
+        out["r_ci"] = [draw["low"], draw["high"]]
+    else:
+        out["r"], out["r_ci"] = math.nan, [math.nan, math.nan]
     if y_train is not None:
         y_train = np.asarray(y_train, np.float64)
         if y_train.ndim != 1 or y_train.size == 0 or not np.isfinite(y_train).all():
