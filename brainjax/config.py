@@ -193,6 +193,10 @@ class LanguageConfig:
     # | tokenizer+summary | tokenizer+fc+summary (plus K bilinear readouts of the window's connectivity on the
     # last patch's tokens: models/fmri_lm.ConnectivitySummary)
     summary_rank: int = shapes_params(32)  # K of that summary
+    fmri_time: str = shapes_params("patch")  # patch: one token per parcel and time patch | window: one per parcel
+    # for the whole window (patches' features averaged, connectivity row over the window); needs code_weight = 0
+    fmri_pool: int = shapes_params(0)  # fMRI tokens per time patch: 0 = one per parcel; K > 0 = K learned queries
+    # read the patch's parcel tokens (models/resampler.py); needs code_weight = 0 (codes are per parcel)
     fmri_norm: bool = shapes_params(False)  # RMS-normalise fMRI tokens to the text embeddings' scale (`adapt` sets
     # it; False only so that runs saved before it existed load unchanged)
     scan_attention: str = shapes_params("causal")  # causal: an fMRI token reads everything before it (text and

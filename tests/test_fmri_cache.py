@@ -33,8 +33,9 @@ _extend = nnx.jit(extend, static_argnames="query_chunk")
 MASKS = np.array([[True, True, False], [True, True, True], [True, False, True]])  # some parcels are padding
 
 
-def _model(scan_attention: str = "causal") -> FMRILM:
-    language = LanguageConfig(train_lm="lora", lora_rank=2, scan_attention=scan_attention)
+def _model(scan_attention: str = "causal", pool: int = 0, time: str = "patch") -> FMRILM:
+    language = LanguageConfig(train_lm="lora", lora_rank=2, scan_attention=scan_attention, fmri_pool=pool,
+                              fmri_time=time, fmri_features="tokenizer+fc+summary", summary_rank=2)
     model = FMRILM(LM, TOK, QUANT, language, rngs=nnx.Rngs(0))
     # LoRA's B starts at zero; random adapters make sure the cached path runs through them too.
     for path, leaf in nnx.to_flat_state(nnx.state(model, nnx.Param)):
@@ -50,8 +51,8 @@ def _windows(scans, seed=0) -> dict[str, np.ndarray]:
             "tr": np.full(len(scans), 2.0, np.float32)}
 
 
-def _sample(segments, scans, text_len, first_group=0, seed=0) -> dict:
-    spec = SequenceSpec(P, N, blocks=len(scans), text_len=text_len, answer_len=1)
+def _sample(segments, scans, text_len, first_group=0, seed=0, pool=0) -> dict:
+    spec = SequenceSpec(P, N, blocks=len(scans), text_len=text_len, answer_len=1, pool=pool)
     row = layout(segments, [], MASKS[list(scans)], spec, first_group=first_group)
     out = {k: row[k] for k in ("ids", "slot", "group", "valid")}
     out.update(_windows(scans, seed))
@@ -107,22 +108,23 @@ def test_a_shared_prefix_repeated_to_several_queries_equals_each_query_alone():
         extend(model, queries[0], cache)
 
 
-def test_block_scan_attention_makes_a_scan_independent_of_what_precedes_it():
+@pytest.mark.parametrize("pool", [0, 2])
+def test_block_scan_attention_makes_a_scan_independent_of_what_precedes_it(pool):
     """Under block-local attention a scan's hidden states are the same after any text and scans, at any offset (a
     RoPE LM reads relative positions only): what lets evaluation compute each scan once. Causal attention mixes
-    the prompt in."""
-    spec = SequenceSpec(P, N)
+    the prompt in. pool: two pooled tokens per patch (language.fmri_pool)."""
+    spec = SequenceSpec(P, N, pool=pool)
     scan = _windows([2], seed=5)
     alone_segments = [("fmri", 0), ("text", [13])]
     after_segments = SHOTS + [("text", [40, 41, 42]), ("fmri", 2), ("text", [13])]
     for scan_attention, independent in (("block", True), ("causal", False)):
-        model = _model(scan_attention)
-        alone = _sample(alone_segments, [2], 4)
+        model = _model(scan_attention, pool)
+        alone = _sample(alone_segments, [2], 4, pool=pool)
         alone.update({k: v[None] for k, v in scan.items()})
-        after = _sample(after_segments, [0, 1, 2], 10)
+        after = _sample(after_segments, [0, 1, 2], 10, pool=pool)
         for key, value in scan.items():  # the same window as block 2
             after[key][0, 2] = value[0]
-        tokens = N * P
+        tokens = spec.block_tokens
         at = int(np.flatnonzero(after["slot"][0] == 2 * tokens)[0])
         assert after["group"][0, at] == next_group(SHOTS + [("text", [40, 41, 42])], spec) > 0
         got = np.asarray(_forward(model, after)[0, at:at + tokens])
@@ -146,10 +148,11 @@ class _Codec:
         return "".join(chr(i) for i in ids if i)
 
 
-def _prompter(batch_size: int, devices: int, scan_attention: str = "causal"):
-    cfg = Config(objective="instruct", data=DataConfig(window=8), model=TOK, mesh=MeshConfig())
+def _prompter(batch_size: int, devices: int, scan_attention: str = "causal", pool: int = 0, time: str = "patch"):
+    cfg = Config(objective="instruct", data=DataConfig(window=8), model=TOK, mesh=MeshConfig(),
+                 language=LanguageConfig(fmri_pool=pool, fmri_time=time))
     mesh = make_mesh(cfg.mesh, jax.devices()[:devices])
-    loaded = types.SimpleNamespace(cfg=cfg, model=_model(scan_attention), mesh=mesh)
+    loaded = types.SimpleNamespace(cfg=cfg, model=_model(scan_attention, pool, time), mesh=mesh)
     windows = {scan: {k: v[0] for k, v in _windows([scan % 3], seed=scan).items()} for scan in range(6)}
     return Prompter(loaded, _Codec(), windows, P, batch_size), loaded, windows
 
@@ -162,7 +165,9 @@ def _full_logprobs(loaded, windows, segments, answer: list[int]) -> np.ndarray:
     codec = _Codec()
     scans = [int(p) for k, p in segments if k == "fmri"]
     tokens = [("text", codec.encode(p)) if k == "text" else ("fmri", scans.index(int(p))) for k, p in segments]
-    spec = SequenceSpec(P, N, blocks=len(scans), text_len=TEXT)
+    language = loaded.cfg.language
+    spec = SequenceSpec(P, 1 if language.fmri_time == "window" else N, blocks=len(scans), text_len=TEXT,
+                        pool=language.fmri_pool)
     masks = np.stack([windows[s]["parcel_mask"] for s in scans])
     row = layout(tokens, answer, masks, spec)
     batch = stack([row])
@@ -176,10 +181,13 @@ def _full_logprobs(loaded, windows, segments, answer: list[int]) -> np.ndarray:
 
 # block: each scan's keys and values are computed once on their own and moved into every prompt (on 8 devices
 # both paths shard rows the same way, through local_rows / gather_rows: one of them is run there)
-@pytest.mark.parametrize("devices, scan_attention", [(1, "causal"), (1, "block"),
-                                                     pytest.param(8, "block", marks=pytest.mark.slow)])
-def test_prompter_label_logprobs_equal_full_recomputation_with_and_without_shots(devices, scan_attention):
-    prompter, loaded, windows = _prompter(8 if devices == 8 else 3, devices, scan_attention)
+@pytest.mark.parametrize("devices, scan_attention, pool, time", [
+    (1, "causal", 0, "patch"), (1, "block", 0, "patch"), (1, "block", 2, "patch"), (1, "block", 0, "window"),
+    pytest.param(8, "block", 0, "patch", marks=pytest.mark.slow)])
+def test_prompter_label_logprobs_equal_full_recomputation_with_and_without_shots(devices, scan_attention, pool, time):
+    """pool: two pooled tokens per time patch in place of the three parcels (language.fmri_pool); time: one token
+    per parcel for the whole window (language.fmri_time)."""
+    prompter, loaded, windows = _prompter(8 if devices == 8 else 3, devices, scan_attention, pool, time)
     queries = [("Sex?", 3), ("What is the sex?", 4), ("Sex of this one?", 5), ("Sex?", 1)]
     labels = ["female", "male"]
     codec = _Codec()

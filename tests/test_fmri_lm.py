@@ -3,6 +3,8 @@ computations done another way (numpy log-softmax over full logits; codes from th
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from flax import nnx
@@ -153,7 +155,7 @@ def _architecture() -> str:
 
 def test_code_loss_needs_two_patches():
     cfg = Config(objective="adapt", language=LanguageConfig())
-    with pytest.raises(ValueError, match="2 time patches"):
+    with pytest.raises(ValueError, match="2 token time steps"):
         FMRILMTask(cfg, Lineage(lm_architecture=_architecture()), SequenceSpec(n_parcels=3, n_patches=1))
 
 
@@ -234,6 +236,65 @@ def test_window_summary_reaches_the_last_patch_only():
     assert np.abs(moved[3:] - base[3:]).max() > 1e-4
 
 
+def test_pooled_layout_gives_each_patch_its_pooled_tokens():
+    spec = SequenceSpec(n_parcels=3, n_patches=2, blocks=2, text_len=8, pool=2)
+    s = layout([("text", [1]), ("fmri", 0), ("fmri", 1), ("text", [3])], [4], np.array([[1, 1, 0], [0, 0, 0]], bool),
+               spec)
+    # text 1 | block 0: patch 0 tokens 0 1, patch 1 tokens 0 1 | block 1 (no real parcel) the same | text 3 | answer
+    np.testing.assert_array_equal(s["slot"][:11], [-1, 0, 1, 2, 3, 4, 5, 6, 7, -1, -1])
+    np.testing.assert_array_equal(s["group"][:11], [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 6])
+    np.testing.assert_array_equal(s["valid"][:11], [1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1])
+    assert spec.block_tokens == 4 and spec.length == 2 * 4 + 8
+
+
+def test_pooled_tokens_read_real_parcels_only_and_need_no_code_loss():
+    model = FMRILM(LM, TOK, QUANT, LanguageConfig(lora_rank=2, fmri_pool=2, fmri_norm=True,
+                                                  fmri_features="tokenizer+fc+summary", summary_rank=4),
+                   rngs=nnx.Rngs(0))
+    batch = _batch()
+    tokens = np.asarray(model.fmri_tokens(batch)[0])
+    assert tokens.shape == (1, 2 * 2, LM.hidden)  # two patches x two pooled tokens
+    padded = dict(batch, signal=batch["signal"].copy())
+    padded["signal"][0, 0, 2] = 100.0 * np.arange(8)  # parcel 2 is padding: never read
+    np.testing.assert_allclose(np.asarray(model.fmri_tokens(padded)[0]), tokens, atol=1e-5)
+    real = dict(batch, signal=batch["signal"].copy())
+    real["signal"][0, 0, 1, :4] = real["signal"][0, 0, 0, :4]  # a real parcel of patch 0 changes
+    moved = np.asarray(model.fmri_tokens(real)[0][0])
+    assert np.abs(moved[:2] - tokens[0, :2]).max() > 1e-4
+    hidden = np.asarray(model(stack([layout(PROMPT, ANSWER, PARCELS, dataclasses.replace(SPEC, pool=2))]) |
+                              {k: batch[k] for k in ("signal", "parcel_mask", "coords", "tr")})[0])
+    assert hidden.shape == (1, 2 * 2 + SPEC.text_len, LM.hidden) and np.isfinite(hidden).all()
+    cfg = Config(objective="adapt", language=LanguageConfig(fmri_pool=2))
+    with pytest.raises(ValueError, match="code_weight=0"):
+        FMRILMTask(cfg, Lineage(lm_architecture=_architecture()), SequenceSpec(3, 2, pool=2))
+    with pytest.raises(ValueError, match="fmri_pool"):
+        FMRILM(LM, TOK, QUANT, LanguageConfig(fmri_pool=-1), rngs=nnx.Rngs(0))
+
+
+def test_window_tokens_average_the_patches_and_read_the_whole_window_connectivity():
+    language = LanguageConfig(lora_rank=2, fmri_time="window", fmri_features="tokenizer+fc")
+    model = FMRILM(LM, TOK, QUANT, language, rngs=nnx.Rngs(0))
+    batch = _batch()
+    tokens = np.asarray(model.fmri_tokens(batch)[0][0])
+    assert tokens.shape == (3, LM.hidden)  # one token per parcel for the two-patch window
+    # by hand: the projected tokenizer features of each patch averaged, plus the window's connectivity row
+    patch = dict(batch, signal=batch["signal"])
+    per_patch = FMRILM(LM, TOK, QUANT, dataclasses.replace(language, fmri_time="patch"), rngs=nnx.Rngs(0))
+    per_patch.fmri_fc.kernel[...] = np.zeros(per_patch.fmri_fc.kernel.shape, np.float32)  # its features alone
+    features = np.asarray(per_patch.fmri_tokens(patch)[0][0]).reshape(2, 3, -1)
+    parcel = np.asarray(model.parcel_embed.embedding[...])[:3]
+    signal = batch["signal"][0, 0]
+    fc = np.zeros((3, TOK.max_parcels))
+    fc[:2, :2] = np.corrcoef(signal[:2])  # parcel 2 is padding: its row and column stay 0
+    want = (features - parcel).mean(0) + parcel + np.asarray(model.fmri_fc(fc.astype(np.float32)))
+    np.testing.assert_allclose(tokens[:2], want[:2], atol=1e-4)
+    hidden = np.asarray(model(stack([layout(PROMPT, ANSWER, PARCELS, dataclasses.replace(SPEC, n_patches=1))]) |
+                              {k: batch[k] for k in ("signal", "parcel_mask", "coords", "tr")})[0])
+    assert hidden.shape == (1, 3 + SPEC.text_len, LM.hidden) and np.isfinite(hidden).all()
+    with pytest.raises(ValueError, match="fmri_time"):
+        FMRILM(LM, TOK, QUANT, LanguageConfig(fmri_time="scan"), rngs=nnx.Rngs(0))
+
+
 def test_fmri_norm_balances_token_parts_and_matches_the_text_embeddings_scale():
     model = FMRILM(LM, TOK, QUANT, LanguageConfig(lora_rank=2, fmri_norm=True), rngs=nnx.Rngs(0))
     table = 7.0 * np.asarray(model.lm.embed.embedding[...])  # a trained LM's own scale: fMRI tokens follow it
@@ -257,9 +318,14 @@ def test_adapt_defaults_and_overrides():
 
     parser = argparse.ArgumentParser()
     adapt.add_arguments(parser)
-    tokenizer_run = SimpleNamespace(cfg=Config(objective="tokenizer"))
+    tokenizer_run = SimpleNamespace(cfg=Config(objective="tokenizer", model=ModelConfig(patch=20)))
     for extra, mode in (([], "lora"), (["--lm", "some/lm"], "lora"), (["--set", "language.train_lm=full"], "full")):
-        cfg = adapt.stage2_config(tokenizer_run, parser.parse_args(extra), "some/data", None)
+        cfg = adapt.stage2_config(tokenizer_run, parser.parse_args(extra), "some/data", None, scan_length=207)
         assert cfg.objective == "adapt" and cfg.language.train_lm == mode
         assert cfg.language.fmri_norm and cfg.language.fmri_features == "tokenizer+fc+summary"
         assert cfg.language.scan_attention == "block"
+        # the whole (shortest) scan cut to whole patches, one token per parcel, so no next-patch codes
+        assert cfg.data.window == 200 and cfg.language.fmri_time == "window" and cfg.language.code_weight == 0
+    cfg = adapt.stage2_config(tokenizer_run, parser.parse_args(["--set", "data.window=100"]), "d", None, 207)
+    assert cfg.data.window == 100
+    assert adapt.stage2_config(tokenizer_run, parser.parse_args([]), "d", None, scan_length=7).data.window == 20

@@ -32,6 +32,17 @@ X7 X6 with the LM trained in full (``train_lm=full``)        0.405 [.16,.68]  0.
 X6 again with ``train.seed=1`` (stages 2-3)                  0.702 [.45,.93]  0.714 [.40,1.0]  +.001 [-.002,.003] -
 X9 X6 + block-local scan attention (``scan_attention``)      0.833 [.69,.96]  0.635 [.28,.96]  +.000 [-.002,.002] yes
 X10 X9 + age among the tuned targets (same stage 2)         0.476 [.25,.76]  0.724 [.44,.95]  (X9's)            no
+M2 X9 checkpoint, label scores averaged over the scan's 3   0.929 [.76,1.0]  0.604 [.26,1.0]  -                 (X14)
+windows (``--windows 3``)
+X11 ``fmri_pool=16``: 16 learned tokens per patch, not 300  0.544 [.32,.75]  0.380 [.15,.63]  +.000 [-.000,.000] no
+parcels (stage 2 without the code loss, which needs parcels)
+X12 X11 + the whole scan as the window (``data.window=300``) 0.548 [.32,.75]  0.344 [.12,.59]  +.001 [-.001,.003] no
+X13 ``fmri_time=window``: one token per parcel per window    0.496 [.29,.72]  0.630 [.39,.86]  -.000 [-.001,.000] no
+(patches' features averaged, connectivity row over it)
+X14 X13 + the whole scan as the window (300 TRs)            **0.929**        0.693 [.40,.96]  +.000 [-.000,.001] yes
+                                                             [.82,1.0]
+X14 again, stage 3 with ``train.seed=1``                    **0.964**        0.734 [.48,.96]  (X14's)           -
+                                                             [.88,1.0]
 ===========================================================  ===============  ===============  ==================  =====
 
 Findings. Until X6 the LM did not read the scans at all: on *training* scans stage 3 scored sex 0.59 and
@@ -74,6 +85,24 @@ interval of the R2 gain [0.06, 0.70]), MAE 15.5 vs 16.7, r 0.36 [-0.04, 0.62]. T
 not reading: calibration flattens the prior to the range's middle (44), nearer the test mean (53) than the
 training mean (42); a constant 44 scores -0.31. X10 (age tuned) answers "12" to every scan, its calibrated mean
 R2 -0.314, and sex falls to chance (0.476): rejected, age stays a zero-shot target.
+
+X11-X14 and M2 (this round): what X9 reads, measured by zeroing one part of every fMRI token at evaluation
+(X9, zero-shot sex AUROC 0.833): without the connectivity rows 0.655, without the window summary 0.806,
+without the tokenizer features 0.877, so sex is read from the rows. X9 also underfits rather than overfits:
+on 96 training scans sex 0.836, diagnosis 0.695. A logistic probe on the test split bounds what one window
+holds: network-level connectivity of the first 100 TRs gives sex 0.933, diagnosis 0.844 (parcel-level 0.960,
+0.734), of the whole 300-TR scan 0.980 and 0.990 (parcel-level 1.000, 0.979). Reading more of the scan is the
+lever: averaging X9's label scores over the scan's three windows (M2) lifts sex to 0.929 [0.76, 1.0] zero-shot
+(balanced accuracy 0.865 [0.70, 1.0]) and 0.933 2-shot, at three windows' evaluation cost; one token per parcel
+for the whole scan (X14, ``fmri_time=window`` with ``data.window`` the scan) reads it in 300 tokens instead of
+600 per 100 TRs: sex 0.929 [0.82, 1.0] and, stage 3 repeated with another seed, 0.964 [0.88, 1.0] (balanced
+accuracy 0.937 [0.84, 1.0]), diagnosis 0.693 / 0.734 (calibrated balanced accuracy 0.708 [0.52, 0.88]), now the
+default of ``adapt``. Its weak point: k-shot prompts lower it (2-shot sex 0.627 and 0.869, diagnosis 0.547 and
+0.521), where X9's did not; stage 3 trains on zero-shot prompts only. Fewer tokens per patch (X11, X12: 16
+learned queries reading the parcels) lose the reading entirely, as does one token per 100-TR window (X13):
+X13's connectivity rows come from 100 TRs, X14's from 300. All of X11-X14 train stage 2 without the
+next-patch code loss (their tokens have no next patch or no parcel to predict a code for); C0 below tests
+whether that loss is what X9's reading needs.
 """
 
 from __future__ import annotations

@@ -14,10 +14,18 @@ an fMRI token reads only its own block (``group[j] >= `` the block's first group
 reads everything before it, but a scan's hidden states no longer depend on what precedes it, and under RoPE its
 keys at another offset are the same keys rotated, so evaluation computes each scan's keys and values once.
 
+Two options change how many tokens a window is. ``language.fmri_time = "window"``: one token per parcel for the
+whole window (its patches' features averaged, its connectivity row over the window, which a 300-TR scan estimates
+far better than a 50-TR patch), so a block is one group; no next-patch code is left to predict. ``language.fmri_pool
+= K``: K learned queries read each patch's parcel tokens (:mod:`brainjax.models.resampler`) in place of the P
+parcels. The host lays a block out as N' x K' positions either way (:class:`~brainjax.models.sequences.SequenceSpec`
+``n_patches`` = :func:`token_steps`, ``pool``).
+
 Batch entries (B samples, L positions, S fMRI blocks of P parcels x T TRs, M loss positions)::
 
     ids       int32 [B, L]     text token ids (anything at fMRI positions)
     slot      int32 [B, L]     -1 for text; else the fMRI token read there: block * N * P + patch * P + parcel
+                               (N token time steps, P tokens per step: parcels, or pooled tokens)
     group     int32 [B, L]     attention group = position id (non-decreasing along valid positions)
     valid     bool  [B, L]     real positions (False: padding and the tokens of padded parcels)
     signal    float [B, S, P, T], parcel_mask bool [B, S, P], coords float [B, S, P, 3], tr float [B, S]
@@ -34,6 +42,7 @@ from flax import nnx
 
 from brainjax.config import LanguageConfig, ModelConfig, QuantizerConfig
 from brainjax.models.lm import DecoderLM, LMConfig
+from brainjax.models.resampler import PatchResampler
 from brainjax.models.tokenizer import NeuralTokenizer
 from brainjax.nn.layers import linear, logical
 from brainjax.nn.lora import add_lora
@@ -42,6 +51,12 @@ from brainjax.nn.quantizers import l2_normalize
 TRAIN_LM = ("lora", "full", "frozen")
 FMRI_FEATURES = ("tokenizer", "tokenizer+fc", "tokenizer+summary", "tokenizer+fc+summary")
 SCAN_ATTENTION = ("causal", "block")
+FMRI_TIME = ("patch", "window")
+
+
+def token_steps(fmri_time: str, window: int, patch: int) -> int:
+    """Token time steps of a ``window``-TR block: one per time patch, or 1 for ``fmri_time = "window"``."""
+    return 1 if fmri_time == "window" else window // patch
 
 
 def patch_connectivity(signal: jax.Array, real: jax.Array) -> jax.Array:
@@ -103,10 +118,11 @@ def allowed_mask(group: jax.Array, valid: jax.Array, floor: jax.Array | None = N
     return allowed if floor is None else allowed & (key_group[:, None, :] >= floor[:, :, None])
 
 
-def read_floor(slot: jax.Array, group: jax.Array, n_patches: int, n_parcels: int) -> jax.Array:
+def read_floor(slot: jax.Array, group: jax.Array, n_patches: int, per_patch: int) -> jax.Array:
     """The lowest group each position reads under block-local scan attention, int [B, L]: for an fMRI token
-    (``slot >= 0``, patch-major within its block) the first group of its own block, for text 0 (everything)."""
-    patch = (slot % (n_patches * n_parcels)) // n_parcels
+    (``slot >= 0``, patch-major within its block, ``per_patch`` tokens per patch) the first group of its own
+    block, for text 0 (everything)."""
+    patch = (slot % (n_patches * per_patch)) // per_patch
     return jnp.where(slot >= 0, group - patch, 0)
 
 
@@ -122,6 +138,9 @@ class FMRILM(nnx.Module):
             raise ValueError(f"language.scan_attention must be one of {SCAN_ATTENTION}, got "
                              f"{language.scan_attention!r}")
         self.scan_attention = language.scan_attention
+        if language.fmri_time not in FMRI_TIME:
+            raise ValueError(f"language.fmri_time must be one of {FMRI_TIME}, got {language.fmri_time!r}")
+        self.fmri_time = language.fmri_time
         if language.fmri_features not in FMRI_FEATURES:
             raise ValueError(f"language.fmri_features must be one of {FMRI_FEATURES}, got "
                              f"{language.fmri_features!r}")
@@ -153,10 +172,19 @@ class FMRILM(nnx.Module):
         # whole window. K learned forms, read once per window, reach the LM as one vector on the last patch.
         self.summary = ConnectivitySummary(tok_model.max_parcels, language.summary_rank, width, rngs=rngs) \
             if "summary" in parts else None
+        if language.fmri_pool < 0:
+            raise ValueError(f"language.fmri_pool must be >= 0, got {language.fmri_pool}")
+        self.pool = PatchResampler(width, language.fmri_pool, lm_cfg.heads, rngs=rngs) \
+            if language.fmri_pool else None
+
+    def per_patch(self, n_parcels: int) -> int:
+        """LM positions per time patch of a window of ``n_parcels``: the pooled tokens, or one per parcel."""
+        return self.pool.queries.shape[0] if self.pool is not None else n_parcels
 
     def fmri_tokens(self, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """LM-width embeddings of every fMRI token float32 [B, S * N * P, W] (block, patch, parcel order), the VQ
-        codes int32 [B, S, N, P] and ``real`` bool [B, S, N, P] (tokens of real parcels).
+        """LM-width embeddings of every fMRI token float32 [B, S * N * K, W] (block, patch, token order; K =
+        :meth:`per_patch`: P parcels, or the pooled tokens), the VQ codes int32 [B, S, N, P] and ``real``
+        bool [B, S, N, P] (tokens of real parcels).
 
         Every time patch goes through the tokenizer on its own: the stage-1 encoder attends across the whole
         window, so features of patch n encoded jointly would already carry patch n + 1 — the very code the
@@ -169,32 +197,41 @@ class FMRILM(nnx.Module):
         if n_patches * patch != length:
             raise ValueError(f"window of {length} TRs is not a multiple of the tokenizer's patch {patch}")
         rows = batch_size * blocks * n_patches
-        per_patch = signal.reshape(batch_size, blocks, n_parcels, n_patches, patch).transpose(0, 1, 3, 2, 4)
+        patches = signal.reshape(batch_size, blocks, n_parcels, n_patches, patch).transpose(0, 1, 3, 2, 4)
 
         def repeat(key):  # [B, S, ...] -> [B * S * N, ...]: one row per time patch
             x = jnp.asarray(batch[key])
             return jnp.repeat(x.reshape(batch_size * blocks, *x.shape[2:]), n_patches, axis=0)
-        flat = {"signal": per_patch.reshape(rows, n_parcels, patch), "parcel_mask": repeat("parcel_mask"),
+        flat = {"signal": patches.reshape(rows, n_parcels, patch), "parcel_mask": repeat("parcel_mask"),
                 "coords": repeat("coords"), "tr": repeat("tr")}
         features, _, real = self.tokenizer.features(flat)  # [rows, P, 1, C]
         codes = self.tokenizer.quantizer(features, real, train=False).codes
         features = jax.lax.stop_gradient(features[:, :, 0])
         balance = _unit_rms if self.fmri_norm is not None else (lambda v: v)
         x = balance(self.fmri_out(jax.nn.gelu(self.fmri_in(features))))  # [rows, P, W]
-        if self.fmri_fc is not None:  # per patch, so no token carries the next patch (the code loss's target)
-            fc = patch_connectivity(flat["signal"], flat["parcel_mask"].astype(bool))
+        # Rows of token time steps: one per time patch, or one per window (fmri_time = "window")
+        steps = token_steps(self.fmri_time, length, patch)
+        if steps == 1 and n_patches > 1:  # a parcel's patches averaged into one token
+            x = x.reshape(batch_size * blocks, n_patches, n_parcels, -1).mean(1)
+        step_signal = flat["signal"] if steps == n_patches else signal.reshape(batch_size * blocks, n_parcels, length)
+        step_mask = jnp.asarray(batch["parcel_mask"]).astype(bool).reshape(batch_size * blocks, n_parcels)
+        step_mask = jnp.repeat(step_mask, steps, axis=0)
+        if self.fmri_fc is not None:  # per token time step: a per-patch token never carries the next patch's code
+            fc = patch_connectivity(step_signal, step_mask)
             width = self.fmri_fc.in_features
             x = x + balance(self.fmri_fc(jnp.pad(fc, ((0, 0), (0, 0), (0, width - n_parcels)))))
         x = x + balance(self.parcel_embed(jnp.arange(n_parcels))[None].astype(x.dtype))
+        if self.pool is not None:  # [rows, P, W] -> [rows, K, W]
+            x = balance(self.pool(x, step_mask))
+        per_step = x.shape[1]
         if self.summary is not None:  # the last patch predicts no code, so the whole window can reach it
-            real_parcels = jnp.asarray(batch["parcel_mask"]).astype(bool).reshape(batch_size * blocks, n_parcels)
-            window = balance(self.summary(signal.reshape(batch_size * blocks, n_parcels, length), real_parcels))
-            last = (jnp.arange(n_patches) == n_patches - 1)[None, :, None, None]
-            x = x.reshape(batch_size * blocks, n_patches, n_parcels, -1) + last * window[:, None, None, :]
+            window = balance(self.summary(signal.reshape(batch_size * blocks, n_parcels, length), step_mask[::steps]))
+            last = (jnp.arange(steps) == steps - 1)[None, :, None, None]
+            x = x.reshape(batch_size * blocks, steps, per_step, -1) + last * window[:, None, None, :]
         if self.fmri_norm is not None:  # at the RMS of the LM's own token embeddings (not trained through here)
             table = jax.lax.stop_gradient(self.lm.embed.embedding[...].astype(jnp.float32))
             x = self.fmri_norm(x) * jnp.sqrt(jnp.mean(table * table))
-        x = x.reshape(batch_size, blocks * n_patches * n_parcels, -1)
+        x = x.reshape(batch_size, blocks * steps * per_step, -1)
         shape = (batch_size, blocks, n_patches, n_parcels)
         return x, codes.reshape(shape), real.reshape(shape)
 
@@ -216,7 +253,7 @@ class FMRILM(nnx.Module):
             return None
         _, _, n_parcels, length = jnp.shape(batch["signal"])
         return read_floor(jnp.asarray(batch["slot"]), jnp.asarray(batch["group"]),
-                          length // self.tokenizer.cfg.patch, n_parcels)
+                          token_steps(self.fmri_time, length, self.tokenizer.cfg.patch), self.per_patch(n_parcels))
 
     def __call__(self, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Hidden states float [B, L, W] of the mixed sequence, plus the blocks' codes and ``real`` [B, S, N, P]."""

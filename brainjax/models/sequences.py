@@ -3,8 +3,9 @@
 A sample is a list of segments, ``("text", token ids)`` or ``("fmri", block)``, followed by the *answer*
 token ids whose prediction is the loss. Positions are filled left to right and padded at the end to
 ``SequenceSpec.length``; the answer is cut (never the prompt) when the text budget is exceeded. An fMRI block
-takes N x P positions in patch-major order (all parcels of patch 0, then patch 1, ...); padded parcels keep
-their positions but are marked invalid, so nothing reads them. Groups (= position ids) advance by one per
+takes N x P positions in patch-major order (all parcels of patch 0, then patch 1, ...; with pooling, K tokens
+per patch in place of the P parcels); padded parcels keep their positions but are marked invalid, so nothing
+reads them. Groups (= position ids) advance by one per
 text token and per fMRI time patch (see :mod:`brainjax.models.fmri_lm`).
 
 Per sample (S blocks, N patches, P parcels, L = S * N * P + text_len, M = answer_len)::
@@ -37,14 +38,20 @@ class SequenceSpec:
     blocks: int = 1  # fMRI blocks per sample (k-shot prompts carry the examples' scans too)
     text_len: int = 160  # text positions (prompt + answer) per sample
     answer_len: int = 0  # loss positions per sample (0 = text_len)
+    pool: int = 0  # fMRI tokens per patch when pooled (``language.fmri_pool``); 0 = one per parcel
 
     def __post_init__(self):
-        if min(self.n_parcels, self.n_patches, self.blocks, self.text_len) < 1:
+        if min(self.n_parcels, self.n_patches, self.blocks, self.text_len) < 1 or self.pool < 0:
             raise ValueError(f"every SequenceSpec size must be positive: {self}")
 
     @property
+    def per_patch(self) -> int:
+        """LM positions per time patch: the pooled tokens, or one per parcel."""
+        return self.pool or self.n_parcels
+
+    @property
     def block_tokens(self) -> int:
-        return self.n_patches * self.n_parcels
+        return self.n_patches * self.per_patch
 
     @property
     def length(self) -> int:
@@ -92,8 +99,10 @@ def layout(segments: Sequence[Segment], answer: Sequence[int], parcel_masks: np.
             n = spec.block_tokens
             first = block * n
             slot[pos:pos + n] = first + np.arange(n)
-            group[pos:pos + n] = grp + np.repeat(np.arange(spec.n_patches), spec.n_parcels)
-            valid[pos:pos + n] = np.tile(parcel_masks[block], spec.n_patches)
+            group[pos:pos + n] = grp + np.repeat(np.arange(spec.n_patches), spec.per_patch)
+            # pooled tokens read the block's real parcels, so all are valid while it has any
+            real = np.full(spec.pool, parcel_masks[block].any()) if spec.pool else parcel_masks[block]
+            valid[pos:pos + n] = np.tile(real, spec.n_patches)
             fmri_pos[first:first + n] = pos + np.arange(n)
             pos, grp = pos + n, grp + spec.n_patches
         else:

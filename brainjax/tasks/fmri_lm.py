@@ -25,7 +25,7 @@ from flax import nnx
 
 from brainjax.config import Config, Lineage
 from brainjax.errors import ConfigError
-from brainjax.models.fmri_lm import FMRILM, lm_config_from_json
+from brainjax.models.fmri_lm import FMRILM, lm_config_from_json, token_steps
 from brainjax.models.inputs import WINDOW_KEYS
 from brainjax.models.sequences import SEQUENCE_KEYS, SequenceSpec
 from brainjax.nn.lora import lora_frozen_mask
@@ -35,8 +35,9 @@ LM_KEYS = ("lm_ids", "lm_mask")
 
 def sequence_spec(cfg: Config, n_parcels: int, blocks: int = 1) -> SequenceSpec:
     """The sequence shape of a run: ``blocks`` fMRI blocks of ``n_parcels`` x (window / patch) tokens plus text."""
-    return SequenceSpec(n_parcels=n_parcels, n_patches=cfg.data.window // cfg.model.patch, blocks=blocks,
-                        text_len=cfg.language.text_len)
+    steps = token_steps(cfg.language.fmri_time, cfg.data.window, cfg.model.patch)
+    return SequenceSpec(n_parcels=n_parcels, n_patches=steps, blocks=blocks,
+                        text_len=cfg.language.text_len, pool=cfg.language.fmri_pool)
 
 
 def _token_nll(logits: jax.Array, targets: jax.Array, weight: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -82,8 +83,12 @@ class FMRILMTask:
 
     def __init__(self, cfg: Config, lineage: Lineage, spec: SequenceSpec):
         if cfg.language.code_weight > 0 and spec.n_patches < 2:
-            raise ConfigError(f"next-patch code prediction needs windows of >= 2 time patches; data.window / "
-                             f"model.patch gives {spec.n_patches} (set language.code_weight=0 to drop that loss)")
+            raise ConfigError(f"next-patch code prediction needs windows of >= 2 token time steps; data.window / "
+                             f"model.patch with language.fmri_time={cfg.language.fmri_time!r} gives "
+                             f"{spec.n_patches} (set language.code_weight=0 to drop that loss)")
+        if cfg.language.code_weight > 0 and cfg.language.fmri_pool:
+            raise ConfigError("next-patch codes are per parcel, pooled fMRI tokens (language.fmri_pool="
+                              f"{cfg.language.fmri_pool}) have none: set language.code_weight=0")
         self.cfg, self.spec = cfg, spec
         self.lm_cfg = lm_config_from_json(lineage.lm_architecture)
         uses_lm = cfg.language.lm_weight > 0
