@@ -7,9 +7,10 @@ dataset's descriptors (``brainjax describe``; computed here when missing). Each 
 given the scan and plain language modelling on the descriptor text (``language.*_weight``), plus, with one token
 per time patch (``--set language.fmri_time=patch``, with a ``data.window`` of several patches), the next time
 patch's VQ codes (``code_weight``). By default a window is the whole scan, one token per parcel. The
-tokenizer stays frozen; the LM trains through LoRA adapters by default (``--set language.train_lm=full|frozen``). Runs through the shared Trainer: rerun to resume. Several
-comma-separated ``--data`` are mixed as in pretraining (``data.mix_weights``, atlases padded to
-``model.max_parcels``), each window described by its own dataset's descriptors. The run ends with the
+tokenizer stays frozen; the LM trains through LoRA adapters by default (``--set language.train_lm=full|frozen``).
+Runs through the shared Trainer: rerun to resume. Several comma-separated ``--data`` are mixed as in pretraining
+(``data.mix_weights``, atlases padded to ``model.max_parcels``), each window described by its own dataset's
+descriptors. The run ends with the
 description check (``descriptions.json``, per dataset): does the LM predict a scan's description better from
 that scan than from another subject's?
 """

@@ -260,7 +260,7 @@ class Prompter:
     def _moved_shots_cache(self, runs: list, slots: int) -> tuple[FMRICache | None, int]:
         """:meth:`_shots_cache` under block-local scan attention: the shots' text runs are computed (each padded
         to 32 positions) and each shot's scan is moved in from :meth:`_scan_block`, so a k-shot prefix costs its
-        text, not one forward over all its scans (on the default data a 2-shot prompt over four sites was 4,800
+        text, not one forward over all its scans (with per-patch tokens a 2-shot prompt over four sites was 4,800
         fMRI tokens in one chunk)."""
         if not runs:
             return None, 0
@@ -325,7 +325,7 @@ class Prompter:
     def _scan_block(self, scans: Sequence[int]) -> dict[str, np.ndarray]:
         """Keys and values of each scan computed on its own from group 0, stacked [len(scans), ...]: k{i}, v{i}
         per layer [T, KV, D], group int32 [T], valid bool [T] (T = N x P). Each scan is computed once per
-        Prompter and kept on the host (N x P x layers x 2 x KV x D floats, 1.2 MB on the default data)."""
+        Prompter and kept on the host (N x P x layers x 2 x KV x D floats, 0.6 MB on the default data)."""
         self._compute_blocks(scans)
         return stack([self._scan_blocks[int(s)] for s in scans])
 
@@ -354,7 +354,8 @@ class Prompter:
         """:meth:`_batches` for prompts "<text> <scan> <text>" under block-local scan attention: per batch the
         shots' cache (computed once) is extended by each row's text before its scan, the scan's own keys and values
         moved in (:meth:`_scan_block`, computed once per scan for every target and k), then the text after it.
-        Only text is computed per question: a k-shot query costs its question, not its 600-token scan."""
+        Only text is computed per question: a k-shot query costs its question, not its scan (300 tokens on the
+        default data)."""
         mesh, model = self.loaded.mesh, self.loaded.model
         scan_len = self.scan_len
         cut = [[i for i, (kind, _) in enumerate(s) if kind == "fmri"][0] for s in prompts]

@@ -1,6 +1,6 @@
 """A key/value cache for :class:`~brainjax.models.fmri_lm.FMRILM`: extend a mixed fMRI + text sequence chunk by chunk.
 
-Why: a k-shot prompt is mostly its support scans (k examples per class, 600 fMRI tokens each on the default
+Why: a k-shot prompt is mostly its support scans (k examples per class, 300 fMRI tokens each on the default
 data), and every query of a target shares them. Without a cache every query x label recomputes that whole
 prefix; with it the prefix is computed once, each query's scan and question once, and each label answer or
 generated token reads the cached keys and values.
@@ -52,8 +52,8 @@ def init_cache(model: FMRILM, batch: int, length: int) -> FMRICache:
 
 def extend(model: FMRILM, chunk: dict, cache: FMRICache, query_chunk: int = 128) -> tuple[jax.Array, FMRICache]:
     """Run a chunk of T positions after what ``cache`` holds. Returns hidden [B, T, W] and the cache with T more
-    slots. A chunk longer than ``query_chunk`` attends in blocks of that many positions (a scan's 600 tokens over
-    a k-shot cache of thousands of slots would otherwise hold [B, H, 600, S] scores; 0 = one block). Traceable;
+    slots. A chunk longer than ``query_chunk`` attends in blocks of that many positions (a scan's 300 tokens over a
+    k-shot cache of thousands of slots would otherwise hold [B, H, 300, S] scores; 0 = one block). Traceable;
     raises ValueError when the chunk does not fit (shapes are static)."""
     group, valid = jnp.asarray(chunk["group"]), jnp.asarray(chunk["valid"]).astype(bool)
     rows, length = group.shape
