@@ -10,9 +10,8 @@ patch's VQ codes (``code_weight``). By default a window is the whole scan, one t
 tokenizer stays frozen; the LM trains through LoRA adapters by default (``--set language.train_lm=full|frozen``).
 Runs through the shared Trainer: rerun to resume. Several comma-separated ``--data`` are mixed as in pretraining
 (``data.mix_weights``, atlases padded to ``model.max_parcels``), each window described by its own dataset's
-descriptors. The run ends with the
-description check (``descriptions.json``, per dataset): does the LM predict a scan's description better from
-that scan than from another subject's?
+descriptors. The run ends with the description check (``descriptions.json``, per dataset): does the LM predict
+a scan's description better from that scan than from another subject's?
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ numbers of the training range, each scored like a label (:func:`~brainjax.lm.sco
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -33,9 +34,9 @@ from brainjax.data.pipeline import ReadWindow, gather_rows, local_rows
 from brainjax.lm.instructions import shot_segments
 from brainjax.lm.scoring import NumberGrammar
 from brainjax.models.fmri_cache import FMRICache, extend, init_cache, insert_block, repeat_rows
-from brainjax.models.fmri_lm import token_steps
 from brainjax.models.inputs import WINDOW_KEYS
-from brainjax.models.sequences import SequenceSpec, layout, next_group, stack
+from brainjax.models.sequences import layout, next_group, stack
+from brainjax.tasks.fmri_lm import sequence_spec
 
 
 def scan_windows(dataset, rows: Sequence[int], window: int, view: int = 0) -> dict[int, dict[str, np.ndarray]]:
@@ -171,10 +172,7 @@ class Prompter:
     def __init__(self, loaded, codec, windows: dict[int, dict], n_parcels: int, batch_size: int = 8):
         cfg = loaded.cfg
         self.loaded, self.codec, self.windows = loaded, codec, windows
-        self.n_parcels = n_parcels
-        self.n_patches = token_steps(cfg.language.fmri_time, cfg.data.window, cfg.model.patch)
-        self.pool = cfg.language.fmri_pool
-        self.scan_len = self.n_patches * (self.pool or n_parcels)  # LM positions of one scan window
+        self.spec = sequence_spec(cfg, n_parcels)  # one scan's layout: spec.block_tokens positions, n_patches groups
         self.devices = loaded.mesh.size
         self.batch_size = _round_up(batch_size, self.devices)
         self._scan_caches: dict = {}  # zero-shot: each batch's scan part, reused by every question about it
@@ -187,8 +185,7 @@ class Prompter:
         scans = [int(part) for kind, part in segments if kind == "fmri"]
         tokens = [("text", self.codec.encode(p)) if k == "text" else ("fmri", scans.index(int(p)))
                   for k, p in segments]
-        spec = SequenceSpec(self.n_parcels, self.n_patches, blocks=len(scans), text_len=text_len, answer_len=1,
-                            pool=self.pool)
+        spec = dataclasses.replace(self.spec, blocks=len(scans), text_len=text_len, answer_len=1)
         masks = np.stack([self.windows[scan]["parcel_mask"] for scan in scans])
         row = layout(tokens, [], masks, spec, first_group=first_group)
         chunk = {k: row[k] for k in ("ids", "slot", "group", "valid")}
@@ -213,7 +210,7 @@ class Prompter:
         prefix, prefix_text, prefix_len = self._prefix_shape(shots)
         segments = list(prompts)
         text_len = _round_up(max(self._text_len(s) for s in segments), 32)
-        slots = _slots(prefix_len + self.scan_len + text_len + room)
+        slots = _slots(prefix_len + self.spec.block_tokens + text_len + room)
         model = self.loaded.model
         shared, prefix_next = self._shots_cache(prefix, prefix_text, slots)
         for lo in range(0, len(segments), self.batch_size):
@@ -231,7 +228,7 @@ class Prompter:
         if not prefix:
             return prefix, 0, 0
         prefix_text = _round_up(self._text_len(prefix), 64)
-        return prefix, prefix_text, prefix_text + len(shots) * self.scan_len
+        return prefix, prefix_text, prefix_text + len(shots) * self.spec.block_tokens
 
     def _shots_cache(self, prefix: list, prefix_text: int, slots: int) -> tuple[FMRICache | None, int]:
         """The shots' cache, computed as one row per device and repeated to the batch on device, and the group
@@ -276,7 +273,7 @@ class Prompter:
                     raise ValueError("a k-shot prefix must open with text, not a scan")
                 cache = _insert(model, cache, local_rows({**self._scan_block([part] * rows), "offset": start},
                                                          mesh))
-                group += self.n_patches
+                group += self.spec.n_patches
                 continue
             tokens, valid = _padded([part] * rows, _round_up(len(part), 32))
             on_mesh = local_rows({**self._text_chunk(tokens, valid, start), "last": np.zeros(rows, np.int32)}, mesh)
@@ -295,7 +292,7 @@ class Prompter:
         head_text = _round_up(max(self._text_len(list(h)) for h in heads), 8)
         tail_len = _round_up(max(len(t) for t in tails), 32)
         # One cache size whatever the question and answer room, so that every target finds the scans' caches.
-        slots = _slots(head_text + self.scan_len + max(tail_len + room, 256))
+        slots = _slots(head_text + self.spec.block_tokens + max(tail_len + room, 256))
         for lo in range(0, len(prompts), self.batch_size):
             part = heads[lo:lo + self.batch_size]
             key = (tuple(part), head_text, slots)
@@ -334,7 +331,7 @@ class Prompter:
         pass every scan they will need first: a forward over a batch of scans is the evaluation's largest cost, and
         one new scan at a time would fill each batch with copies of it)."""
         missing = sorted({int(s) for s in scans} - set(self._scan_blocks))
-        tokens = self.scan_len
+        tokens = self.spec.block_tokens
         for lo in range(0, len(missing), self.batch_size):
             part = missing[lo:lo + self.batch_size]
             built = [self._chunk([("fmri", scan)], 0, 1)[0] for scan in part]
@@ -357,7 +354,7 @@ class Prompter:
         Only text is computed per question: a k-shot query costs its question, not its scan (300 tokens on the
         default data)."""
         mesh, model = self.loaded.mesh, self.loaded.model
-        scan_len = self.scan_len
+        scan_len = self.spec.block_tokens
         cut = [[i for i, (kind, _) in enumerate(s) if kind == "fmri"][0] for s in prompts]
         scans = [int(s[i][1]) for s, i in zip(prompts, cut)]
         heads = [[t for _, p in s[:i] for t in self.codec.encode(p)] for s, i in zip(prompts, cut)]
@@ -380,7 +377,7 @@ class Prompter:
             offset = start + np.array([len(heads[i]) for i in pick], np.int32)
             cache = _insert(model, cache, local_rows({**self._scan_block([scans[i] for i in pick]),
                                                       "offset": offset}, mesh))
-            tail_start = offset + self.n_patches
+            tail_start = offset + self.spec.n_patches
             tail_tokens, tail_valid = _padded([tails[i] for i in pick], tail_len)
             last = np.array([len(tails[i]) - 1 for i in pick], np.int32)
             on_mesh = local_rows({**self._text_chunk(tail_tokens, tail_valid, tail_start), "last": last}, mesh)

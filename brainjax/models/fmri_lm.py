@@ -213,9 +213,10 @@ class FMRILM(nnx.Module):
         steps = token_steps(self.fmri_time, length, patch)
         if steps == 1 and n_patches > 1:  # a parcel's patches averaged into one token
             x = x.reshape(batch_size * blocks, n_patches, n_parcels, -1).mean(1)
-        step_signal = flat["signal"] if steps == n_patches else signal.reshape(batch_size * blocks, n_parcels, length)
-        step_mask = jnp.asarray(batch["parcel_mask"]).astype(bool).reshape(batch_size * blocks, n_parcels)
-        step_mask = jnp.repeat(step_mask, steps, axis=0)
+        whole = signal.reshape(batch_size * blocks, n_parcels, length)
+        block_mask = jnp.asarray(batch["parcel_mask"]).astype(bool).reshape(batch_size * blocks, n_parcels)
+        step_signal = flat["signal"] if steps == n_patches else whole
+        step_mask = jnp.repeat(block_mask, steps, axis=0)
         if self.fmri_fc is not None:  # per token time step: a per-patch token never carries the next patch's code
             fc = patch_connectivity(step_signal, step_mask)
             width = self.fmri_fc.in_features
@@ -225,7 +226,7 @@ class FMRILM(nnx.Module):
             x = balance(self.pool(x, step_mask))
         per_step = x.shape[1]
         if self.summary is not None:  # the last patch predicts no code, so the whole window can reach it
-            window = balance(self.summary(signal.reshape(batch_size * blocks, n_parcels, length), step_mask[::steps]))
+            window = balance(self.summary(whole, block_mask))
             last = (jnp.arange(steps) == steps - 1)[None, :, None, None]
             x = x.reshape(batch_size * blocks, steps, per_step, -1) + last * window[:, None, None, :]
         if self.fmri_norm is not None:  # at the RMS of the LM's own token embeddings (not trained through here)

@@ -5,8 +5,8 @@ token ids whose prediction is the loss. Positions are filled left to right and p
 ``SequenceSpec.length``; the answer is cut (never the prompt) when the text budget is exceeded. An fMRI block
 takes N x P positions in patch-major order (all parcels of patch 0, then patch 1, ...; with pooling, K tokens
 per patch in place of the P parcels); padded parcels keep their positions but are marked invalid, so nothing
-reads them. Groups (= position ids) advance by one per
-text token and per fMRI time patch (see :mod:`brainjax.models.fmri_lm`).
+reads them. Groups (= position ids) advance by one per text token and per fMRI time patch (see
+:mod:`brainjax.models.fmri_lm`).
 
 Per sample (S blocks, N patches, P parcels, L = S * N * P + text_len, M = answer_len)::
 
