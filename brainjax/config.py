@@ -208,6 +208,8 @@ class LanguageConfig:
     code_weight: float = 1.0  # next-time-patch fMRI code prediction
     lm_weight: float = 0.5  # text-only language modelling (keeps the LM's language)
     targets: tuple[str, ...] = ()  # stage 3: questions tuned on (the others stay zero-shot)
+    train_support: int = 0  # stage 3: at most this many support scans in a training prompt; each prompt draws k
+    # per class from 0 .. train_support // classes (k-shot training, lm/batches.InstructionSource); 0 = zero-shot only
     descriptors: str = ""  # descriptors.jsonl of the data ("" = DATA/descriptors/descriptors.jsonl)
     source_line: bool = False  # stage 3: prefix questions with "Source: <site>."
     seed: int = 0  # phrasing and question draws
@@ -347,10 +349,12 @@ _AT_LEAST = {"data.window": 1, "data.batch_size": 1, "data.stride": 0, "data.eva
              "optim.base_lr": 0, "optim.weight_decay": 0, "optim.clip_norm": 0, "optim.accum_steps": 1,
              "train.steps": 1, "train.log_every": 1, "train.eval_every": 0, "train.checkpoint_every": 1,
              "train.keep_last": 1, "train.keep_every": 0, "train.peak_flops": 0, "quantizer.codebook_size": 2,
-             "quantizer.code_dim": 1, "language.lora_rank": 1, "language.text_len": 1, "language.lm_len": 1}
+             "quantizer.code_dim": 1, "language.lora_rank": 1, "language.text_len": 1, "language.lm_len": 1,
+             "language.train_support": 0}
 # (section.field, highest allowed value): counts that build Python-level structure (a layer each), so an absurd
 # value would exhaust memory before any shape check; and no integer field beyond int32 anywhere
-_AT_MOST = {"model.depth": 1024, "model.dec_depth": 1024, "model.fourier_features": 64, "model.factor_prior": 4096}
+_AT_MOST = {"model.depth": 1024, "model.dec_depth": 1024, "model.fourier_features": 64, "model.factor_prior": 4096,
+           "language.train_support": 64}
 _INT32_MAX = 2**31 - 1
 # fractions in [0, 1] (ratio: strictly inside, something must be masked and something seen)
 VALIDATION_MODES = ("split", "holdout", "none")

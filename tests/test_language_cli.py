@@ -123,6 +123,14 @@ def test_instruct_then_ask(stage2, capsys):
     again = {(r["target"], r["setting"], r["scoring"]): r for r in viewed["rows"]}
     assert viewed["windows"] == 3 and again[("age", "zero-shot", "generate")] == rows[("age", "zero-shot", "generate")]
     assert {("sex", "zero-shot", m) for m in scorings} <= set(again)
+    # the support set is drawn per (seed, k, target): asking other targets first does not change it
+    assert cli(["instruct", "--eval-only", "--workdir", str(out), "--eval-targets", "description,sex", "--shots", "1",
+                "--max-eval", "3"]) == 0
+    alone = {(r["target"], r["scoring"]): r for r in json.loads((out / "questions.json").read_text())["rows"]}
+    support = rows[("sex", "1-shot", "logprob")]["support"]
+    assert len(support) == 2 and alone[("sex", "logprob")]["support"] == support
+    for key in ("accuracy", "auroc"):  # same prompts, same scores (NaN when a class is absent from 3 scans)
+        np.testing.assert_equal(alone[("sex", "logprob")][key], rows[("sex", "1-shot", "logprob")][key])
     assert cli(["instruct", "--eval-only", "--workdir", str(out), "--windows", "0"]) == 2
     run = load_model(out)
     assert run.cfg.language.targets == ("sex", "diagnosis") and run.cfg.language.code_weight == 0.0
@@ -150,13 +158,16 @@ def test_instruct_mixes_datasets_and_reports_each(stage2):
     out = root / "instruct-mixed"
     assert cli(["instruct", "--adapt", str(root / "adapt"), "--workdir", str(out), "--steps", "2", "--batch", "8",
                 "--data", f"{data},{other}", "--targets", "sex,site", "--eval-targets", "sex,site", "--shots", "0",
-                "--max-eval", "2"]) == 0
+                "--max-eval", "2", "--set", "language.train_support=2"]) == 0  # k-shot training prompts too
     report = json.loads((out / "questions.json").read_text())
     seen = {(r["dataset"], r["target"]) for r in report["rows"]}
     assert seen == {(d.name, t) for d in (data, other) for t in ("sex", "site")}
     sites = {r["dataset"]: r for r in report["rows"] if r["target"] == "site" and r["scoring"] == "logprob"}
     assert sites[data.name]["n"] == sites[other.name]["n"] == 2
-    assert load_model(out).cfg.data.path == f"{data},{other}"
+    loaded = load_model(out)
+    assert loaded.cfg.data.path == f"{data},{other}" and loaded.cfg.language.train_support == 2
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in logged if "loss" in r)
 
 
 def test_adapt_refuses_a_run_that_is_not_a_tokenizer(stage2, capsys):

@@ -160,19 +160,23 @@ def stage3_config(previous, args: argparse.Namespace, data: str, targets: tuple[
     return override(with_steps(with_data(cfg, data), args.steps), args.overrides)
 
 
-def text_budget(codec, targets: dict, names: list[str], sites: list[str]) -> int:
-    """Text tokens the longest tuned prompt (any paraphrase, with the longest source line) and its longest
-    short answer (+ eos) need, rounded up to 16; free-text answers are cut to fit instead."""
-    from brainjax.lm.instructions import prompt_segments
+def text_budget(codec, targets: dict, names: list[str], sites: list[str], support: int = 0) -> int:
+    """Text tokens the longest tuned prompt (any paraphrase, with the longest source line, and with ``support``
+    its most support examples, each with the longest paraphrase and label) and its longest short answer (+ eos)
+    need, rounded up to 16; free-text answers are cut to fit instead."""
+    from brainjax.lm.instructions import prompt_segments, shot_segments
 
     source = max((len(codec.encode(f"Source: {site}. ")) for site in sites if site), default=0)
     need = 0
     for name in names:
         target = targets[name]
         answer = max((len(codec.encode(" " + label)) for label in target.labels), default=4) + 1
+        shots = support // len(target.labels) * len(target.labels) if target.kind in ("binary", "categorical") else 0
+        shot = max((sum(len(codec.encode(p)) for k, p in shot_segments([(0, q, label)]) if k == "text") + source
+                    for q in target.questions for label in target.labels), default=0)
         for question in target.questions:
             prompt = sum(len(codec.encode(p)) for k, p in prompt_segments(question, 0) if k == "text")
-            need = max(need, prompt + source + answer)
+            need = max(need, prompt + source + answer + shots * shot)
     return -(-need // 16) * 16
 
 
@@ -220,19 +224,22 @@ def main(args: argparse.Namespace) -> int:
         codec = TextCodec.from_dir(keep_lm_files(Path(args.adapt) / "lm", out))
         need = 0
         sources = []
+        n_parcels = setups[0][0].atlas.n_parcels if len(paths) == 1 else cfg.model.max_parcels
         for path, (dataset, targets, records) in zip(paths, setups):
             own = [n for n in tuned if n in targets]  # each dataset is asked only what its manifest answers
             if not own:
                 raise UsageError(f"{path}: none of the --targets {list(tuned)} exist in this dataset "
                                  f"(it has {sorted(targets)})")
             sites = [str(row.get("site") or "") for row in dataset.manifest] if cfg.language.source_line else []
-            need = max(need, text_budget(codec, targets, own, sites))
+            need = max(need, text_budget(codec, targets, own, sites, cfg.language.train_support))
             sources.append(InstructionSource(dataset, targets, own, descriptor_rows(dataset, records),
-                                             cfg.language.seed, cfg.language.source_line))
+                                             cfg.language.seed, cfg.language.source_line,
+                                             support=cfg.language.train_support, window=cfg.data.window,
+                                             n_parcels=n_parcels))
         if need > cfg.language.text_len:  # the text budget shapes no parameter: raising it is safe
             _progress(f"language.text_len {cfg.language.text_len} -> {need}: the longest question needs it")
             cfg = dataclasses.replace(cfg, language=dataclasses.replace(cfg.language, text_len=need))
-        spec = sequence_spec(cfg, setups[0][0].atlas.n_parcels if len(paths) == 1 else cfg.model.max_parcels)
+        spec = sequence_spec(cfg, n_parcels, blocks=1 + cfg.language.train_support)
         lineage = dataclasses.replace(previous.lineage, parent=str(Path(args.adapt).resolve()),
                                       parent_step=previous.step)
 

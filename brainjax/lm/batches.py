@@ -2,25 +2,29 @@
 
 A *source* says what each window becomes: ``sample(scan, start) -> (segments, answer, plain)`` with text as
 strings and ``("fmri", scan)`` where the window goes; ``answer`` None gives the window no loss; ``plain`` is
-the text of the text-only loss (or None).
+the text of the text-only loss (or None). A segment ``("fmri", other)`` for another scan (a support example
+of a k-shot prompt) reads that scan's first window through the source's ``window(other)``.
 What a window becomes depends only on (seed, scan, start), so a resumed run builds the same batches.
 
 :func:`window_sequences` tokenizes, lays out (:func:`brainjax.models.sequences.layout`) and adds the window as
-block 0 (``signal`` [B, 1, P, T] ...); :class:`brainjax.data.pipeline.MappedLoader` applies it to the pipeline
-Loader (iterator state = the Loader's own).
+block 0, support scans as blocks 1.. (``signal`` [B, S, P, T] ...; blocks a prompt leaves unused repeat block 0
+and are never placed in the sequence); :class:`brainjax.data.pipeline.MappedLoader` applies it to the
+pipeline Loader (iterator state = the Loader's own).
 Rows that only pad an evaluation batch get zero loss weights.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from brainjax.lm.instructions import answer, prompt_segments
+from brainjax.data.pipeline import ReadWindow
+from brainjax.lm.instructions import answer, prompt_segments, select_shots
 from brainjax.models.inputs import WINDOW_KEYS
 from brainjax.models.sequences import SequenceSpec, layout, stack, text_row
 
@@ -93,21 +97,30 @@ def window_sequences(batch: dict[str, np.ndarray], source: Source | Sequence[Sou
     if sources is not None and "dataset" not in batch and len(sources) != 1:
         raise ValueError(f"{len(sources)} sources but the batch says no window's dataset")
     which = np.asarray(batch.get("dataset", np.zeros(len(rows), np.int64)))
+    windows = []
     for i, scan in enumerate(rows):
         own = source if sources is None else sources[int(which[i])]
         segments, answer, plain = own.sample(int(scan), int(batch["start"][i]))
-        tokens = tokenize_segments(codec, segments, {int(scan): 0})
+        support = [int(p) for kind, p in segments if kind == "fmri" and int(p) != int(scan)]
+        if 1 + len(support) > spec.blocks:
+            raise ValueError(f"scan {int(scan)}'s prompt has {len(support)} support scans; the sequence holds "
+                             f"{spec.blocks - 1}")
+        blocks = [{k: np.asarray(batch[k][i]) for k in WINDOW_KEYS}] + [own.window(s) for s in support]
+        blocks += blocks[:1] * (spec.blocks - len(blocks))  # unused: never placed, a real window keeps them finite
+        block = stack(blocks)
+        tokens = tokenize_segments(codec, segments, {s: b for b, s in enumerate([int(scan), *support])})
         answer_ids = codec.encode(" " + answer) + [codec.eos_id] if answer else []
-        sample = layout(tokens, answer_ids, batch["parcel_mask"][i][None], spec, code_blocks=(0,))
+        sample = layout(tokens, answer_ids, block["parcel_mask"], spec, code_blocks=(0,))
         if not real_rows[i]:
             sample["loss_weight"][:] = 0.0
             sample["code_weight"][:] = 0.0
         samples.append(sample)
+        windows.append(block)
         if lm_len:
             ids, mask = text_row(codec.encode(plain or "") + [codec.eos_id], lm_len)
             plains.append((ids, mask & real_rows[i]))
     out = stack(samples)
-    out.update({k: np.asarray(batch[k])[:, None] for k in WINDOW_KEYS})
+    out.update(stack(windows))
     if lm_len:
         out["lm_ids"] = np.stack([p[0] for p in plains])
         out["lm_mask"] = np.stack([p[1] for p in plains])
@@ -148,11 +161,22 @@ def load_descriptor_texts(path: str | Path, manifest: list[dict]) -> tuple[list[
 
 class InstructionSource:
     """Stage 3: a question about the window's scan (target and paraphrase drawn per window among the tuned
-    targets the scan can answer) and its answer; no text-only loss."""
+    targets the scan can answer) and its answer; no text-only loss.
+
+    ``support`` > 0 trains k-shot prompts as the evaluation asks them: each window draws k per class uniformly
+    from 0 .. support // classes (a binary target with support 4: k = 0, 1 or 2), the support scans from
+    training scans of other subjects that answer the target, each asked a drawn paraphrase and answered with its
+    label; a support scan enters as its first window (``window``, as the evaluation's support examples do).
+    Numeric and free-text targets stay zero-shot. ``window``: the run's window length and ``n_parcels`` the
+    padded parcel count of a batch (both needed only with ``support``)."""
 
     def __init__(self, dataset, targets: dict, names: list[str], descriptors: list[dict | None], seed: int,
-                 source_line: bool = False):
-        self.targets, self.seed, self.source_line = targets, seed, source_line
+                 source_line: bool = False, support: int = 0, window: int = 0, n_parcels: int = 0):
+        if support < 0:
+            raise ValueError(f"support must be >= 0, got {support}")
+        if support and window < 1:
+            raise ValueError("support examples need the run's window length")
+        self.targets, self.seed, self.source_line, self.support = targets, seed, source_line, support
         self.answers: list[list[tuple[str, str]]] = []  # per manifest row: (target, answer) it can answer
         for row, descriptor in zip(dataset.manifest, descriptors):
             known = [(n, answer(targets[n], row, descriptor)[0]) for n in names]
@@ -160,6 +184,51 @@ class InstructionSource:
         self.sites = [str(row.get("site") or "").strip() for row in dataset.manifest]
         if not any(self.answers[i] for i in dataset.indices("train")):
             raise ValueError(f"no training scan has an answer for any of the targets {names}")
+        self.subjects = [str(row["subject"]) for row in dataset.manifest]
+        long_enough = [i for i in dataset.indices("train") if int(dataset.manifest[i]["length"]) >= window]
+        self.pool = np.array(long_enough, np.int64)
+        self.labels = {}  # class per manifest row (-1 unknown) of each tuned classification target
+        for n in names:
+            if support and targets[n].kind in ("binary", "categorical"):
+                found = [answer(targets[n], row, d)[1] for row, d in zip(dataset.manifest, descriptors)]
+                self.labels[n] = np.array([-1 if y is None else y for y in found], np.int64)
+        for n, labels in self.labels.items():  # every class must offer k scans outside any one subject
+            k = support // len(targets[n].labels)
+            for c, label in enumerate(targets[n].labels):
+                found = self.pool[labels[self.pool] == c]
+                per_subject = max(Counter(self.subjects[i] for i in found).values(), default=0)
+                if len(found) - per_subject < k:
+                    raise ValueError(f"support={support}: target {n!r} class {label!r} has {len(found)} training "
+                                     f"scans, {k} outside one subject needed")
+        self.reader = ReadWindow([dataset], window, n_parcels or dataset.atlas.n_parcels) if support else None
+        self._windows: dict[int, dict[str, np.ndarray]] = {}
+
+    def _question(self, target, scan: int, rng: np.random.Generator) -> str:
+        question = target.questions[int(rng.integers(len(target.questions)))]
+        if self.source_line and self.sites[scan] and target.key != "site":
+            question = f"Source: {self.sites[scan]}. {question}"
+        return question
+
+    def _shots(self, name: str, scan: int, rng: np.random.Generator) -> list[tuple[int, str, str]]:
+        """k per class of support examples ``(scan, question, answer)`` for one window (k drawn, may be 0)."""
+        if name not in self.labels:
+            return []
+        target, labels = self.targets[name], self.labels[name]
+        k = int(rng.integers(self.support // len(target.labels) + 1))
+        if k == 0:
+            return []
+        chosen = select_shots(labels, self.pool, k, rng, classes=target.labels, subjects=self.subjects,
+                              exclude=self.subjects[scan])
+        return [(s, self._question(target, s, rng), target.labels[labels[s]]) for s in chosen]
+
+    def window(self, scan: int) -> dict[str, np.ndarray]:
+        """The first window of a support scan (WINDOW_KEYS, no batch axis), read once and kept."""
+        if self.reader is None:
+            raise ValueError("this source was built without support examples")
+        if scan not in self._windows:
+            example = self.reader.map(np.array([0, scan, 0]))
+            self._windows[scan] = {k: np.asarray(example[k]) for k in WINDOW_KEYS}
+        return self._windows[scan]
 
     def sample(self, scan: int, start: int) -> tuple[list, str, str | None]:
         options = self.answers[scan]
@@ -167,8 +236,7 @@ class InstructionSource:
             return prompt_segments(self.targets[next(iter(self.targets))].questions[0], scan), None, None
         rng = draw(self.seed, scan, start)
         name, reply = options[int(rng.integers(len(options)))]
-        target = self.targets[name]
-        question = target.questions[int(rng.integers(len(target.questions)))]
-        if self.source_line and self.sites[scan] and target.key != "site":
-            question = f"Source: {self.sites[scan]}. {question}"
-        return prompt_segments(question, scan), reply, None
+        question = self._question(self.targets[name], scan, rng)
+        # a second stream, so the target and question drawn above stay those of a run without support examples
+        shots = self._shots(name, scan, draw(self.seed, scan, start, salt=1)) if self.support else []
+        return prompt_segments(question, scan, shots), reply, None

@@ -7,6 +7,7 @@ answers are scored)."""
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -110,8 +111,9 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
         asked = {subjects[e.scan] for e in queries}
         for k in shots:
             # One support set per target and k, shared by every query (so its keys and values are computed once);
-            # never from a queried subject.
-            rng = np.random.default_rng([seed, k, len(rows)])
+            # never from a queried subject; drawn from (seed, k, target) alone, so it does not depend on which
+            # other targets this evaluation asks (crc32: str hashes are salted per process).
+            rng = np.random.default_rng([seed, k, zlib.crc32(name.encode())])
             chosen = select_shots(labels, train_pool, k, rng, classes=target.labels, subjects=subjects,
                                   exclude=asked) if k else []
             shot_list = [(s, support_question[s], target.labels[labels[s]]) for s in chosen]
@@ -128,15 +130,16 @@ def evaluate_targets(loaded, codec, dataset, targets: dict, names: Sequence[str]
                                                                shot_list)) if calibration else None
             choice = np.array([constrained_choice(labels_of, label_tokens) for labels_of in per])
             setting = "zero-shot" if k == 0 else f"{k}-shot"
+            with_support = {**base, "support": [dataset.manifest[s]["scan_id"] for s in chosen]}
             for scoring, normalise in (("logprob", False), ("logprob/token", True)):
-                rows.append({**base, "setting": setting, "scoring": scoring,
+                rows.append({**with_support, "setting": setting, "scoring": scoring,
                              **label_metrics(scores[normalise], y, groups), "chance": chance})
             if prior is not None:  # no training scan left outside the support set: no calibrated row
-                rows.append({**base, "setting": setting, "scoring": "logprob, calibrated",
+                rows.append({**with_support, "setting": setting, "scoring": "logprob, calibrated",
                              **label_metrics(calibrate(scores[False], prior), y, groups), "chance": chance})
             onehot = np.where(np.eye(len(target.labels))[choice] > 0, 0.0, -np.inf)
-            rows.append({**base, "setting": setting, "scoring": "constrained", **label_metrics(onehot, y, groups),
-                         "chance": chance})
+            rows.append({**with_support, "setting": setting, "scoring": "constrained",
+                         **label_metrics(onehot, y, groups), "chance": chance})
             if progress:
                 progress(f"{name} {setting}: {len(queries)} scans, {time.perf_counter() - start:.0f} s")
     return rows
