@@ -111,3 +111,15 @@ def pretrained_synthetic(root: Path, steps: int = 4) -> tuple[Path, Path]:
                       train={"checkpoint_every": steps, "eval_every": steps})
     make_trainer(cfg, data, root / "pretrain").run()
     return data, root / "pretrain"
+
+
+class ByteCodec:
+    """A text codec for tests: one id per UTF-8 byte, eos 0 (``TextCodec``'s interface without a tokenizer)."""
+
+    eos_id = 0
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode())
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids if i).decode()

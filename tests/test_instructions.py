@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from _trainer_utils import ByteCodec
 
 from brainjax.data.atlas_core import Atlas
 from brainjax.data.dataset import MISSING, Dataset, assign_splits, finalize
@@ -307,16 +308,6 @@ def test_question_documents_follow_the_prompt_format_and_make_labels_whole_token
         assert len(asked.encode(word).ids) == 1 < len(plain.encode(word).ids)
 
 
-class _ByteCodec:
-    eos_id = 0
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode())
-
-    def decode(self, ids) -> str:
-        return bytes(int(i) for i in ids if i).decode()
-
-
 def test_mixed_dataset_windows_answer_from_their_own_manifest(path, tmp_path):
     from brainjax.lm.batches import InstructionSource, window_sequences
     from brainjax.models.sequences import SequenceSpec
@@ -335,11 +326,11 @@ def test_mixed_dataset_windows_answer_from_their_own_manifest(path, tmp_path):
     batch = {"scan": scans, "start": np.zeros(n, np.int64), "dataset": which,
              "signal": np.zeros((n, 160, 8), np.float32), "parcel_mask": np.ones((n, 160), bool),
              "coords": np.zeros((n, 160, 3), np.float32), "tr": np.full(n, 2.0, np.float32)}
-    out = window_sequences(batch, sources, _ByteCodec(), SequenceSpec(n_parcels=160, n_patches=2, text_len=160))
+    out = window_sequences(batch, sources, ByteCodec(), SequenceSpec(n_parcels=160, n_patches=2, text_len=160))
     words = {"0": "female", "1": "male"}
     for row in range(n):
-        said = _ByteCodec().decode(out["loss_target"][row][out["loss_weight"][row] > 0])
+        said = ByteCodec().decode(out["loss_target"][row][out["loss_weight"][row] > 0])
         assert said.strip() == words[str(sexes[which[row]][scans[row]])]
     with pytest.raises(ValueError, match="no window's dataset"):
-        window_sequences({k: v for k, v in batch.items() if k != "dataset"}, sources, _ByteCodec(),
+        window_sequences({k: v for k, v in batch.items() if k != "dataset"}, sources, ByteCodec(),
                          SequenceSpec(n_parcels=160, n_patches=2, text_len=160))

@@ -3,6 +3,7 @@ subjects, read as the pipeline reads windows, balanced per class, and the query'
 
 import numpy as np
 import pytest
+from _trainer_utils import ByteCodec
 
 from brainjax.commands.instruct import text_budget
 from brainjax.data.dataset import Dataset
@@ -13,16 +14,6 @@ from brainjax.lm.instructions import build_targets
 from brainjax.models.sequences import SequenceSpec
 
 WINDOW = 20
-
-
-class _ByteCodec:
-    eos_id = 0
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode())
-
-    def decode(self, ids) -> str:
-        return bytes(int(i) for i in ids if i).decode()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +35,7 @@ def _texts(out: dict, row: int) -> tuple[str, str]:
     text = [i for i, v, s in zip(ids, valid, slot) if v and s < 0]
     answer = out["loss_target"][row][out["loss_weight"][row] > 0]
     prompt = text[:len(text) - len(answer)]
-    return _ByteCodec().decode(prompt), _ByteCodec().decode(answer)
+    return ByteCodec().decode(prompt), ByteCodec().decode(answer)
 
 
 def test_support_examples_are_labelled_scans_of_other_subjects(ds):
@@ -54,8 +45,8 @@ def test_support_examples_are_labelled_scans_of_other_subjects(ds):
                                n_parcels=ds.atlas.n_parcels)
     # the text budget `instruct` sizes for 4 support examples holds every prompt drawn
     spec = SequenceSpec(n_parcels=ds.atlas.n_parcels, n_patches=2, blocks=5,
-                        text_len=text_budget(_ByteCodec(), targets, ["sex"], [], support=4))
-    out = window_sequences(_batch(ds, train), source, _ByteCodec(), spec)
+                        text_len=text_budget(ByteCodec(), targets, ["sex"], [], support=4))
+    out = window_sequences(_batch(ds, train), source, ByteCodec(), spec)
     assert out["signal"].shape == (len(train), 5, ds.atlas.n_parcels, WINDOW)
     first = {s: ReadWindow([ds], WINDOW, ds.atlas.n_parcels).map(np.array([0, s, 0]))["signal"] for s in train}
     words = {"0": "female", "1": "male"}
@@ -102,5 +93,5 @@ def test_support_needs_enough_scans_per_class(ds):
     source = InstructionSource(ds, targets, ["sex"], [None] * len(ds.manifest), seed=0, support=4, window=WINDOW)
     batch = _batch(ds, ds.indices("train")[:4])
     with pytest.raises(ValueError, match="support scans"):  # a sequence with too few blocks for the prompts
-        window_sequences(batch, source, _ByteCodec(),
+        window_sequences(batch, source, ByteCodec(),
                          SequenceSpec(n_parcels=ds.atlas.n_parcels, n_patches=2, blocks=1, text_len=400))
