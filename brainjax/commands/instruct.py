@@ -184,14 +184,14 @@ def text_budget(codec, targets: dict, names: list[str], sites: list[str], suppor
     """Text tokens the longest tuned prompt (any paraphrase, with the longest source line, and with ``support``
     its most support examples, each with the longest paraphrase and label) and its longest short answer (+ eos)
     need, rounded up to 16; free-text answers are cut to fit instead."""
-    from brainjax.lm.instructions import prompt_segments, shot_segments
+    from brainjax.lm.instructions import prompt_segments, shot_segments, shots_per_class
 
     source = max((len(codec.encode(f"Source: {site}. ")) for site in sites if site), default=0)
     need = 0
     for name in names:
         target = targets[name]
         answer = max((len(codec.encode(" " + label)) for label in target.labels), default=4) + 1
-        shots = support // len(target.labels) * len(target.labels) if target.kind in ("binary", "categorical") else 0
+        shots = shots_per_class(target, support) * len(target.labels)
         shot = max((sum(len(codec.encode(p)) for k, p in shot_segments([(0, q, label)]) if k == "text") + source
                     for q in target.questions for label in target.labels), default=0)
         for question in target.questions:

@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from brainjax.data.pipeline import ReadWindow
-from brainjax.lm.instructions import answer, prompt_segments, select_shots
+from brainjax.lm.instructions import answer, class_labels, prompt_segments, select_shots, shots_per_class
 from brainjax.models.inputs import WINDOW_KEYS
 from brainjax.models.sequences import SequenceSpec, layout, stack, text_row
 
@@ -187,13 +187,11 @@ class InstructionSource:
         self.subjects = [str(row["subject"]) for row in dataset.manifest]
         long_enough = [i for i in dataset.indices("train") if int(dataset.manifest[i]["length"]) >= window]
         self.pool = np.array(long_enough, np.int64)
-        self.labels = {}  # class per manifest row (-1 unknown) of each tuned classification target
-        for n in names:
-            if support and targets[n].kind in ("binary", "categorical"):
-                found = [answer(targets[n], row, d)[1] for row, d in zip(dataset.manifest, descriptors)]
-                self.labels[n] = np.array([-1 if y is None else y for y in found], np.int64)
+        # class per manifest row (-1 unknown) of each tuned target that support examples can be drawn for
+        self.labels = {n: class_labels(dataset, targets[n], aligned=descriptors) for n in names
+                       if shots_per_class(targets[n], support)}
         for n, labels in self.labels.items():  # every class must offer k scans outside any one subject
-            k = support // len(targets[n].labels)
+            k = shots_per_class(targets[n], support)
             for c, label in enumerate(targets[n].labels):
                 found = self.pool[labels[self.pool] == c]
                 per_subject = max(Counter(self.subjects[i] for i in found).values(), default=0)
@@ -214,7 +212,7 @@ class InstructionSource:
         if name not in self.labels:
             return []
         target, labels = self.targets[name], self.labels[name]
-        k = int(rng.integers(self.support // len(target.labels) + 1))
+        k = int(rng.integers(shots_per_class(target, self.support) + 1))
         if k == 0:
             return []
         chosen = select_shots(labels, self.pool, k, rng, classes=target.labels, subjects=self.subjects,

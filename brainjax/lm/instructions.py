@@ -327,13 +327,23 @@ def make_examples(dataset: Dataset, targets: dict[str, Target], names: Iterable[
     return out
 
 
-def class_labels(dataset: Dataset, target: Target, descriptors: list[dict] | None = None) -> np.ndarray:
-    """Class index of every manifest row for a binary/categorical target: int [N], -1 where unknown."""
+def class_labels(dataset: Dataset, target: Target, descriptors: list[dict] | None = None, *,
+                 aligned: list[dict | None] | None = None) -> np.ndarray:
+    """Class index of every manifest row for a binary/categorical target: int [N], -1 where unknown.
+    ``aligned``: the descriptors already aligned to the manifest (:func:`descriptor_rows`), in place of
+    ``descriptors``."""
     if target.kind not in ("binary", "categorical"):
         raise ValueError(f"target {target.name!r} is {target.kind}, not a classification target")
-    aligned = descriptor_rows(dataset, descriptors)
+    if aligned is None:
+        aligned = descriptor_rows(dataset, descriptors)
     labels = [answer(target, row, d)[1] for row, d in zip(dataset.manifest, aligned)]
     return np.array([-1 if y is None else y for y in labels], np.int64)
+
+
+def shots_per_class(target: Target, support: int) -> int:
+    """The most support examples per class a prompt with at most ``support`` support scans holds for ``target``
+    (0 for numeric and free-text targets, which are asked zero-shot)."""
+    return support // len(target.labels) if target.kind in ("binary", "categorical") else 0
 
 
 def select_shots(labels: np.ndarray, pool: np.ndarray, k: int, rng: np.random.Generator, *,
