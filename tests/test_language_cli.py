@@ -176,3 +176,25 @@ def test_adapt_refuses_a_run_that_is_not_a_tokenizer(stage2, capsys):
                 "--data", str(data), "--steps", "1"]) == 2
     assert "not a tokenizer run" in capsys.readouterr().err
 
+
+
+def test_instruct_tunes_a_stage3_run_further_and_refuses_other_runs(stage2, capsys):
+    root, data = stage2
+    first, second = root / "phase1", root / "phase2"
+    common = ["--steps", "1", "--batch", "8", "--targets", "sex,diagnosis", "--eval-targets", "sex", "--shots", "0",
+              "--max-eval", "2"]
+    assert cli(["instruct", "--adapt", str(root / "adapt"), "--workdir", str(first), *common]) == 0
+    # a second phase from the first one's weights, now with k-shot training prompts
+    assert cli(["instruct", "--adapt", str(first), "--workdir", str(second), *common,
+                "--set", "language.train_support=2"]) == 0
+    tuned = load_model(second)
+    assert tuned.lineage.parent == str(first.resolve()) and tuned.lineage.parent_step == 1
+    assert tuned.cfg.language.train_support == 2 and tuned.step == 1
+    stage1 = _params(load_model(first).model)
+    for name, value in _params(tuned.model).items():  # the frozen tokenizer is the first phase's, untouched
+        if name.startswith("tokenizer/"):
+            np.testing.assert_array_equal(value, stage1[name])
+    capsys.readouterr()
+    assert cli(["instruct", "--adapt", str(root / "tok"), "--workdir", str(root / "phase3"), *common]) == 2
+    assert "--adapt needs a stage-2 ('adapt') or stage-3 ('instruct') run" in capsys.readouterr().err
+    assert not (root / "phase3").exists()

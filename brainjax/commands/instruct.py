@@ -147,7 +147,8 @@ DEFAULT_TARGETS = ("sex", "diagnosis", "modularity")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapt", default="runs/adapt", help="the stage-2 work dir (default: %(default)s)")
+    parser.add_argument("--adapt", default="runs/adapt",
+                        help="the stage-2 work dir, or a stage-3 one to tune further (default: %(default)s)")
     parser.add_argument("--workdir", default="runs/instruct", help="the run's work dir (default: %(default)s)")
     parser.add_argument("--data", help="dataset directory, or several comma-separated (mixed by data.mix_weights; "
                                        "default: the stage-2 run's)")
@@ -208,6 +209,19 @@ def _names(text: str, available: dict, what: str) -> list[str]:
     return names
 
 
+def _parent(path: str):
+    """The run stage 3 starts from: a stage-2 run, or a stage-3 run tuned further (e.g. a second phase with
+    k-shot prompts, ``--set language.train_support=N``, from a run trained on zero-shot prompts)."""
+    from brainjax.errors import CheckpointMismatchError
+    from brainjax.run import load_model
+
+    previous = load_model(path)
+    if previous.cfg.objective not in ("adapt", "instruct"):
+        raise CheckpointMismatchError(f"{path} is a {previous.cfg.objective!r} run; --adapt needs a stage-2 "
+                                      "('adapt') or stage-3 ('instruct') run")
+    return previous
+
+
 def _progress(line: str) -> None:
     from brainjax.distributed import is_main
 
@@ -232,7 +246,7 @@ def main(args: argparse.Namespace) -> int:
     shots = sorted({int(k) for k in args.shots.split(",") if k != ""})
     if args.windows < 1:
         raise UsageError(f"--windows must be at least 1, got {args.windows}")
-    previous = load_model(out if args.eval_only else args.adapt, objective="instruct" if args.eval_only else "adapt")
+    previous = load_model(out, objective="instruct") if args.eval_only else _parent(args.adapt)
     data = data_or_default(args.data) if args.data else previous.cfg.data.path
     paths = [Path(p) for p in data.split(",")]
     setups = [load_question_setup(previous.cfg, path, several=len(paths) > 1) for path in paths]
