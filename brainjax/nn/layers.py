@@ -39,13 +39,49 @@ def _checked_policy(policy: str | None) -> str | None:
 
 
 def rematerialise(fn: Callable, policy: str | None) -> Callable:
-    """``fn`` rematerialised in the backward pass under ``policy`` (one of :data:`REMAT_POLICIES`); ``fn``
-    itself when ``policy`` is None or empty (no remat)."""
+    """``fn(*modules, *arrays)`` rematerialised in the backward pass under ``policy`` (one of
+    :data:`REMAT_POLICIES`), layer after layer; ``fn`` itself when ``policy`` is None or empty (no remat).
+
+    The leading arguments that are NNX modules are the layer's weights (read, never mutated: blocks hold no RNG
+    or other state); the rest are arrays, masks, keys or None. Values and gradients are those of
+    ``nnx.remat(fn)``. The difference is the order XLA may run the backward pass in: a layer's recomputation
+    waits for the cotangent of its output, and all of a layer's gradients (weights, biases and input) become
+    available together. Without that, XLA:CPU's scheduler recomputed the next layer's forward while the
+    previous layer's weight and bias gradients were still pending, and kept both layers' MLP internals alive
+    (jax 0.12.1, ``ref_small`` batch 32: XLA's peak 10.04 -> 7.72 GiB, the same gradients; jax 0.10.2's
+    scheduler ignores the order: 10.10 GiB either way).
+    """
     if not _checked_policy(policy):
         return fn
-    if policy == "attention":
-        return nnx.remat(fn, policy=jax.checkpoint_policies.save_only_these_names(_ATTENTION_OUT))
-    return nnx.remat(fn)
+    saved = jax.checkpoint_policies.save_only_these_names(_ATTENTION_OUT) if policy == "attention" else None
+
+    def layer(*args):
+        n_modules = next((i for i, a in enumerate(args) if not isinstance(a, nnx.Module)), len(args))
+        graphdef, weights = nnx.split(args[:n_modules])
+
+        def pure(weights, *rest):
+            return fn(*nnx.merge(graphdef, weights), *rest)
+        return _layer_in_order(jax.checkpoint(pure, policy=saved))(weights, *args[n_modules:])
+    return layer
+
+
+def _layer_in_order(checkpointed: Callable) -> Callable:
+    """``checkpointed`` with a backward pass that starts only once its output's cotangent exists and hands out
+    every gradient at once (``optimization_barrier`` orders without computing anything)."""
+    @jax.custom_vjp
+    def run(*args):
+        return checkpointed(*args)
+
+    def forward(*args):
+        return jax.vjp(checkpointed, *args)  # the residuals: what the remat policy saves
+
+    def backward(pullback, cotangent):
+        residuals, tree = jax.tree.flatten(pullback)
+        residuals, cotangent = jax.lax.optimization_barrier((residuals, cotangent))
+        return jax.lax.optimization_barrier(jax.tree.unflatten(tree, residuals)(cotangent))
+
+    run.defvjp(forward, backward)
+    return run
 
 
 class AxisNames(NamedTuple):
