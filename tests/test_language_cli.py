@@ -89,13 +89,20 @@ def test_adapt_trains_only_what_it_should_and_resumes(stage2):
     assert 0.0 <= check["rouge_l"] <= 1.0 and check["chance_text"] in texts
 
 
-def test_instruct_then_ask(stage2, capsys):
+@pytest.fixture(scope="module")
+def stage3(stage2):
+    """A 2-step stage-3 run and its first report (the report file is rewritten by later --eval-only calls)."""
     root, data = stage2
     out = root / "instruct"
     assert cli(["instruct", "--adapt", str(root / "adapt"), "--workdir", str(out), "--steps", "2", "--batch", "8",
                 "--targets", "sex,diagnosis", "--eval-targets", "sex,age,description", "--shots", "0,1",
                 "--max-eval", "3"]) == 0
-    report = json.loads((out / "questions.json").read_text())
+    return out, json.loads((out / "questions.json").read_text())
+
+
+def test_instruct_then_ask(stage2, stage3, capsys):
+    root, data = stage2
+    out, report = stage3
     rows = {(r["target"], r["setting"], r["scoring"]): r for r in report["rows"]}
     scorings = ("logprob", "logprob/token", "logprob, calibrated", "constrained")
     assert set(rows) == {("sex", s, m) for s in ("zero-shot", "1-shot") for m in scorings} | {
@@ -178,17 +185,16 @@ def test_adapt_refuses_a_run_that_is_not_a_tokenizer(stage2, capsys):
 
 
 
-def test_instruct_tunes_a_stage3_run_further_and_refuses_other_runs(stage2, capsys):
-    root, data = stage2
-    first, second = root / "phase1", root / "phase2"
+def test_instruct_tunes_a_stage3_run_further_and_refuses_other_runs(stage2, stage3, capsys):
+    root, _ = stage2
+    first, second = stage3[0], root / "phase2"
     common = ["--steps", "1", "--batch", "8", "--targets", "sex,diagnosis", "--eval-targets", "sex", "--shots", "0",
               "--max-eval", "2"]
-    assert cli(["instruct", "--adapt", str(root / "adapt"), "--workdir", str(first), *common]) == 0
     # a second phase from the first one's weights, now with k-shot training prompts
     assert cli(["instruct", "--adapt", str(first), "--workdir", str(second), *common,
                 "--set", "language.train_support=2"]) == 0
     tuned = load_model(second)
-    assert tuned.lineage.parent == str(first.resolve()) and tuned.lineage.parent_step == 1
+    assert tuned.lineage.parent == str(first.resolve()) and tuned.lineage.parent_step == 2
     assert tuned.cfg.language.train_support == 2 and tuned.step == 1
     stage1 = _params(load_model(first).model)
     for name, value in _params(tuned.model).items():  # the frozen tokenizer is the first phase's, untouched
