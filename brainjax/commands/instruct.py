@@ -50,10 +50,10 @@ X15 X14 with stage 3 at ``--lr 6e-3`` (3x)                   0.589 [.33,.82]  0.
 X16 again, stage 3 with ``train.seed=1``                     **0.972**        **0.901**        (X14's)           -
                                                              [.91,1.0]        [.74,1.0]
 X17 X14 + k-shot training prompts (``train_support=2``)      0.480 [.27,.68]  0.526 [.34,.77]  (X14's)           no
-X18 X16 + a second phase: 150 steps of k-shot prompts        0.877 [.70,1.0]  0.839 [.60,1.0]  (X14's)             option
+X18 X16 + a second phase: 150 steps of k-shot prompts        0.877 [.70,1.0]  0.839 [.60,1.0]  (X14's)           option
 (``--adapt`` X16, ``train_support=4``, ``--lr 5e-4``);       2-shot 0.869     2-shot 0.833
 k = 2 as good as zero-shot
-X18 again from X16's seed-1 run (``train.seed=1``)           **0.948**        **0.922**        (X14's)             -
+X18 again from X16's seed-1 run (``train.seed=1``)           **0.948**        **0.922**        (X14's)           -
                                                              [.86,1.0];       [.77,1.0];
                                                              2-shot 0.948     2-shot **0.937**
 ===========================================================  ===============  ===============  ==================  =====
