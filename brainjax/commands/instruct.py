@@ -157,7 +157,7 @@ import dataclasses
 from pathlib import Path
 
 from brainjax.commands.args import add_distributed_arguments, add_override_argument, initialize_distributed
-from brainjax.errors import UsageError
+from brainjax.errors import CheckpointMismatchError, UsageError
 
 HELP = "fMRI-LM stage 3: instruction-tune on questions about scans, then evaluate zero-/k-shot"
 DEFAULT_TARGETS = ("sex", "diagnosis", "modularity")
@@ -229,7 +229,6 @@ def _names(text: str, available: dict, what: str) -> list[str]:
 def _parent(path: str):
     """The run stage 3 starts from: a stage-2 run, or a stage-3 run tuned further (e.g. a second phase with
     k-shot prompts, ``--set language.train_support=N``, from a run trained on zero-shot prompts)."""
-    from brainjax.errors import CheckpointMismatchError
     from brainjax.run import load_model
 
     previous = load_model(path)
