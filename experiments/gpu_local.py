@@ -6,13 +6,15 @@ encoder / 4,241 decoder tokens with CLS). ``brainjax plan --preset gpu_local --d
 
     parameters 111,542,804 x 4 B = 0.42 GiB; AdamW moments 0.83 GiB; gradients 0.42; accumulator 0.42
     global batch 64 = micro-batch 32 x 2 accumulation steps
-    activations (bf16, remat: 20 block inputs + one decoder block rebuilt) 4.76 GiB; attention (cuDNN) 0.01 GiB
-    total 6.86 GiB of 18 GiB usable (38 %)
+    activations (bf16, remat: 20 block inputs + one decoder block rebuilt) 6.83 GiB; attention (cuDNN: the
+    key-mask bias kept for the backward pass) 1.08 GiB
+    total 10.01 GiB of 18 GiB usable (56 %)
 
-Why this batch: XLA's own figure came out 1.05x-1.4x the estimate (tests/test_memory.py, on CPU), and
-cuDNN and XLA's GPU autotuner add workspace of their own, so the plan stays under 40 % of the usable memory. A
-micro-batch of 64 (no accumulation) estimates 11.2 GiB (62 %), too little margin; without remat a micro-batch of
-32 needs 29.2 GiB. On a GPU without bf16, attention falls back to ``chunked`` (float32) and needs more.
+Why this batch: the plan is within 10 % of XLA:CPU's own figure for the presets measured
+(``benchmarks/plan_vs_xla.py``, jax 0.12.1; this preset compiled for CPU: 1.00x), but cuDNN and XLA's GPU
+autotuner add workspace of their own, so the plan stays near half the usable memory. A micro-batch of 64 (no
+accumulation) estimates 17.5 GiB (97 %), too little margin; without remat a micro-batch of 32 needs 64.4 GiB.
+On a GPU without bf16, attention falls back to ``chunked`` (float32) and needs more.
 """
 
 from brainjax.config import Config, DataConfig, MaskConfig, ModelConfig, OptimConfig

@@ -6,14 +6,15 @@ pod_111m --devices 16 --platform tpu --device-memory 32``:
 
     mesh data 16 x fsdp 1 (the model's 0.42 GiB of float32 parameters need no sharding)
     parameters 111,542,804 x 4 B = 0.42 GiB; AdamW moments 0.83 GiB; gradients 0.42 GiB
-    global batch 512 = 32 windows per chip; activations (bf16, remat) 4.76 GiB
+    global batch 512 = 32 windows per chip; activations (bf16, remat) 6.83 GiB
     attention: ``auto`` runs the Pallas splash kernel on TPU (lengths padded to 1,152 / 4,352 and head dim to
     128): no score workspace beyond one log-sum-exp per row
-    total 6.44 GiB of 32 GiB (20 %); 1,124 model TFLOP per step (70 per chip)
+    total 8.51 GiB of 32 GiB (27 %); 1,124 model TFLOP per step (70 per chip)
 
-The margin is deliberate: XLA's own figure exceeded the estimate by up to 1.4x (tests/test_memory.py, on CPU),
-and should the splash kernel be unavailable the ``chunked`` fallback adds 8.3 GiB of score workspace at
-``model.attention_chunk=256`` (14.8 GiB, 46 %).
+The margin is deliberate: the plan is within 10 % of XLA:CPU's own figure for the presets measured on CPU
+(``benchmarks/plan_vs_xla.py``, jax 0.12.1), but TPU schedules were not measured, and should the splash kernel be
+unavailable the ``chunked`` fallback adds 6.7 GiB of score workspace at ``model.attention_chunk=256`` (15.4 GiB,
+48 %).
 """
 
 from brainjax.config import Config, DataConfig, MaskConfig, MeshConfig, ModelConfig

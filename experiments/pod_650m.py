@@ -7,15 +7,15 @@ one host's 4 chips. ``brainjax plan --preset pod_650m --devices 256 --platform t
     mesh data 64 x fsdp 4
     parameters 657,407,508 x 4 B / 4 = 0.61 GiB per chip; AdamW moments 1.23 GiB; gradients 0.61 GiB
     fsdp-gathered bf16 weights (XLA keeps the forward pass's gathered copy for the backward pass) 1.23 GiB
-    global batch 1024 = 4 windows per chip; activations (bf16, remat) 0.89 GiB; splash attention (lengths
+    global batch 1024 = 4 windows per chip; activations (bf16, remat) 1.15 GiB; splash attention (lengths
     padded to multiples of 128) adds no score workspace
-    total 4.56 GiB of 16 GiB (29 %; 6.65 GiB with the ``chunked`` fallback); 6,239 model TFLOP per step
+    total 4.82 GiB of 16 GiB (30 %; 6.52 GiB with the ``chunked`` fallback); 6,239 model TFLOP per step
     (24.4 per chip)
 
 Without fsdp (``brainlm_650m`` as it is, batch 256) a chip holds the whole float32 model and its moments
-(7.3 GiB) and the optimizer's new copy of both (7.3 GiB): 14.7 GiB of 16 (92 %, tight; XLA's own figure
-exceeded the estimate by up to 1.4x in tests/test_memory.py, on CPU). Memory would allow a batch of 2048
-(5.45 GiB, 34 %; 9.6 GiB with the chunked fallback): raise it with ``--set data.batch_size=2048`` once the
+(7.3 GiB) and the optimizer's new copy of both (7.3 GiB): 14.7 GiB of 16 (92 %, tight; the estimate is within
+10 % of XLA:CPU's figure, but TPU compilers add workspace of their own). Memory would allow a batch of 2048
+(5.97 GiB, 37 %; 9.4 GiB with the chunked fallback): raise it with ``--set data.batch_size=2048`` once the
 first steps' real memory use is known.
 """
 

@@ -6,11 +6,11 @@ estimate is checked against XLA's own buffer assignment of the trainer's jitted 
 moments, step counters, the batch), and ``argument + temp + output - alias`` is the step's peak (``temp`` holds
 gradients, activations, attention and the optimizer's new state; outputs alias the donated state).
 
-Honest agreement, measured on jax 0.10 / XLA:CPU with small models whose activations dominate: XLA's peak is
-1.05x to 1.4x the estimate (here: chunked 1.08x, dense xla 1.27x, xla + remat 1.32x; XLA:CPU keeps more softmax
-and LayerNorm intermediates than its GPU/TPU fusions would), so the estimate is a little low and the presets keep
-a margin. The test asserts 2/3x to 1.5x. Two compile options are set. ``xla_backend_optimization_level=0``
-touches LLVM only: the buffer assignment is identical and compiling is about 2x faster. The memory-optimised
+Agreement: the estimate counts what XLA:CPU's buffer assignment holds (jax 0.12.1). With these small models
+XLA's peak is 0.78x to 0.99x the estimate on jax 0.12.1 and 0.72x to 1.0x on jax 0.10.2 (whose XLA fuses the
+softmax less, which the estimate models for CPU). The test asserts 2/3x to 1.25x. Two compile options are set.
+``xla_backend_optimization_level=0`` touches LLVM only: the buffer assignment is identical and compiling is
+about 2x faster. The memory-optimised
 CPU scheduler: XLA:CPU's default, concurrency-optimised scheduler starts the rematerialised forward pass early,
 so ``model.remat`` saves nothing there (its figure is byte-identical with and without remat, and dense attention
 then reads up to 1.55x the estimate); GPU and TPU schedule for memory, as this option does.
@@ -107,8 +107,8 @@ def test_estimate_agrees_with_xla_memory_analysis(measured, name):
     # arguments are the state and the batch, give or take the step counters, the rng key and ``tr`` (unused by
     # the index time embedding, so jit drops it)
     assert abs(xla["argument"] - (est.params + est.optimizer + xla["inputs"])) <= 64
-    assert 2 / 3 <= xla["peak"] / est.total <= 1.5, (name, xla["peak"], est.total)
-    assert 2 / 3 <= xla["temp"] / (max(est.backward, est.update) + est.batch) <= 1.5
+    assert 2 / 3 <= xla["peak"] / est.total <= 1.25, (name, xla["peak"], est.total)
+    assert 2 / 3 <= xla["temp"] / (max(est.backward, est.update) + est.batch) <= 1.25
 
 
 @pytest.mark.slow
@@ -189,5 +189,5 @@ def test_launch_presets_fit_their_hardware_with_margin(preset, devices, platform
     cfg = load_config(preset)
     data, fsdp = memory.resolve_mesh(cfg.mesh, devices)
     est = memory.estimate(cfg, cfg.model.max_parcels, data, fsdp, platform)
-    # at most 2/3 of the usable memory: room for the estimate's error (XLA measured up to 1.35x of it on CPU)
+    # at most 2/3 of the usable memory: room for what GPU/TPU compilers add beyond the estimate (not measured)
     assert est.total <= 2 / 3 * gib * memory.GIB * (memory.DEFAULT_GPU_FRACTION if platform == "gpu" else 1.0)

@@ -20,7 +20,7 @@ windows at the compute dtype:
                    ``remat_policy=attention`` its attention output) plus one block's internals while it is
                    recomputed; plus the embedding, decoder-input and head tensors;
 * ``attention``    ``xla`` keeps the float32 probabilities [B, H, L, L] of every layer (of one layer under remat)
-                   and two more of them in the backward pass; ``chunked`` holds one block of ``attention_chunk``
+                   and one more in the backward pass; ``chunked`` holds one block of ``attention_chunk``
                    queries at a time; ``cudnn`` / ``splash`` keep only the per-row softmax statistics;
 * ``gathered``     with ``fsdp > 1``, the all-gathered weights at the compute dtype: XLA keeps the forward pass's
                    gathered copy for the backward pass (seen on CPU with and without remat), so about the whole
@@ -34,8 +34,10 @@ Live during the optimizer update (after the backward pass has freed its activati
 ``total = params + optimizer + batch + max(grads + accumulation + activations + attention + gathered, update)``.
 
 It is a model of the program, not a measurement: XLA fuses, reorders and adds workspace (cuDNN, collectives).
-On CPU, XLA's own figure for the trainer's step was 1.05x to 1.4x this estimate (tests/test_memory.py), so keep
-a margin: the verdict calls a plan above 85 % of the usable memory tight.
+What a block and an attention keep was counted in XLA:CPU's buffer assignment of the compiled step (jax 0.12.1),
+where XLA's own peak is 0.91x to 1.04x this estimate for the presets (``benchmarks/plan_vs_xla.py``) and 0.78x
+to 0.99x for the small models of tests/test_memory.py; GPU and TPU compilers fuse differently and add workspace
+of their own, so keep a margin: the verdict calls a plan above 85 % of the usable memory tight.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from brainjax.config import Config, MeshConfig, ModelConfig
@@ -61,6 +64,10 @@ GIB = 2.0 ** 30
 DEFAULT_GPU_FRACTION = 0.75  # JAX preallocates this share of GPU memory (XLA_PYTHON_CLIENT_MEM_FRACTION)
 
 ParamSpec = tuple[str, tuple[int, ...], tuple[str | None, ...]]  # name, shape, logical axis names
+# XLA:CPU before jax 0.11 fuses the softmax less (see _attention_bytes) and does not keep the layer order that
+# brainjax.nn.layers.rematerialise asks for with optimization barriers, so with remat it holds more than the plan
+# (gpu_local 2.3x on XLA:CPU 0.10.2; 1.04x on 0.12.1). GPU and TPU were not measured: the plan assumes current XLA.
+_OLD_XLA = tuple(int(p) for p in jax.__version__.split(".")[:2]) < (0, 11)
 
 
 @dataclass(frozen=True)
@@ -239,14 +246,22 @@ def attention_impl(impl: str, length: int, dtype: str, chunk: int, platform: str
     return resolve_impl(impl, length, jnp.dtype(dtype), chunk, platform)
 
 
-def _attention_bytes(impl: str, batch: int, heads: int, q_len: int, k_len: int, chunk: int, c: int
-                     ) -> tuple[int, int]:
-    """(bytes one layer keeps for the backward pass, bytes of its backward workspace) beyond q, k, v, output."""
+def _attention_bytes(impl: str, batch: int, heads: int, q_len: int, k_len: int, chunk: int, c: int,
+                     old_cpu: bool = False) -> tuple[int, int]:
+    """(bytes one layer keeps for the backward pass, bytes of its backward workspace) beyond q, k, v, output;
+    ``old_cpu``: XLA:CPU before jax 0.11, which fuses the softmax less (counted in its buffer assignment of the
+    tiny and default presets: three probabilities-sized arrays kept per dense layer, three chunk blocks)."""
     if impl == "xla":
         probs = batch * heads * q_len * k_len
-        return probs * (4 + (c if c != 4 else 0)), 2 * 4 * probs  # f32 probs (+ cast) kept; d(probs), d(scores)
+        # f32 probs (+ cast) kept (on old XLA:CPU also the scores and their exponentials); the backward's
+        # d(probs) -> d(scores) is one fused, in-place f32 array
+        return probs * ((3 if old_cpu else 1) * 4 + (c if c != 4 else 0)), 4 * probs
     if impl == "chunked":
-        return 0, 4 * 4 * batch * heads * min(chunk, q_len) * k_len  # one block's scores, probs and their grads
+        # One query block at a time: its f32 scores / probs and their gradient, each computed in place (two
+        # blocks; a third with a low-precision compute dtype or on old XLA:CPU), and the block's bool key mask.
+        # Counted in XLA:CPU's buffer assignment of tiny, ref_small, brainlm_13m and gpu_local (jax 0.12.1).
+        block = batch * heads * min(chunk, q_len) * k_len
+        return 0, block * ((3 if old_cpu or c != 4 else 2) * 4 + 1)
     lse = 4 * batch * heads * q_len  # fused kernels keep the per-row log-sum-exp only
     if impl == "cudnn":  # the key mask goes in as a [B, 1, Lq, Lk] bias in the compute dtype, kept for backward
         return lse + c * batch * q_len * k_len, 0
@@ -289,9 +304,14 @@ def _decoder_stacks(model: ModelConfig, b: int, n_parcels: int, n_patches: int, 
 
 
 def _block_bytes(batch: int, length: int, width: int, mlp: int, c: int) -> int:
-    # Inputs of LN1, qkv, out, LN2, fc1 (5 x width), q/k/v (3 x width), fc1 output and GELU output (2 x mlp),
-    # plus float32 LayerNorm statistics (mean, 1/std) of both norms.
-    return batch * length * (c * (8 * width + 2 * mlp) + 4 * 4)
+    # What XLA:CPU keeps of one block for its backward pass, counted in the buffer assignment of brainlm_13m's
+    # encoder (jax 0.12.1): 13 width-sized arrays (the norms' inputs and outputs, q / k / v and the attention
+    # output in both the token-major and the head-major layout, the residual sums) and 3 MLP-sized ones (the
+    # first projection's output, the tanh of the GELU and its output), plus the float32 LayerNorm statistics
+    # (mean, 1/std) of both norms. (Counting only what the maths needs, 8 and 2, put XLA at 1.06-1.3x the plan.)
+    # With a 16-bit compute dtype 7 of the width-sized arrays stay float32 (gpu_local and pod_111m compiled for
+    # CPU: the residual stream's gradients and the norms' float32 side).
+    return batch * length * (c * (13 * width + 3 * mlp) + (4 - c) * 7 * width + 4 * 4)
 
 
 def estimate(cfg: Config, n_parcels: int, data: int, fsdp: int, platform: str) -> MemoryEstimate:
@@ -323,7 +343,9 @@ def estimate(cfg: Config, n_parcels: int, data: int, fsdp: int, platform: str) -
                   for n in (enc_len, dec_queries))
     stacks = [_Stack(model.depth, b, enc_len, enc_len, model.width, model.mlp, model.heads, impls[0]),
               *_decoder_stacks(model, b, n_parcels, n_patches, enc_len, impls[1], platform)]
-    kept = [_attention_bytes(s.impl, s.batch, s.heads, s.q_len, s.k_len, model.attention_chunk, c) for s in stacks]
+    old_cpu = _OLD_XLA and platform == "cpu"
+    kept = [_attention_bytes(s.impl, s.batch, s.heads, s.q_len, s.k_len, model.attention_chunk, c, old_cpu)
+            for s in stacks]
     # + the padded query blocks of chunked attention, + the keep masks (bool) of the three dropouts, + a cross
     # block's memory side (its norm's input and output, keys and values)
     internals = [_block_bytes(s.batch, s.q_len, s.width, s.mlp, c) + (s.batch * s.q_len * s.width * c
