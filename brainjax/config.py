@@ -193,6 +193,8 @@ class LanguageConfig:
     # | tokenizer+summary | tokenizer+fc+summary (plus K bilinear readouts of the window's connectivity on the
     # last patch's tokens: models/fmri_lm.ConnectivitySummary)
     summary_rank: int = shapes_params(32)  # K of that summary
+    fc_reference: str = shapes_params("none")  # none | cohort: connectivity rows as they are, or as z-scores
+    # against the training cohort's mean and spread of every parcel pair (set by `adapt` from the training scans)
     fmri_time: str = shapes_params("patch")  # patch: one token per parcel and time patch | window: one per parcel
     # for the whole window (patches' features averaged, connectivity row over the window); needs code_weight = 0
     fmri_pool: int = shapes_params(0)  # fMRI tokens per time patch: 0 = one per parcel; K > 0 = K learned queries

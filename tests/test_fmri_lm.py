@@ -329,3 +329,49 @@ def test_adapt_defaults_and_overrides():
     cfg = adapt.stage2_config(tokenizer_run, parser.parse_args(["--set", "data.window=100"]), "d", None, 207)
     assert cfg.data.window == 100
     assert adapt.stage2_config(tokenizer_run, parser.parse_args([]), "d", None, scan_length=7).data.window == 20
+
+
+def test_cohort_reference_scores_each_connectivity_row_against_the_cohort():
+    language = LanguageConfig(lora_rank=2, fmri_time="window", fmri_features="tokenizer+fc", fc_reference="cohort")
+    model = FMRILM(LM, TOK, QUANT, language, rngs=nnx.Rngs(0))
+    raw = FMRILM(LM, TOK, QUANT, dataclasses.replace(language, fc_reference="none"), rngs=nnx.Rngs(0))
+    batch = _batch()
+    # mean 0 and spread 1 (as initialised) leave the row as it is
+    np.testing.assert_allclose(np.asarray(model.fmri_tokens(batch)[0][0]), np.asarray(raw.fmri_tokens(batch)[0][0]),
+                               atol=1e-6)
+    rng = np.random.default_rng(1)
+    mean = rng.uniform(-0.5, 0.5, (TOK.max_parcels,) * 2).astype(np.float32)
+    std = rng.uniform(0.5, 2.0, (TOK.max_parcels,) * 2).astype(np.float32)
+    model.fc_mean[...], model.fc_std[...] = mean, std
+    fc = np.zeros((3, TOK.max_parcels), np.float32)
+    fc[:2, :2] = (np.corrcoef(batch["signal"][0, 0, :2]) - mean[:2, :2]) / std[:2, :2]  # parcel 2 is padding
+    raw.fmri_fc.kernel[...] = np.zeros(raw.fmri_fc.kernel.shape, np.float32)
+    want = np.asarray(raw.fmri_tokens(batch)[0][0]) + np.asarray(model.fmri_fc(fc))
+    np.testing.assert_allclose(np.asarray(model.fmri_tokens(batch)[0][0])[:2], want[:2], atol=1e-4)
+    with pytest.raises(ValueError, match="fc_reference"):
+        FMRILM(LM, TOK, QUANT, LanguageConfig(fc_reference="subject"), rngs=nnx.Rngs(0))
+
+
+def test_cohort_connectivity_is_the_mean_and_spread_over_training_scans():
+    from types import SimpleNamespace
+
+    from brainjax.errors import UsageError
+    from brainjax.lm.stages import cohort_connectivity
+
+    rng = np.random.default_rng(0)
+    scans = [rng.normal(size=(3, 12)).astype(np.float32) for _ in range(4)]
+    present = [np.array([True, True, True])] * 3 + [np.array([True, False, True])]  # scan 3 lacks parcel 1
+    splits = ["train", "train", "test", "train"]
+    ds = SimpleNamespace(atlas=SimpleNamespace(name="toy", n_parcels=3), read=lambda i: scans[i],
+                         present=lambda i: present[i], indices=lambda split: [i for i, s in enumerate(splits)
+                                                                               if s == split])
+    mean, std = cohort_connectivity([ds], window=10, max_parcels=5)
+    fcs = np.stack([np.corrcoef(scans[i][:, :10]) for i in (0, 1, 3)])
+    np.testing.assert_allclose(mean[0, 2], fcs[:, 0, 2].mean(), atol=1e-5)
+    np.testing.assert_allclose(std[0, 2], fcs[:, 0, 2].std(), atol=1e-5)
+    np.testing.assert_allclose(mean[0, 1], fcs[:2, 0, 1].mean(), atol=1e-5)  # scan 3 does not count for parcel 1
+    assert mean[3, 3] == 0 and std[4, 0] == 1  # padded slots: no data
+    assert std[0, 0] == pytest.approx(1e-3)  # the diagonal has no spread: floored
+    other = SimpleNamespace(**(vars(ds) | {"atlas": SimpleNamespace(name="other", n_parcels=3)}))
+    with pytest.raises(UsageError, match="one atlas"):
+        cohort_connectivity([ds, other], window=10, max_parcels=5)

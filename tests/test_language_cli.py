@@ -200,3 +200,26 @@ def test_instruct_tunes_a_stage3_run_further(stage2, stage3):  # other runs are 
     for name, value in _params(tuned.model).items():  # the frozen tokenizer is the first phase's, untouched
         if name.startswith("tokenizer/"):
             np.testing.assert_array_equal(value, stage1[name])
+
+
+def test_cohort_reference_is_measured_on_training_scans_and_kept_by_stage3(stage2):
+    root, data = stage2
+    out, tuned = root / "cohort", root / "cohort-i"
+    assert cli(["adapt", "--workdir", str(out), "--tokenizer", str(root / "tok"), "--lm", str(root / "lm"),
+                "--data", str(data), "--batch", "8", "--steps", "1", "--set", "language.text_len=96",
+                "--set", "language.lm_len=64", "--set", "language.fc_reference=cohort", "--max-eval", "2",
+                "--no-generate"]) == 0
+    run = load_model(out)
+    # by hand: Pearson correlations of every training scan's window (the whole 96-TR scan here)
+    ds = Dataset(data)
+    window = run.cfg.data.window
+    fcs = np.stack([np.corrcoef(ds.read(i)[:, :window]) for i in ds.indices("train")])
+    n = ds.atlas.n_parcels
+    np.testing.assert_allclose(np.asarray(run.model.fc_mean[...])[:n, :n], fcs.mean(0), atol=1e-4)
+    off_diagonal = ~np.eye(n, dtype=bool)
+    np.testing.assert_allclose(np.asarray(run.model.fc_std[...])[:n, :n][off_diagonal], fcs.std(0)[off_diagonal],
+                               atol=1e-4)
+    assert cli(["instruct", "--adapt", str(out), "--workdir", str(tuned), "--steps", "1", "--batch", "8",
+                "--targets", "sex", "--eval-targets", "sex", "--shots", "0", "--max-eval", "2"]) == 0
+    np.testing.assert_array_equal(np.asarray(load_model(tuned).model.fc_mean[...]),
+                                  np.asarray(run.model.fc_mean[...]))

@@ -86,6 +86,7 @@ def main(args: argparse.Namespace) -> int:
     from brainjax.lm.batches import DescriptionSource, TextCodec, load_descriptor_texts, window_sequences
     from brainjax.lm.stages import (
         architecture_json,
+        cohort_connectivity,
         export_adapters,
         keep_lm_files,
         lm_dir_or_default,
@@ -120,8 +121,10 @@ def main(args: argparse.Namespace) -> int:
 
     def build(batch):
         return window_sequences(batch, source, codec, spec, lm_len)
-    result = launch(cfg, out, lineage=lineage, build=build, warm_start=stage2_warm_start(tokenizer_run, lm_dir),
-                    mesh=tokenizer_run.mesh)
+    reference = cohort_connectivity(datasets, cfg.data.window, cfg.model.max_parcels) \
+        if cfg.language.fc_reference == "cohort" else None
+    result = launch(cfg, out, lineage=lineage, build=build, mesh=tokenizer_run.mesh,
+                    warm_start=stage2_warm_start(tokenizer_run, lm_dir, reference))
     if cfg.language.train_lm == "lora" and not result.preempted:
         export_adapters(result.model, out, lineage.lm_path)
     if result.preempted:

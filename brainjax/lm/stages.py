@@ -16,10 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from brainjax.distributed import barrier, is_main, main_first
+from brainjax.errors import UsageError
 from brainjax.lm.default_lm import default_lm
 from brainjax.models.lm import LMConfig
 from brainjax.models.lm_loading import from_pretrained
@@ -97,9 +99,44 @@ def _lm_into(target: dict, source: dict) -> dict:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def stage2_warm_start(tokenizer_run, lm_dir: Path) -> Callable[[dict], dict]:
+def cohort_connectivity(datasets: list, window: int, max_parcels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation float32 [max_parcels, max_parcels] of every parcel pair's correlation over
+    the first ``window`` TRs of each training scan (what ``language.fc_reference = "cohort"`` scores rows
+    against); pairs with a missing parcel are left out of that scan's count, pairs never seen get 0 and 1.
+
+    All datasets must share one atlas: a parcel index means one region only within an atlas.
+    """
+    from brainjax.models.fmri_lm import FC_STD_FLOOR, patch_connectivity
+
+    names = {ds.atlas.name for ds in datasets}
+    if len(names) > 1:
+        raise UsageError(f"language.fc_reference=cohort needs datasets of one atlas, got {sorted(names)}")
+    total = np.zeros((max_parcels, max_parcels))
+    square, count = np.zeros_like(total), np.zeros_like(total)
+    for ds in datasets:
+        n = ds.atlas.n_parcels
+        for i in ds.indices("train"):
+            present = ds.present(i)
+            scan = jnp.asarray(ds.read(i)[None, :, :window])
+            fc = np.asarray(patch_connectivity(scan, jnp.asarray(present[None])))[0]
+            pair = np.outer(present, present)
+            total[:n, :n] += np.where(pair, fc, 0.0)
+            square[:n, :n] += np.where(pair, fc * fc, 0.0)
+            count[:n, :n] += pair
+    if not count.any():
+        raise UsageError("language.fc_reference=cohort needs training scans; the data has none in split 'train'")
+    seen = count > 0
+    mean = np.where(seen, total / np.maximum(count, 1), 0.0)
+    std = np.sqrt(np.maximum(np.where(seen, square / np.maximum(count, 1) - mean * mean, 1.0), 0.0))
+    return mean.astype(np.float32), np.maximum(std, FC_STD_FLOOR).astype(np.float32)
+
+
+def stage2_warm_start(tokenizer_run, lm_dir: Path, fc_reference: tuple[np.ndarray, np.ndarray] | None = None
+                      ) -> Callable[[dict], dict]:
     """Trainer warm start: tokenizer parameters and codebook state from the stage-1 run, LM weights from the
-    Hugging Face directory; projector, parcel embedding, fMRI head and adapters keep their initialisation."""
+    Hugging Face directory, and the cohort's connectivity statistics (``fc_reference``: mean, std, from
+    :func:`cohort_connectivity`) when the model scores rows against them; projector, parcel embedding, fMRI head
+    and adapters keep their initialisation."""
     tok_params = nnx.to_pure_dict(nnx.state(tokenizer_run.model, nnx.Param))
     tok_rest = nnx.to_pure_dict(nnx.split(tokenizer_run.model, nnx.Param, ...)[2])
     lm, _ = from_pretrained(lm_dir)
@@ -112,6 +149,9 @@ def stage2_warm_start(tokenizer_run, lm_dir: Path) -> Callable[[dict], dict]:
         if "tokenizer" in pure_rest:
             pure_rest["tokenizer"] = _place(tok_rest, pure_rest["tokenizer"], "tokenizer state")
         pure["lm"] = _lm_into(pure["lm"], lm_params)
+        if fc_reference is not None:
+            for key, value in zip(("fc_mean", "fc_std"), fc_reference):
+                pure_rest[key] = _place({"v": value}, {"v": pure_rest[key]}, key)["v"]
         nnx.replace_by_pure_dict(params, pure)
         nnx.replace_by_pure_dict(rest, pure_rest)
         return dict(state, params=params, rest=rest)

@@ -52,6 +52,12 @@ TRAIN_LM = ("lora", "full", "frozen")
 FMRI_FEATURES = ("tokenizer", "tokenizer+fc", "tokenizer+summary", "tokenizer+fc+summary")
 SCAN_ATTENTION = ("causal", "block")
 FMRI_TIME = ("patch", "window")
+FC_REFERENCE = ("none", "cohort")
+FC_STD_FLOOR = 1e-3  # the diagonal (always 1) and constant pairs have no spread
+
+
+class CohortReference(nnx.Variable):
+    """Statistics of the training cohort, set once before training (never optimised, saved with the run)."""
 
 
 def token_steps(fmri_time: str, window: int, patch: int) -> int:
@@ -144,6 +150,8 @@ class FMRILM(nnx.Module):
         if language.fmri_features not in FMRI_FEATURES:
             raise ValueError(f"language.fmri_features must be one of {FMRI_FEATURES}, got "
                              f"{language.fmri_features!r}")
+        if language.fc_reference not in FC_REFERENCE:
+            raise ValueError(f"language.fc_reference must be one of {FC_REFERENCE}, got {language.fc_reference!r}")
         self.tokenizer = NeuralTokenizer(tok_model, tok_quantizer, rngs=rngs)
         self.lm = DecoderLM(lm_cfg, rngs=rngs)
         if language.train_lm == "lora":
@@ -162,6 +170,12 @@ class FMRILM(nnx.Module):
         parts = language.fmri_features.split("+")
         self.fmri_fc = linear(tok_model.max_parcels, width, (None, "embed"), dtype=jnp.float32, rngs=rngs,
                               use_bias=False) if "fc" in parts else None
+        # Descriptors and phenotypes are deviations from the cohort, which a raw row hides under the connectivity
+        # every scan shares; with fc_reference = "cohort" a row enters as z-scores against the training scans.
+        cohort = language.fc_reference == "cohort" and self.fmri_fc is not None
+        pairs = (tok_model.max_parcels, tok_model.max_parcels)
+        self.fc_mean = CohortReference(jnp.zeros(pairs, jnp.float32)) if cohort else None
+        self.fc_std = CohortReference(jnp.ones(pairs, jnp.float32)) if cohort else None
         # Unnormalised projector outputs sat ~400x above the text embeddings (norm 337 vs 0.84 after stage 2):
         # pre-norm blocks then cannot change an fMRI position's state, so the LM never mixes parcels. Within a
         # token, the parts were as unequal (RMS: tokenizer features 26, connectivity row 3, parcel embedding
@@ -219,6 +233,10 @@ class FMRILM(nnx.Module):
         step_mask = jnp.repeat(block_mask, steps, axis=0)
         if self.fmri_fc is not None:  # per token time step: a per-patch token never carries the next patch's code
             fc = patch_connectivity(step_signal, step_mask)
+            if self.fc_mean is not None:  # padded parcels: mean 0, spread 1, row 0 -> stays 0
+                pair = step_mask[:, :, None] & step_mask[:, None, :]
+                z = (fc - self.fc_mean[...][:n_parcels, :n_parcels]) / self.fc_std[...][:n_parcels, :n_parcels]
+                fc = jnp.where(pair, z, 0.0)
             width = self.fmri_fc.in_features
             x = x + balance(self.fmri_fc(jnp.pad(fc, ((0, 0), (0, 0), (0, width - n_parcels)))))
         x = x + balance(self.parcel_embed(jnp.arange(n_parcels))[None].astype(x.dtype))
