@@ -56,6 +56,8 @@ k = 2 as good as zero-shot
 X18 again from X16's seed-1 run (``train.seed=1``)           **0.948**        **0.922**        (X14's)           -
                                                              [.86,1.0];       [.77,1.0];
                                                              2-shot 0.948     2-shot **0.937**
+X19 X16 from stage 2 with ``fc_reference=cohort`` (rows as    0.909 [.75,.99]  0.828 [.58,1.0]  **+.011 [.005,    option
+z-scores against the training cohort; ``adapt``'s S2)         2-shot 0.881     2-shot 0.745     .016]**
 ===========================================================  ===============  ===============  ==================  =====
 
 Findings. Until X6 the LM did not read the scans at all: on *training* scans stage 3 scored sex 0.59 and
@@ -148,6 +150,14 @@ gives sex 0.948 [0.86, 1.0] at k = 0 and k = 2 (X16 seed 1: 0.972 / 0.964) and d
 zero-shot, 0.937 [0.80, 1.0] 2-shot (X16 seed 1: 0.901 / 0.719), 2-shot calibrated balanced accuracy 0.875
 [0.71, 0.98]. The phase took 32-46 min sharing the two cores with other work (each step ~5x a zero-shot one: five
 scans per prompt); it stays an option, not the default, whose three stages fit the hour.
+
+X19: stage 2 with connectivity rows scored against the training cohort (``language.fc_reference=cohort``; the
+stage-2 log in :mod:`brainjax.commands.adapt`), then X16's 900 stage-3 steps. Stage 2 reads the scan for the first
+time (own - other +0.011 [0.005, 0.016] nats per token). Stage 3, one seed: sex 0.909 [0.75, 0.99] zero-shot
+(calibrated balanced accuracy 0.881 [0.77, 0.97]) and 0.881 2-shot (X16: 0.889 / 0.782), diagnosis 0.828 [0.58,
+1.0] and 0.745 (X16: 0.854 / 0.505), age's calibrated number-score mean R2 -0.282 against X16's -0.474 (gain over
+the training mean [-0.05, 0.78]). Within the seed spread on the zero-shot targets and better at k = 2; an option
+until a second seed is measured.
 """
 
 from __future__ import annotations
