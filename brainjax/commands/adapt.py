@@ -73,6 +73,7 @@ def stage2_config(tokenizer_run, args: argparse.Namespace, data: str, descriptor
     training cohort (descriptors are deviations from the cohort)
     S3 S2 with the LM trained in full (``train_lm=full``; X7 without S2:    .039 [.022, .058]       option
     .003)
+    S5 S3 for 600 steps (own-scan NLL .499)                                  .089 [.044, .137]       option
     S4 S3 for 900 steps (training loss 0.02: memorises the descriptions)    .148 [.088, .212]       option
     ======================================================================  ======================  ==========
 
@@ -80,10 +81,11 @@ def stage2_config(tokenizer_run, args: argparse.Namespace, data: str, descriptor
     connectivity row carries under the connectivity every scan shares: scored against the training cohort's
     mean and spread of each parcel pair (S2) the rows gave the first gap with an interval above 0, and stage 3
     from S2 (X19 in :mod:`brainjax.commands.instruct`) read sex as well as X16 (0.909 against 0.889) and lost
-    less at k = 2. Training the LM in full on top (S3, S4) reads far more (S4: 0.148, the 0.2 asked inside its
-    interval), but by memorising: S4's own-scan NLL is 0.725 against S3's 0.290, and on validation scans its
-    text given the scan (0.727) is worse than the text alone (0.671). S2-S4 stay options until a stage 3 from
-    them is measured on two seeds (a full LM lost stage 3's sex reading in X7).
+    less at k = 2. Training the LM in full on top (S3, S5, S4) reads far more with more steps (0.039, 0.089,
+    0.148 at 300, 600, 900 steps; 0.2 inside S4's interval), but by memorising: own-scan NLL 0.290, 0.499,
+    0.725, and on S4's validation scans the text given the scan (0.727) is worse than the text alone (0.671).
+    S2-S5 stay options until a stage 3 from them is measured on two seeds (a full LM lost stage 3's sex reading
+    in X7).
     """
     from brainjax.config import LanguageConfig, OptimConfig, override, with_data, with_steps
 

@@ -23,6 +23,7 @@ from flax import nnx
 from brainjax.distributed import barrier, is_main, main_first
 from brainjax.errors import UsageError
 from brainjax.lm.default_lm import default_lm
+from brainjax.models.fmri_lm import FC_STD_FLOOR, patch_connectivity
 from brainjax.models.lm import LMConfig
 from brainjax.models.lm_loading import from_pretrained
 from brainjax.nn.lora import save_adapters
@@ -106,8 +107,6 @@ def cohort_connectivity(datasets: list, window: int, max_parcels: int) -> tuple[
 
     All datasets must share one atlas: a parcel index means one region only within an atlas.
     """
-    from brainjax.models.fmri_lm import FC_STD_FLOOR, patch_connectivity
-
     names = {ds.atlas.name for ds in datasets}
     if len(names) > 1:
         raise UsageError(f"language.fc_reference=cohort needs datasets of one atlas, got {sorted(names)}")
