@@ -350,6 +350,8 @@ def test_cohort_reference_scores_each_connectivity_row_against_the_cohort():
     np.testing.assert_allclose(np.asarray(model.fmri_tokens(batch)[0][0])[:2], want[:2], atol=1e-4)
     with pytest.raises(ValueError, match="fc_reference"):
         FMRILM(LM, TOK, QUANT, LanguageConfig(fc_reference="subject"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="needs 'fc'"):  # no connectivity rows to score
+        FMRILM(LM, TOK, QUANT, LanguageConfig(fc_reference="cohort"), rngs=nnx.Rngs(0))
 
 
 def test_cohort_connectivity_is_the_mean_and_spread_over_training_scans():

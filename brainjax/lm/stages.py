@@ -150,7 +150,7 @@ def stage2_warm_start(tokenizer_run, lm_dir: Path, fc_reference: tuple[np.ndarra
         pure["lm"] = _lm_into(pure["lm"], lm_params)
         if fc_reference is not None:
             for key, value in zip(("fc_mean", "fc_std"), fc_reference):
-                pure_rest[key] = _place({"v": value}, {"v": pure_rest[key]}, key)["v"]
+                pure_rest[key] = _place(value, pure_rest[key], key)
         nnx.replace_by_pure_dict(params, pure)
         nnx.replace_by_pure_dict(rest, pure_rest)
         return dict(state, params=params, rest=rest)

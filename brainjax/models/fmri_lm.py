@@ -172,7 +172,10 @@ class FMRILM(nnx.Module):
                               use_bias=False) if "fc" in parts else None
         # Descriptors and phenotypes are deviations from the cohort, which a raw row hides under the connectivity
         # every scan shares; with fc_reference = "cohort" a row enters as z-scores against the training scans.
-        cohort = language.fc_reference == "cohort" and self.fmri_fc is not None
+        cohort = language.fc_reference == "cohort"
+        if cohort and self.fmri_fc is None:
+            raise ValueError(f"language.fc_reference=cohort scores connectivity rows: it needs 'fc' in "
+                             f"language.fmri_features, got {language.fmri_features!r}")
         pairs = (tok_model.max_parcels, tok_model.max_parcels)
         self.fc_mean = CohortReference(jnp.zeros(pairs, jnp.float32)) if cohort else None
         self.fc_std = CohortReference(jnp.ones(pairs, jnp.float32)) if cohort else None

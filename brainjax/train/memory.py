@@ -66,7 +66,7 @@ DEFAULT_GPU_FRACTION = 0.75  # JAX preallocates this share of GPU memory (XLA_PY
 ParamSpec = tuple[str, tuple[int, ...], tuple[str | None, ...]]  # name, shape, logical axis names
 # XLA:CPU before jax 0.11 fuses the softmax less (see _attention_bytes) and does not keep the layer order that
 # brainjax.nn.layers.rematerialise asks for with optimization barriers, so with remat it holds more than the plan
-# (gpu_local 2.3x on XLA:CPU 0.10.2; 1.04x on 0.12.1). GPU and TPU were not measured: the plan assumes current XLA.
+# (gpu_local 2.2x on XLA:CPU 0.10.2; 1.00x on 0.12.1). GPU and TPU were not measured: the plan assumes current XLA.
 _OLD_XLA = tuple(int(p) for p in jax.__version__.split(".")[:2]) < (0, 11)
 
 
