@@ -209,6 +209,9 @@ class LanguageConfig:
     text_weight: float = 1.0  # fMRI -> text loss (answer tokens only)
     code_weight: float = 1.0  # next-time-patch fMRI code prediction
     lm_weight: float = 0.5  # text-only language modelling (keeps the LM's language)
+    rephrase: bool = False  # stage 2: each window's description in sentence frames drawn per (seed, scan, crop
+    # start), the facts unchanged (data/describe.rephrase), so the LM cannot learn a scan's wording by heart;
+    # needs data.window shorter than the scans (one crop, one phrasing)
     targets: tuple[str, ...] = ()  # stage 3: questions tuned on (the others stay zero-shot)
     train_support: int = 0  # stage 3: at most this many support scans in a training prompt; each prompt draws k
     # per class from 0 .. train_support // classes (k-shot training, lm/batches.InstructionSource); 0 = zero-shot only

@@ -129,3 +129,37 @@ def test_stage2_batches_put_each_window_before_its_descriptor_text(runs, tmp_pat
                 "--lm", str(tmp_path / "no_lm"), "--data", str(data), "--descriptors", str(out / "descriptors.jsonl"),
                 "--steps", "1"]) != 0
     assert "not a Hugging Face model directory" in capsys.readouterr().err
+
+
+def test_rephrased_descriptions_keep_their_facts_and_follow_the_crop(runs, tmp_path, capsys):
+    from brainjax.data.dataset import Dataset
+    from brainjax.data.describe import descriptor_low_band, phrasing_seed, rephrase, write_descriptors
+    from brainjax.lm.batches import DescriptionSource, load_descriptor_texts
+
+    data, workdirs = runs
+    out, described, _ = write_descriptors(data, tmp_path / "descriptors", max_sentences=4)
+    dataset = Dataset(data)
+    texts, records = load_descriptor_texts(out / "descriptors.jsonl", dataset.manifest)
+    band = descriptor_low_band(out / "descriptors.jsonl")
+    assert band == (0.01, 0.08)
+    # the stored text is the phrasing of its own seed (write_descriptors' seed 0, by manifest row)
+    for row, record in enumerate(records):
+        assert rephrase(record, phrasing_seed(0, row), band) == record["text"]
+    source = DescriptionSource(texts, records, seed=3, low_band=band)
+    drawn = {start: source.sample(0, start)[1] for start in range(12)}
+    assert source.sample(0, 5)[1] == drawn[5]  # a pure function of (seed, scan, start): resumes redraw it
+    assert len(set(drawn.values())) > 1 and source.sample(0, 5)[2] == drawn[5]  # text-only loss reads it too
+    assert DescriptionSource(texts, records, seed=4, low_band=band).sample(0, 5)[1] != drawn[5] or \
+        DescriptionSource(texts, records, seed=5, low_band=band).sample(0, 5)[1] != drawn[5]
+    for text in drawn.values():  # same sentences count, same facts: each fact's number-free phrase survives
+        assert text.count(". ") + 1 == len(records[0]["facts"])
+    edited = {**records[0], "z": {k: (None if v is None else -v) for k, v in records[0]["z"].items()}}
+    with pytest.raises(ValueError, match=records[0]["scan_id"]):
+        rephrase(edited, 0, band)
+    with pytest.raises(ValueError, match="records for"):
+        DescriptionSource(texts, records[:-1])
+    # adapt refuses it when the window is the whole scan (one crop: one phrasing), before it needs an LM
+    assert cli(["adapt", "--workdir", str(tmp_path / "adapt"), "--tokenizer", str(workdirs / "tokenizer"),
+                "--lm", str(tmp_path / "no_lm"), "--data", str(data), "--descriptors", str(out / "descriptors.jsonl"),
+                "--steps", "1", "--set", "language.rephrase=true"]) == 2
+    assert "language.rephrase draws a phrasing per window crop" in capsys.readouterr().err

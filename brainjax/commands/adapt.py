@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
     initialize_distributed(args)  # first: nothing may touch a device before it
     from brainjax.config import Lineage
     from brainjax.data.dataset import Dataset
-    from brainjax.data.describe import ensure_descriptors
+    from brainjax.data.describe import descriptor_low_band, ensure_descriptors
     from brainjax.data.synthetic import data_or_default
     from brainjax.distributed import is_main
     from brainjax.lm.batches import DescriptionSource, TextCodec, load_descriptor_texts, window_sequences
@@ -132,17 +132,25 @@ def main(args: argparse.Namespace) -> int:
     datasets = [Dataset(p) for p in paths]
     tokenizer_run = load_model(args.tokenizer, objective="tokenizer")
     files = [Path(args.descriptors)] if args.descriptors else [ensure_descriptors(p) for p in paths]
-    texts = [load_descriptor_texts(f, ds.manifest)[0] for f, ds in zip(files, datasets)]
-    lm_dir = lm_dir_or_default(args.lm)
+    loaded_texts = [load_descriptor_texts(f, ds.manifest) for f, ds in zip(files, datasets)]
+    texts = [t for t, _ in loaded_texts]
     shortest = min(int(row["length"]) for ds in datasets for row in ds.manifest)
     cfg = stage2_config(tokenizer_run, args, data, files[0] if len(paths) == 1 else None, shortest)
+    if cfg.language.rephrase:
+        if cfg.data.window >= shortest:
+            raise UsageError(f"language.rephrase draws a phrasing per window crop, but data.window={cfg.data.window} "
+                             f"covers the shortest scan ({shortest} TRs): set a shorter data.window")
+        source = [DescriptionSource(t, records, cfg.language.seed, descriptor_low_band(f))
+                  for (t, records), f in zip(loaded_texts, files)]
+    else:
+        source = [DescriptionSource(t) for t in texts]
+    lm_dir = lm_dir_or_default(args.lm)
     source_run = str(Path(args.tokenizer).resolve())
     lineage = Lineage(parent=source_run, parent_step=tokenizer_run.step, tokenizer=source_run,
                       tokenizer_step=tokenizer_run.step, lm_path=str(lm_dir), lm_architecture=architecture_json(lm_dir))
     codec = TextCodec.from_dir(keep_lm_files(lm_dir, out))
     # Several datasets are padded to model.max_parcels by the loader; each window's own dataset has its texts.
     spec = sequence_spec(cfg, datasets[0].atlas.n_parcels if len(paths) == 1 else cfg.model.max_parcels)
-    source = [DescriptionSource(t) for t in texts]
     lm_len = cfg.language.lm_len if cfg.language.lm_weight > 0 else 0
 
     def build(batch):

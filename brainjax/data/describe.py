@@ -37,6 +37,38 @@ def phrasing_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+def _render(row: dict, seed: int, max_sentences: int, low_band: tuple[float, float]) -> tuple[str, list[dict]]:
+    z = {k: math.nan if v is None else v for k, v in row["z"].items()}  # JSON keeps an undefined z as null
+    return describe_scan(row["features"], z, seed=seed, max_sentences=max_sentences, low_band=low_band)
+
+
+def rephrase(record: dict, seed: int, low_band: tuple[float, float] = (0.01, 0.08)) -> str:
+    """The facts of a descriptors.jsonl ``record`` (same features, sizes and directions, same order) in
+    sentence frames drawn with ``seed``: the same content as ``record["text"]``, in another phrasing.
+
+    Raises ValueError when the record's features no longer give its facts (an edited record)."""
+    facts = record.get("facts") or []
+    text, drawn = _render(record, seed, max(len(facts), 1), low_band)
+    if [(f["feature"], f["size"], f["direction"]) for f in drawn] != \
+            [(f["feature"], f["size"], f["direction"]) for f in facts]:
+        raise ValueError(f"descriptor record {record.get('scan_id')!r}: its features and z give other facts than "
+                         "the record lists; re-run `brainjax describe`")
+    return text
+
+
+def descriptor_low_band(descriptors: str | os.PathLike) -> tuple[float, float]:
+    """The low-frequency band (Hz) the descriptors at ``descriptors`` (a descriptors.jsonl) were made with, from
+    the cohort.json beside it (the default band when there is none)."""
+    cohort = Path(descriptors).parent / "cohort.json"
+    if not cohort.exists():
+        return DescriptorSettings.low_band
+    try:
+        low, high = json.loads(cohort.read_text())["settings"]["low_band"]
+        return float(low), float(high)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{cohort}: no settings.low_band pair ({err})") from None
+
+
 def describe_rows(rows: list[dict], manifest: list[dict], seed: int, max_sentences: int,
                   low_band: tuple[float, float]) -> list[dict]:
     """Add ``text`` and ``facts`` to each descriptor row (rows carry scan_id, features and z).
@@ -46,9 +78,7 @@ def describe_rows(rows: list[dict], manifest: list[dict], seed: int, max_sentenc
     index = {row["scan_id"]: i for i, row in enumerate(manifest)}
     out = []
     for row in rows:
-        z = {k: math.nan if v is None else v for k, v in row["z"].items()}
-        text, facts = describe_scan(row["features"], z, seed=phrasing_seed(seed, index[row["scan_id"]]),
-                                    max_sentences=max_sentences, low_band=low_band)
+        text, facts = _render(row, phrasing_seed(seed, index[row["scan_id"]]), max_sentences, low_band)
         out.append({"scan_id": row["scan_id"], "subject": row["subject"], "split": row["split"],
                     "features": row["features"], "z": row["z"], "text": text, "facts": facts})
     return out

@@ -23,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
+from brainjax.data.describe import rephrase
 from brainjax.data.pipeline import ReadWindow
 from brainjax.lm.instructions import answer, class_labels, prompt_segments, select_shots, shots_per_class
 from brainjax.models.inputs import WINDOW_KEYS
@@ -128,15 +129,25 @@ def window_sequences(batch: dict[str, np.ndarray], source: Source | Sequence[Sou
 
 
 class DescriptionSource:
-    """Stage 2: the scan, then its descriptor text as the answer; the text-only loss reads the same text."""
+    """Stage 2: the scan, then its descriptor text as the answer; the text-only loss reads the same text.
 
-    def __init__(self, texts: list[str | None]):
-        self.texts = texts
+    With ``records`` (descriptors.jsonl rows per manifest row, :func:`load_descriptor_texts`), each window's
+    text is its record's facts in frames drawn from (seed, scan, start) (:func:`brainjax.data.describe.rephrase`;
+    ``low_band`` as the descriptors were made with): a new crop, a new phrasing of the same facts."""
+
+    def __init__(self, texts: list[str | None], records: list[dict | None] | None = None, seed: int = 0,
+                 low_band: tuple[float, float] = (0.01, 0.08)):
+        if records is not None and len(records) != len(texts):
+            raise ValueError(f"{len(records)} descriptor records for {len(texts)} texts")
+        self.texts, self.records, self.seed, self.low_band = texts, records, seed, tuple(low_band)
 
     def sample(self, scan: int, start: int) -> tuple[list, str, str | None]:
         text = self.texts[scan]
         if not text:
             raise ValueError(f"scan {scan} has no descriptor text")
+        if self.records is not None:
+            phrasing = int(draw(self.seed, scan, start, salt=2).integers(2**31))
+            text = rephrase(self.records[scan], phrasing, self.low_band)
         return [("text", "fMRI: "), ("fmri", scan), ("text", DESCRIBE_PROMPT)], text, text
 
 
