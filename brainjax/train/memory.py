@@ -65,8 +65,10 @@ DEFAULT_GPU_FRACTION = 0.75  # JAX preallocates this share of GPU memory (XLA_PY
 
 ParamSpec = tuple[str, tuple[int, ...], tuple[str | None, ...]]  # name, shape, logical axis names
 # XLA:CPU before jax 0.11 fuses the softmax less (see _attention_bytes) and does not keep the layer order that
-# brainjax.nn.layers.rematerialise asks for with optimization barriers, so with remat it holds more than the plan
-# (gpu_local 2.2x on XLA:CPU 0.10.2; 1.00x on 0.12.1). GPU and TPU were not measured: the plan assumes current XLA.
+# brainjax.nn.layers.rematerialise asks for with optimization barriers, so with remat it rebuilds a whole stack at
+# once (see estimate); the plan models both (jax 0.10.2: XLA 0.90-0.96x the plan for eight presets, but 2.0x for
+# the 650m ones, whose 32-layer encoder it schedules otherwise). GPU and TPU were not measured: the plan assumes
+# current XLA there.
 _OLD_XLA = tuple(int(p) for p in jax.__version__.split(".")[:2]) < (0, 11)
 
 
@@ -247,10 +249,11 @@ def attention_impl(impl: str, length: int, dtype: str, chunk: int, platform: str
 
 
 def _attention_bytes(impl: str, batch: int, heads: int, q_len: int, k_len: int, chunk: int, c: int,
-                     old_cpu: bool = False) -> tuple[int, int]:
+                     old_cpu: bool = False, remat: bool = False) -> tuple[int, int]:
     """(bytes one layer keeps for the backward pass, bytes of its backward workspace) beyond q, k, v, output;
     ``old_cpu``: XLA:CPU before jax 0.11, which fuses the softmax less (counted in its buffer assignment of the
-    tiny and default presets: three probabilities-sized arrays kept per dense layer, three chunk blocks)."""
+    tiny and default presets: three probabilities-sized arrays kept per dense layer, three chunk blocks; two
+    blocks with ``remat``, in ref_small's)."""
     if impl == "xla":
         probs = batch * heads * q_len * k_len
         # f32 probs (+ cast) kept (on old XLA:CPU also the scores and their exponentials); the backward's
@@ -261,7 +264,7 @@ def _attention_bytes(impl: str, batch: int, heads: int, q_len: int, k_len: int, 
         # blocks; a third with a low-precision compute dtype or on old XLA:CPU), and the block's bool key mask.
         # Counted in XLA:CPU's buffer assignment of tiny, ref_small, brainlm_13m and gpu_local (jax 0.12.1).
         block = batch * heads * min(chunk, q_len) * k_len
-        return 0, block * ((3 if old_cpu or c != 4 else 2) * 4 + 1)
+        return 0, block * ((3 if (old_cpu and not remat) or c != 4 else 2) * 4 + 1)
     lse = 4 * batch * heads * q_len  # fused kernels keep the per-row log-sum-exp only
     if impl == "cudnn":  # the key mask goes in as a [B, 1, Lq, Lk] bias in the compute dtype, kept for backward
         return lse + c * batch * q_len * k_len, 0
@@ -344,8 +347,8 @@ def estimate(cfg: Config, n_parcels: int, data: int, fsdp: int, platform: str) -
     stacks = [_Stack(model.depth, b, enc_len, enc_len, model.width, model.mlp, model.heads, impls[0]),
               *_decoder_stacks(model, b, n_parcels, n_patches, enc_len, impls[1], platform)]
     old_cpu = _OLD_XLA and platform == "cpu"
-    kept = [_attention_bytes(s.impl, s.batch, s.heads, s.q_len, s.k_len, model.attention_chunk, c, old_cpu)
-            for s in stacks]
+    kept = [_attention_bytes(s.impl, s.batch, s.heads, s.q_len, s.k_len, model.attention_chunk, c, old_cpu,
+                             model.remat) for s in stacks]
     # + the padded query blocks of chunked attention, + the keep masks (bool) of the three dropouts, + a cross
     # block's memory side (its norm's input and output, keys and values)
     internals = [_block_bytes(s.batch, s.q_len, s.width, s.mlp, c) + (s.batch * s.q_len * s.width * c
@@ -357,7 +360,10 @@ def estimate(cfg: Config, n_parcels: int, data: int, fsdp: int, platform: str) -
         blocks = sum(kept_per_block * s.depth * s.batch * s.q_len * s.width * c for s in stacks)
         largest = max((i for i, s in enumerate(stacks) if s.depth > 0), key=lambda i: internals[i] + kept[i][0],
                       default=0)
-        blocks += internals[largest]
+        # XLA:CPU before jax 0.11 does not keep the rebuilt layers in order (their optimization barriers): it
+        # rebuilds every layer of the largest stack before the first one's backward (ref_small's buffer
+        # assignment at the peak: both decoder layers' internals, 6 MLP-sized arrays)
+        blocks += (stacks[largest].depth if old_cpu else 1) * internals[largest]
         attention = kept[largest][0] + workspace
     else:
         blocks = sum(s.depth * i for s, i in zip(stacks, internals))
