@@ -58,6 +58,12 @@ X18 again from X16's seed-1 run (``train.seed=1``)           **0.948**        **
                                                              2-shot 0.948     2-shot **0.937**
 X19 X16 from stage 2 with ``fc_reference=cohort`` (rows as    0.909 [.75,.99]  0.828 [.58,1.0]  **+.011 [.005,    option
 z-scores against the training cohort; ``adapt``'s S2)         2-shot 0.881     2-shot 0.745     .016]**
+X20 X16 from ``adapt``'s S6 (cohort rows, full LM, 900       **0.992**        **0.969**        **+.074 [.039,    option
+steps on 250-TR crops, ``rephrase``)                         [.97,1.0];       [.88,1.0];       .113]**
+                                                             2-shot 0.960     2-shot 0.964
+X20 again, stage 3 with ``train.seed=1``                     **0.964**        **0.979**        (S6's)            -
+                                                             [.88,1.0];       [.93,1.0];
+                                                             2-shot 0.937     2-shot **0.995**
 ===========================================================  ===============  ===============  ==================  =====
 
 Findings. Until X6 the LM did not read the scans at all: on *training* scans stage 3 scored sex 0.59 and
@@ -158,6 +164,18 @@ time (own - other +0.011 [0.005, 0.016] nats per token). Stage 3, one seed: sex 
 1.0] and 0.745 (X16: 0.854 / 0.505), age's calibrated number-score mean R2 -0.282 against X16's -0.474 (gain over
 the training mean [-0.05, 0.78]). Within the seed spread on the zero-shot targets and better at k = 2; an option
 until a second seed is measured.
+
+X20: stage 3 (X16's 900 steps) from S6, the stage 2 that reads the scan without memorising its wording (the LM
+trained in full on 250-TR crops whose descriptions are rephrased per crop; windows of 250 TRs in stage 3 too).
+Two seeds: sex 0.992 [0.97, 1.0] and 0.964 [0.88, 1.0] zero-shot (balanced accuracy 0.889 and 0.944), 0.960 and
+0.937 2-shot; diagnosis 0.969 [0.88, 1.0] and 0.979 [0.93, 1.0] zero-shot (balanced accuracy 0.875 and 0.917),
+0.964 and 0.995 2-shot (calibrated balanced accuracy 0.938 and 0.875): both targets above X16 (0.889 / 0.972,
+0.854 / 0.901) on both seeds, at the FC probe's level (0.96-0.99), with k = 2 within 0.03 of zero-shot on sex
+and at or above it on diagnosis. Age (never tuned) scores above the training mean by number scores (R2 -0.404 and
+-0.418 against -0.459; gain [0.014, 0.229] and [0.009, 0.176]) but with no correlation (r -0.004 and -0.132):
+a better-placed constant, not a reading. Stage 2 of S6 took 23 min and stage 3 16.6 min (cores shared at times),
+so with the tokenizer's 7.6 the three stages fit the hour; the defaults stay X16's until S6's stage 2 is
+repeated on a second seed and the CLI tests are moved to crops.
 """
 
 from __future__ import annotations
