@@ -151,7 +151,7 @@ def test_rephrased_descriptions_keep_their_facts_and_follow_the_crop(runs, tmp_p
     assert len(set(drawn.values())) > 1 and source.sample(0, 5)[2] == drawn[5]  # text-only loss reads it too
     assert DescriptionSource(texts, records, seed=4, low_band=band).sample(0, 5)[1] != drawn[5] or \
         DescriptionSource(texts, records, seed=5, low_band=band).sample(0, 5)[1] != drawn[5]
-    for text in drawn.values():  # same sentences count, same facts: each fact's number-free phrase survives
+    for text in drawn.values():  # one sentence per fact in every phrasing (rephrase checks the facts themselves)
         assert text.count(". ") + 1 == len(records[0]["facts"])
     edited = {**records[0], "z": {k: (None if v is None else -v) for k, v in records[0]["z"].items()}}
     with pytest.raises(ValueError, match=records[0]["scan_id"]):

@@ -42,7 +42,7 @@ def _render(row: dict, seed: int, max_sentences: int, low_band: tuple[float, flo
     return describe_scan(row["features"], z, seed=seed, max_sentences=max_sentences, low_band=low_band)
 
 
-def rephrase(record: dict, seed: int, low_band: tuple[float, float] = (0.01, 0.08)) -> str:
+def rephrase(record: dict, seed: int, low_band: tuple[float, float] = DescriptorSettings.low_band) -> str:
     """The facts of a descriptors.jsonl ``record`` (same features, sizes and directions, same order) in
     sentence frames drawn with ``seed``: the same content as ``record["text"]``, in another phrasing.
 

@@ -24,6 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from brainjax.data.describe import rephrase
+from brainjax.data.descriptors import DescriptorSettings
 from brainjax.data.pipeline import ReadWindow
 from brainjax.lm.instructions import answer, class_labels, prompt_segments, select_shots, shots_per_class
 from brainjax.models.inputs import WINDOW_KEYS
@@ -136,10 +137,13 @@ class DescriptionSource:
     ``low_band`` as the descriptors were made with): a new crop, a new phrasing of the same facts."""
 
     def __init__(self, texts: list[str | None], records: list[dict | None] | None = None, seed: int = 0,
-                 low_band: tuple[float, float] = (0.01, 0.08)):
+                 low_band: tuple[float, float] = DescriptorSettings.low_band):
         if records is not None and len(records) != len(texts):
             raise ValueError(f"{len(records)} descriptor records for {len(texts)} texts")
         self.texts, self.records, self.seed, self.low_band = texts, records, seed, tuple(low_band)
+        for scan, record in enumerate(records or []):  # an edited record fails here, not at some training step
+            if texts[scan]:
+                rephrase(record, 0, self.low_band)
 
     def sample(self, scan: int, start: int) -> tuple[list, str, str | None]:
         text = self.texts[scan]
