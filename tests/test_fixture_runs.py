@@ -159,7 +159,8 @@ def test_rephrased_descriptions_keep_their_facts_and_follow_the_crop(runs, tmp_p
     with pytest.raises(ValueError, match="records for"):
         DescriptionSource(texts, records[:-1])
     # adapt refuses it when the window is the whole scan (one crop: one phrasing), before it needs an LM
+    whole = min(int(row["length"]) for row in dataset.manifest)
     assert cli(["adapt", "--workdir", str(tmp_path / "adapt"), "--tokenizer", str(workdirs / "tokenizer"),
                 "--lm", str(tmp_path / "no_lm"), "--data", str(data), "--descriptors", str(out / "descriptors.jsonl"),
-                "--steps", "1", "--set", "language.rephrase=true"]) == 2
+                "--steps", "1", "--set", "language.rephrase=true", "--set", f"data.window={whole}"]) == 2
     assert "language.rephrase draws a phrasing per window crop" in capsys.readouterr().err

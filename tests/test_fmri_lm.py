@@ -319,16 +319,23 @@ def test_adapt_defaults_and_overrides():
     parser = argparse.ArgumentParser()
     adapt.add_arguments(parser)
     tokenizer_run = SimpleNamespace(cfg=Config(objective="tokenizer", model=ModelConfig(patch=20)))
-    for extra, mode in (([], "lora"), (["--lm", "some/lm"], "lora"), (["--set", "language.train_lm=full"], "full")):
+    for extra, mode in (([], "full"), (["--lm", "some/lm"], "full"), (["--set", "language.train_lm=lora"], "lora")):
         cfg = adapt.stage2_config(tokenizer_run, parser.parse_args(extra), "some/data", None, scan_length=207)
-        assert cfg.objective == "adapt" and cfg.language.train_lm == mode
+        assert cfg.objective == "adapt" and cfg.language.train_lm == mode and cfg.train.steps == 900
         assert cfg.language.fmri_norm and cfg.language.fmri_features == "tokenizer+fc+summary"
-        assert cfg.language.scan_attention == "block"
-        # the whole (shortest) scan cut to whole patches, one token per parcel, so no next-patch codes
-        assert cfg.data.window == 200 and cfg.language.fmri_time == "window" and cfg.language.code_weight == 0
+        assert cfg.language.scan_attention == "block" and cfg.language.fc_reference == "cohort"
+        # five sixths of the (shortest) scan in whole patches (172 TRs -> 160), one token per parcel (so no
+        # next-patch codes), the description rephrased per crop
+        assert cfg.data.window == 160 and cfg.language.fmri_time == "window" and cfg.language.code_weight == 0
+        assert cfg.language.rephrase
     cfg = adapt.stage2_config(tokenizer_run, parser.parse_args(["--set", "data.window=100"]), "d", None, 207)
     assert cfg.data.window == 100
-    assert adapt.stage2_config(tokenizer_run, parser.parse_args([]), "d", None, scan_length=7).data.window == 20
+    # several atlases: rows as they are; a scan of one or two patches: the shortest crop, or the scan, once
+    assert adapt.stage2_config(tokenizer_run, parser.parse_args([]), "d", None, 207, False).language.fc_reference \
+        == "none"
+    assert [adapt.crop_length(n, 20) for n in (7, 20, 39, 40, 300)] == [20, 20, 20, 20, 240]
+    short = adapt.stage2_config(tokenizer_run, parser.parse_args([]), "d", None, scan_length=20)
+    assert short.data.window == 20 and not short.language.rephrase
 
 
 def test_cohort_reference_scores_each_connectivity_row_against_the_cohort():

@@ -68,18 +68,16 @@ def test_adapt_trains_only_what_it_should_and_resumes(stage2):
     for name, value in tokenizer.items():  # frozen stage 1, carried over exactly
         np.testing.assert_array_equal(trained["tokenizer/" + name], value)
     lm, _ = from_pretrained(root / "lm")
-    for name, value in _params(lm).items():  # LoRA: base weights are the Hugging Face ones, untouched
-        parts = name.split("/")
-        wrapped = "/".join(parts[:-1] + ["base", parts[-1]])
-        np.testing.assert_array_equal(trained.get("lm/" + wrapped, trained.get("lm/" + name)), value)
-    assert any(np.abs(v).max() > 0 for k, v in trained.items() if k.endswith("lora_b"))
-    exported = load_file(root / "adapt" / "adapters" / "adapter_model.safetensors")  # LoRA export of the last step
-    assert exported and all(np.array_equal(v, trained["lm/" + k.replace(".", "/")]) for k, v in exported.items())
+    base = _params(lm)  # the default trains the LM in full: every weight is the run's own, none is a LoRA factor
+    assert not any("lora" in k for k in trained) and not (root / "adapt" / "adapters").exists()
+    assert any(not np.array_equal(trained["lm/" + name], value) for name, value in base.items())
     steps = [m["step"] for m in read_metrics(root / "adapt") if "loss" in m]
     assert steps == [1, 2, 3, 4, 5]  # the second run went on from step 3, repeating none
     logs = [m for m in read_metrics(root / "adapt") if "val_text_loss" in m]
-    # the whole 96-TR scan is one window, one token per parcel: no next patch, so no code loss
-    assert run.cfg.data.window == 96 and run.cfg.language.fmri_time == "window"
+    # crops of 80 of the 96 TRs (five sixths, whole 16-TR patches), rephrased per crop, rows against the cohort;
+    # one token per parcel: no next patch, so no code loss
+    assert run.cfg.data.window == 80 and run.cfg.language.fmri_time == "window"
+    assert run.cfg.language.rephrase and run.cfg.language.fc_reference == "cohort"
     assert logs and all(np.isfinite(m["val_lm_loss"]) and "val_code_loss" not in m for m in logs)
     closing = json.loads((root / "adapt" / "descriptions.json").read_text())  # the closing description check
     check, = closing["results"]
@@ -202,17 +200,27 @@ def test_instruct_tunes_a_stage3_run_further(stage2, stage3):  # other runs are 
             np.testing.assert_array_equal(value, stage1[name])
 
 
-def test_cohort_reference_is_measured_on_training_scans_and_kept_by_stage3(stage2):
+def test_lora_stage2_and_the_cohort_reference_kept_by_stage3(stage2):
     root, data = stage2
     out, tuned = root / "cohort", root / "cohort-i"
     assert cli(["adapt", "--workdir", str(out), "--tokenizer", str(root / "tok"), "--lm", str(root / "lm"),
                 "--data", str(data), "--batch", "8", "--steps", "1", "--set", "language.text_len=96",
-                "--set", "language.lm_len=64", "--set", "language.fc_reference=cohort", "--max-eval", "2",
+                "--set", "language.lm_len=64", "--set", "language.train_lm=lora", "--max-eval", "2",
                 "--no-generate"]) == 0
     run = load_model(out)
-    # by hand: Pearson correlations of every training scan's window (the whole 96-TR scan here)
+    trained = _params(run.model)
+    lm, _ = from_pretrained(root / "lm")
+    for name, value in _params(lm).items():  # LoRA: base weights are the Hugging Face ones, untouched
+        parts = name.split("/")
+        wrapped = "/".join(parts[:-1] + ["base", parts[-1]])
+        np.testing.assert_array_equal(trained.get("lm/" + wrapped, trained.get("lm/" + name)), value)
+    assert any(np.abs(v).max() > 0 for k, v in trained.items() if k.endswith("lora_b"))
+    exported = load_file(out / "adapters" / "adapter_model.safetensors")  # LoRA export of the last step
+    assert exported and all(np.array_equal(v, trained["lm/" + k.replace(".", "/")]) for k, v in exported.items())
+    # by hand: Pearson correlations of every training scan's first window (80 of its 96 TRs)
     ds = Dataset(data)
     window = run.cfg.data.window
+    assert window == 80
     fcs = np.stack([np.corrcoef(ds.read(i)[:, :window]) for i in ds.indices("train")])
     n = ds.atlas.n_parcels
     np.testing.assert_allclose(np.asarray(run.model.fc_mean[...])[:n, :n], fcs.mean(0), atol=1e-4)
