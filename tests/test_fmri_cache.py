@@ -103,7 +103,9 @@ def test_a_shared_prefix_repeated_to_several_queries_equals_each_query_alone():
     hidden, _ = _extend(model, stack([{k: v[0] for k, v in q.items()} for q in queries]), cache)
     for row, query in enumerate(queries):
         alone, _ = _extend(model, query, _extend(model, prefix, init_cache(model, 1, 48))[1])
-        np.testing.assert_allclose(np.asarray(hidden[row]), np.asarray(alone[0]), atol=1e-5)
+        # hidden states (values ~1) of a two-row batch against one row: the matmuls block differently, and on an
+        # AVX-512 Xeon with jax 0.12.1 one value of 192 moved by 1.3e-5 (a wrong prefix row moves them by O(0.1))
+        np.testing.assert_allclose(np.asarray(hidden[row]), np.asarray(alone[0]), atol=5e-5)
     with pytest.raises(ValueError, match="rows"):
         extend(model, queries[0], cache)
 
