@@ -209,6 +209,8 @@ class LanguageConfig:
     text_weight: float = 1.0  # fMRI -> text loss (answer tokens only)
     code_weight: float = 1.0  # next-time-patch fMRI code prediction
     lm_weight: float = 0.5  # text-only language modelling (keeps the LM's language)
+    loss_per_answer: bool = False  # the answer loss weighs every answer alike (its tokens share a weight of 1)
+    # rather than every token: a 130-token description then counts as much as a one-token label (`instruct` sets it)
     rephrase: bool = False  # stage 2: each window's description in sentence frames drawn per (seed, scan, crop
     # start), the facts unchanged (data/describe.rephrase), so the LM cannot learn a scan's wording by heart;
     # needs data.window shorter than the scans (one crop, one phrasing)

@@ -134,7 +134,8 @@ def test_stage2_batches_put_each_window_before_its_descriptor_text(runs, tmp_pat
 def test_rephrased_descriptions_keep_their_facts_and_follow_the_crop(runs, tmp_path, capsys):
     from brainjax.data.dataset import Dataset
     from brainjax.data.describe import descriptor_low_band, phrasing_seed, rephrase, write_descriptors
-    from brainjax.lm.batches import DescriptionSource, load_descriptor_texts
+    from brainjax.lm.batches import DescriptionSource, InstructionSource, load_descriptor_texts
+    from brainjax.lm.instructions import build_targets, descriptor_rows
 
     data, workdirs = runs
     out, described, _ = write_descriptors(data, tmp_path / "descriptors", max_sentences=4)
@@ -158,6 +159,24 @@ def test_rephrased_descriptions_keep_their_facts_and_follow_the_crop(runs, tmp_p
         rephrase(edited, 0, band)
     with pytest.raises(ValueError, match="records for"):
         DescriptionSource(texts, records[:-1])
+    # stage 3: the description question's answer is rephrased the same way; the other draws do not move
+    targets = build_targets(dataset, records)
+    names = ["modularity", "description"]
+    stored = InstructionSource(dataset, targets, names, descriptor_rows(dataset, records), seed=3)
+    fresh = InstructionSource(dataset, targets, names, descriptor_rows(dataset, records), seed=3, rephrase_band=band)
+    replies = {}
+    for start in drawn:
+        (prompt, reply, _), (prompt_b, reply_b, _) = stored.sample(0, start), fresh.sample(0, start)
+        assert prompt == prompt_b  # same target and question drawn
+        if reply == records[0]["text"]:  # the description was drawn: stored text against this crop's phrasing
+            assert reply_b == drawn[start] and reply_b.count(". ") + 1 == len(records[0]["facts"])
+            replies[start] = reply_b
+        else:
+            assert reply_b == reply  # a label answer is never rephrased
+    assert len(set(replies.values())) > 1
+    with pytest.raises(ValueError, match=records[0]["scan_id"]):
+        InstructionSource(dataset, targets, names, [edited, *descriptor_rows(dataset, records)[1:]], seed=3,
+                          rephrase_band=band)
     # adapt refuses it when the window is the whole scan (one crop: one phrasing), before it needs an LM
     whole = min(int(row["length"]) for row in dataset.manifest)
     assert cli(["adapt", "--workdir", str(tmp_path / "adapt"), "--tokenizer", str(workdirs / "tokenizer"),

@@ -338,6 +338,26 @@ def test_adapt_defaults_and_overrides():
     assert short.data.window == 20 and not short.language.rephrase
 
 
+def test_instruct_defaults_tune_the_description_with_one_weight_per_answer():
+    import argparse
+    from types import SimpleNamespace
+
+    from brainjax.commands import adapt, instruct
+
+    parser, stage2_parser = argparse.ArgumentParser(), argparse.ArgumentParser()
+    instruct.add_arguments(parser)
+    adapt.add_arguments(stage2_parser)
+    tokenizer_run = SimpleNamespace(cfg=Config(objective="tokenizer", model=ModelConfig(patch=20)))
+    stage2 = adapt.stage2_config(tokenizer_run, stage2_parser.parse_args([]), "d", None, scan_length=207)
+    args = parser.parse_args([])
+    assert args.targets.split(",") == ["sex", "diagnosis", "modularity", "description"] and args.steps == 900
+    cfg = instruct.stage3_config(SimpleNamespace(cfg=stage2), args, "d", tuple(args.targets.split(",")))
+    assert cfg.objective == "instruct" and cfg.language.targets[-1] == "description"
+    # a description's ~130 tokens weigh one answer, as a one-token label does; its frames drawn per crop as in stage 2
+    assert cfg.language.loss_per_answer and not stage2.language.loss_per_answer and cfg.language.rephrase
+    assert cfg.language.lm_weight == 0 and cfg.language.code_weight == 0 and cfg.data.window == stage2.data.window
+
+
 def test_cohort_reference_scores_each_connectivity_row_against_the_cohort():
     language = LanguageConfig(lora_rank=2, fmri_time="window", fmri_features="tokenizer+fc", fc_reference="cohort")
     model = FMRILM(LM, TOK, QUANT, language, rngs=nnx.Rngs(0))

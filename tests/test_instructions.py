@@ -331,6 +331,16 @@ def test_mixed_dataset_windows_answer_from_their_own_manifest(path, tmp_path):
     for row in range(n):
         said = ByteCodec().decode(out["loss_target"][row][out["loss_weight"][row] > 0])
         assert said.strip() == words[str(sexes[which[row]][scans[row]])]
+    # per answer: " female" (8 byte tokens with eos) and " male" (6) weigh one answer each; a padding row none
+    spec = SequenceSpec(n_parcels=160, n_patches=2, text_len=160)
+    shared = window_sequences({**batch, "valid": np.array([True, True, True, False])}, sources, ByteCodec(), spec,
+                              per_answer=True)
+    for row in range(n):
+        k = int((out["loss_weight"][row] > 0).sum())
+        assert k == len(words[str(sexes[which[row]][scans[row]])]) + 2
+        want = np.where(out["loss_weight"][row] > 0, 1.0 / k, 0.0) if row < 3 else np.zeros(k)
+        np.testing.assert_allclose(shared["loss_weight"][row][:len(want)], want, rtol=1e-6)
+        assert shared["loss_weight"][row][len(want):].sum() == 0
     with pytest.raises(ValueError, match="no window's dataset"):
         window_sequences({k: v for k, v in batch.items() if k != "dataset"}, sources, ByteCodec(),
                          SequenceSpec(n_parcels=160, n_patches=2, text_len=160))

@@ -42,6 +42,11 @@ def draw(seed: int, scan: int, start: int, salt: int = 0) -> np.random.Generator
     return np.random.default_rng(np.random.SeedSequence([seed, scan, start, salt]))
 
 
+def rephrase_window(record: dict, seed: int, scan: int, start: int, low_band: tuple[float, float]) -> str:
+    """The descriptor ``record``'s facts in the frames of one window (drawn from seed, scan, start)."""
+    return rephrase(record, int(draw(seed, scan, start, salt=2).integers(2**31)), low_band)
+
+
 class TextCodec:
     """A ``tokenizers.Tokenizer`` with an end-of-text id and a cache (descriptor texts repeat every epoch)."""
 
@@ -88,10 +93,11 @@ def tokenize_segments(codec: TextCodec, segments: list, blocks: dict[int, int]) 
 
 
 def window_sequences(batch: dict[str, np.ndarray], source: Source | Sequence[Source], codec: TextCodec,
-                     spec: SequenceSpec, lm_len: int = 0) -> dict[str, np.ndarray]:
+                     spec: SequenceSpec, lm_len: int = 0, per_answer: bool = False) -> dict[str, np.ndarray]:
     """One pipeline batch (signal [B, P, T], scan [B], start [B], optional dataset [B] and valid [B]) -> an
     fMRI-LM batch. ``source``: one, or one per mixed dataset (a window's ``dataset`` index picks it, so its
-    questions and answers come from its own manifest: scan indices are per dataset)."""
+    questions and answers come from its own manifest: scan indices are per dataset). ``per_answer``: an answer's
+    tokens share a loss weight of 1 (``language.loss_per_answer``), else each token weighs 1."""
     samples, plains = [], []
     rows = np.asarray(batch["scan"])
     real_rows = np.asarray(batch.get("valid", np.ones(len(rows), bool)), bool)
@@ -116,6 +122,8 @@ def window_sequences(batch: dict[str, np.ndarray], source: Source | Sequence[Sou
         if not real_rows[i]:
             sample["loss_weight"][:] = 0.0
             sample["code_weight"][:] = 0.0
+        elif per_answer and answer_ids:
+            sample["loss_weight"] /= sample["loss_weight"].sum()
         samples.append(sample)
         windows.append(block)
         if lm_len:
@@ -150,8 +158,7 @@ class DescriptionSource:
         if not text:
             raise ValueError(f"scan {scan} has no descriptor text")
         if self.records is not None:
-            phrasing = int(draw(self.seed, scan, start, salt=2).integers(2**31))
-            text = rephrase(self.records[scan], phrasing, self.low_band)
+            text = rephrase_window(self.records[scan], self.seed, scan, start, self.low_band)
         return [("text", "fMRI: "), ("fmri", scan), ("text", DESCRIBE_PROMPT)], text, text
 
 
@@ -183,15 +190,27 @@ class InstructionSource:
     training scans of other subjects that answer the target, each asked a drawn paraphrase and answered with its
     label; a support scan enters as its first window (``window``, as the evaluation's support examples do).
     Numeric and free-text targets stay zero-shot. ``window``: the run's window length and ``n_parcels`` the
-    padded parcel count of a batch (both needed only with ``support``)."""
+    padded parcel count of a batch (both needed only with ``support``).
+
+    ``rephrase_band`` (the descriptors' low-frequency band; None = off): a descriptor-text answer (the
+    ``description`` target) is its record's facts in frames drawn from (seed, scan, start), as stage 2's
+    :class:`DescriptionSource` draws them, so stage 3 cannot learn a training scan's wording by heart either."""
 
     def __init__(self, dataset, targets: dict, names: list[str], descriptors: list[dict | None], seed: int,
-                 source_line: bool = False, support: int = 0, window: int = 0, n_parcels: int = 0):
+                 source_line: bool = False, support: int = 0, window: int = 0, n_parcels: int = 0,
+                 rephrase_band: tuple[float, float] | None = None):
         if support < 0:
             raise ValueError(f"support must be >= 0, got {support}")
         if support and window < 1:
             raise ValueError("support examples need the run's window length")
         self.targets, self.seed, self.source_line, self.support = targets, seed, source_line, support
+        self.descriptors = descriptors
+        self.rephrase_band = None if rephrase_band is None else tuple(rephrase_band)
+        for name in names:  # an edited record fails here, not at some training step
+            if self._rephrased(targets[name]):
+                for row, record in zip(dataset.manifest, descriptors):
+                    if answer(targets[name], row, record)[0] is not None:
+                        rephrase(record, 0, self.rephrase_band)
         self.answers: list[list[tuple[str, str]]] = []  # per manifest row: (target, answer) it can answer
         for row, descriptor in zip(dataset.manifest, descriptors):
             known = [(n, answer(targets[n], row, descriptor)[0]) for n in names]
@@ -215,6 +234,9 @@ class InstructionSource:
                                      f"scans, {k} outside one subject needed")
         self.reader = ReadWindow([dataset], window, n_parcels or dataset.atlas.n_parcels) if support else None
         self._windows: dict[int, dict[str, np.ndarray]] = {}
+
+    def _rephrased(self, target) -> bool:
+        return self.rephrase_band is not None and target.source == "descriptor" and target.kind == "text"
 
     def _question(self, target, scan: int, rng: np.random.Generator) -> str:
         question = target.questions[int(rng.integers(len(target.questions)))]
@@ -250,6 +272,8 @@ class InstructionSource:
         rng = draw(self.seed, scan, start)
         name, reply = options[int(rng.integers(len(options)))]
         question = self._question(self.targets[name], scan, rng)
+        if self._rephrased(self.targets[name]):  # its own stream: the draws above stay those of the stored text
+            reply = rephrase_window(self.descriptors[scan], self.seed, scan, start, self.rephrase_band)
         # a second stream, so the target and question drawn above stay those of a run without support examples
         shots = self._shots(name, scan, draw(self.seed, scan, start, salt=1)) if self.support else []
         return prompt_segments(question, scan, shots), reply, None

@@ -239,14 +239,20 @@ def describe_scans(loaded, codec, dataset, texts: Sequence[str | None], *, split
     return out
 
 
+def descriptors_path(cfg, data: Path, several: bool = False) -> Path:
+    """The descriptors.jsonl a language run reads for ``data``: ``language.descriptors`` when it names one file
+    for one dataset, else DATA/descriptors/descriptors.jsonl (which may not exist)."""
+    own = Path(data) / "descriptors" / "descriptors.jsonl"
+    return Path(cfg.language.descriptors) if cfg.language.descriptors and not several else own
+
+
 def load_question_setup(cfg, data: Path, several: bool = False):
     """(dataset, targets, descriptor records aligned to the manifest or None) for a language run's data; with
     ``several`` datasets each reads its own DATA/descriptors/descriptors.jsonl (``language.descriptors`` names
     one file)."""
     dataset = Dataset(data)
     records = None
-    own = data / "descriptors" / "descriptors.jsonl"
-    path = Path(cfg.language.descriptors) if cfg.language.descriptors and not several else own
+    path = descriptors_path(cfg, data, several)
     if path.exists():
         records = [r for r in load_descriptor_texts(path, dataset.manifest)[1] if r is not None]
     return dataset, build_targets(dataset, records), records
