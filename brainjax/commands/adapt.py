@@ -93,6 +93,10 @@ def stage2_config(tokenizer_run, args: argparse.Namespace, data: str, descriptor
     S6 again with ``train.seed=1`` (own-scan NLL .323; 19.7 min on a        .071 [.031, .109]       -
     2-core Xeon, cores shared part of the time, peak RSS 2.36 GB)
     S7 S6 without ``rephrase`` (crops alone; own-scan NLL .758: memorises)  .086 [.047, .131]       no
+    S8 S6 seed 1 with ``fc_scale=kept``: the cohort-scored row's projection  .081 [.048, .115]       no
+    keeps its size (own-scan NLL .320; 14.8 min on the 2-core Xeon alone)
+    S9 S8 + each token's network row (``fmri_features=tokenizer+fc+net+    .069 [.039, .105]       no
+    summary``: its network's mean z-scored coupling with every network)
     ======================================================================  ======================  ==========
 
     The descriptions are deviations from the cohort (z-scores of network couplings, modularity, ...), which a raw
@@ -143,6 +147,7 @@ def main(args: argparse.Namespace) -> int:
         export_adapters,
         keep_lm_files,
         lm_dir_or_default,
+        network_membership,
         stage2_warm_start,
     )
     from brainjax.run import launch, load_model
@@ -186,8 +191,10 @@ def main(args: argparse.Namespace) -> int:
         return window_sequences(batch, source, codec, spec, lm_len)
     reference = cohort_connectivity(datasets, cfg.data.window, cfg.model.max_parcels) \
         if cfg.language.fc_reference == "cohort" else None
+    networks = network_membership(datasets[0].atlas, cfg.model.max_parcels) \
+        if "net" in cfg.language.fmri_features.split("+") else None
     result = launch(cfg, out, lineage=lineage, build=build, mesh=tokenizer_run.mesh,
-                    warm_start=stage2_warm_start(tokenizer_run, lm_dir, reference))
+                    warm_start=stage2_warm_start(tokenizer_run, lm_dir, reference, networks))
     if cfg.language.train_lm == "lora" and not result.preempted:
         export_adapters(result.model, out, lineage.lm_path)
     if result.preempted:
