@@ -195,8 +195,6 @@ class LanguageConfig:
     summary_rank: int = shapes_params(32)  # K of that summary
     fc_reference: str = shapes_params("none")  # none | cohort: connectivity rows as they are, or as z-scores
     # against the training cohort's mean and spread of every parcel pair (set by `adapt` from the training scans)
-    fc_scale: str = "unit"  # unit | kept: with fmri_norm, the projected connectivity row enters at unit RMS per
-    # token (its size dropped: a row of z-scores -1 and one of -3 give the same token) or as projected (kept)
     fmri_time: str = shapes_params("patch")  # patch: one token per parcel and time patch | window: one per parcel
     # for the whole window (patches' features averaged, connectivity row over the window); needs code_weight = 0
     fmri_pool: int = shapes_params(0)  # fMRI tokens per time patch: 0 = one per parcel; K > 0 = K learned queries

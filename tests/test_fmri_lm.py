@@ -381,62 +381,6 @@ def test_cohort_reference_scores_each_connectivity_row_against_the_cohort():
         FMRILM(LM, TOK, QUANT, LanguageConfig(fc_reference="cohort"), rngs=nnx.Rngs(0))
 
 
-def test_network_rows_average_the_scored_rows_over_each_pair_of_networks():
-    from brainjax.models.fmri_lm import network_rows
-
-    rng = np.random.default_rng(2)
-    z = rng.normal(size=(2, 6, 6)).astype(np.float32)
-    real = np.array([[True] * 5 + [False], [True] * 6])
-    pair = real[:, :, None] & real[:, None, :]
-    ids = np.array([0, 0, 1, 2, 1, -1])  # parcel 5 unlabelled (and padding in window 0)
-    members = np.zeros((6, 4), np.float32)
-    members[np.flatnonzero(ids >= 0), ids[ids >= 0]] = 1
-    got = np.asarray(network_rows(z, pair, members))
-    assert got.shape == (2, 6, 4)
-    for r in range(2):  # by hand: the mean z over (i in network of p, j in network k, i != j, both real)
-        for p_ in range(6):
-            for k in range(4):
-                values = [z[r, i, j] for i in range(6) for j in range(6) if ids[p_] >= 0 and ids[i] == ids[p_]
-                          and ids[j] == k and i != j and real[r, i] and real[r, j]]
-                np.testing.assert_allclose(got[r, p_, k], np.mean(values) if values else 0.0, atol=1e-5)
-
-
-def test_net_feature_and_kept_scale_enter_the_tokens():
-    from types import SimpleNamespace
-
-    from brainjax.errors import UsageError
-    from brainjax.lm.stages import network_membership
-    from brainjax.models.fmri_lm import MAX_NETWORKS
-
-    language = LanguageConfig(lora_rank=2, fmri_time="window", fmri_features="tokenizer+fc+net+summary",
-                              fc_reference="cohort", fmri_norm=True, fc_scale="kept")
-    model = FMRILM(LM, TOK, QUANT, language, rngs=nnx.Rngs(0))
-    members = np.zeros((TOK.max_parcels, MAX_NETWORKS), np.float32)
-    members[[0, 1, 2], [0, 1, 0]] = 1
-    model.networks[...] = members
-    batch = _batch()
-    tokens = np.asarray(model.fmri_tokens(batch)[0])
-    model.fmri_net.kernel[...] = np.zeros(model.fmri_net.kernel.shape, np.float32)
-    without = np.asarray(model.fmri_tokens(batch)[0])
-    assert np.abs(tokens - without).max() > 1e-3  # the network rows reach the tokens
-    # kept: a row of z-scores three times as large moves the token; at unit RMS only its direction would count
-    model.fc_std[...] = np.full(model.fc_std.shape, 1 / 3, np.float32)
-    assert np.abs(np.asarray(model.fmri_tokens(batch)[0]) - without).max() > 1e-3
-    unit = FMRILM(LM, TOK, QUANT, dataclasses.replace(language, fc_scale="unit"), rngs=nnx.Rngs(0))
-    unit.fmri_net.kernel[...] = np.zeros(unit.fmri_net.kernel.shape, np.float32)
-    before = np.asarray(unit.fmri_tokens(batch)[0])
-    unit.fc_std[...] = np.full(unit.fc_std.shape, 1 / 3, np.float32)
-    np.testing.assert_allclose(np.asarray(unit.fmri_tokens(batch)[0]), before, atol=1e-4)
-    with pytest.raises(ValueError, match="fc_scale"):
-        FMRILM(LM, TOK, QUANT, dataclasses.replace(language, fc_scale="big"), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="needs language.fc_reference=cohort"):
-        FMRILM(LM, TOK, QUANT, dataclasses.replace(language, fc_reference="none"), rngs=nnx.Rngs(0))
-    atlas = SimpleNamespace(name="toy", network_ids=lambda: (np.array([1, -1, 0]), ["A", "B"]))
-    np.testing.assert_array_equal(network_membership(atlas, 4)[:, :2], [[0, 1], [0, 0], [1, 0], [0, 0]])
-    with pytest.raises(UsageError, match="labels no networks"):
-        network_membership(SimpleNamespace(name="bare", network_ids=lambda: (np.full(3, -1), [])), 4)
-
-
 def test_cohort_connectivity_is_the_mean_and_spread_over_training_scans():
     from types import SimpleNamespace
 

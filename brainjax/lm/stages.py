@@ -23,7 +23,7 @@ from flax import nnx
 from brainjax.distributed import barrier, is_main, main_first
 from brainjax.errors import UsageError
 from brainjax.lm.default_lm import default_lm
-from brainjax.models.fmri_lm import FC_STD_FLOOR, MAX_NETWORKS, patch_connectivity
+from brainjax.models.fmri_lm import FC_STD_FLOOR, patch_connectivity
 from brainjax.models.lm import LMConfig
 from brainjax.models.lm_loading import from_pretrained
 from brainjax.nn.lora import save_adapters
@@ -130,28 +130,12 @@ def cohort_connectivity(datasets: list, window: int, max_parcels: int) -> tuple[
     return mean.astype(np.float32), np.maximum(std, FC_STD_FLOOR).astype(np.float32)
 
 
-def network_membership(atlas, max_parcels: int) -> np.ndarray:
-    """One-hot network of every parcel float32 [max_parcels, MAX_NETWORKS] (rows of unlabelled and padded
-    parcels all zero), for ``language.fmri_features`` with ``net``."""
-    ids, names = atlas.network_ids()
-    if not names:
-        raise UsageError(f"atlas {atlas.name!r} labels no networks: language.fmri_features with 'net' needs them")
-    if len(names) > MAX_NETWORKS:
-        raise UsageError(f"atlas {atlas.name!r} labels {len(names)} networks; the 'net' feature takes at most "
-                         f"{MAX_NETWORKS}")
-    members = np.zeros((max_parcels, MAX_NETWORKS), np.float32)
-    labelled = np.flatnonzero(ids >= 0)
-    members[labelled, ids[labelled]] = 1.0
-    return members
-
-
-def stage2_warm_start(tokenizer_run, lm_dir: Path, fc_reference: tuple[np.ndarray, np.ndarray] | None = None,
-                      networks: np.ndarray | None = None) -> Callable[[dict], dict]:
+def stage2_warm_start(tokenizer_run, lm_dir: Path, fc_reference: tuple[np.ndarray, np.ndarray] | None = None
+                      ) -> Callable[[dict], dict]:
     """Trainer warm start: tokenizer parameters and codebook state from the stage-1 run, LM weights from the
-    Hugging Face directory, the cohort's connectivity statistics (``fc_reference``: mean, std, from
-    :func:`cohort_connectivity`) when the model scores rows against them, and the parcels' networks
-    (:func:`network_membership`) when it averages rows over them; projector, parcel embedding, fMRI head and
-    adapters keep their initialisation."""
+    Hugging Face directory, and the cohort's connectivity statistics (``fc_reference``: mean, std, from
+    :func:`cohort_connectivity`) when the model scores rows against them; projector, parcel embedding, fMRI head
+    and adapters keep their initialisation."""
     tok_params = nnx.to_pure_dict(nnx.state(tokenizer_run.model, nnx.Param))
     tok_rest = nnx.to_pure_dict(nnx.split(tokenizer_run.model, nnx.Param, ...)[2])
     lm, _ = from_pretrained(lm_dir)
@@ -167,8 +151,6 @@ def stage2_warm_start(tokenizer_run, lm_dir: Path, fc_reference: tuple[np.ndarra
         if fc_reference is not None:
             for key, value in zip(("fc_mean", "fc_std"), fc_reference):
                 pure_rest[key] = _place(value, pure_rest[key], key)
-        if networks is not None:
-            pure_rest["networks"] = _place(networks, pure_rest["networks"], "networks")
         nnx.replace_by_pure_dict(params, pure)
         nnx.replace_by_pure_dict(rest, pure_rest)
         return dict(state, params=params, rest=rest)

@@ -49,13 +49,11 @@ from brainjax.nn.lora import add_lora
 from brainjax.nn.quantizers import l2_normalize
 
 TRAIN_LM = ("lora", "full", "frozen")
-FMRI_FEATURES = ("tokenizer", "tokenizer+fc", "tokenizer+summary", "tokenizer+fc+summary", "tokenizer+fc+net+summary")
+FMRI_FEATURES = ("tokenizer", "tokenizer+fc", "tokenizer+summary", "tokenizer+fc+summary")
 SCAN_ATTENTION = ("causal", "block")
 FMRI_TIME = ("patch", "window")
 FC_REFERENCE = ("none", "cohort")
-FC_SCALE = ("unit", "kept")
 FC_STD_FLOOR = 1e-3  # the diagonal (always 1) and constant pairs have no spread
-MAX_NETWORKS = 32  # networks an atlas may label for the "net" feature (Seitzman 300: 13)
 
 
 class CohortReference(nnx.Variable):
@@ -102,19 +100,6 @@ class ConnectivitySummary(nnx.Module):
         n = fc.shape[-1]
         forms = jnp.einsum("kp,rpq,kq->rk", self.left[...][:, :n], fc, self.right[...][:, :n])
         return self.out(forms)
-
-
-def network_rows(z: jax.Array, pair: jax.Array, members: jax.Array) -> jax.Array:
-    """Each parcel's network row: the mean connectivity z-score of its network with every network.
-
-    z float [R, P, P] (parcel pairs scored against the cohort), pair bool [R, P, P] (both parcels real),
-    members float [P, K] (one-hot network of each parcel; all zero when unlabelled) -> float32 [R, P, K]: row p is
-    ``mean(z[i, j] for i in network(p), j in network k, i != j)``, 0 for an unlabelled parcel or an empty pair.
-    """
-    off = pair & ~jnp.eye(z.shape[-1], dtype=bool)
-    sums = jnp.einsum("pk,rpq,ql->rkl", members, jnp.where(off, z, 0.0), members)
-    counts = jnp.einsum("pk,rpq,ql->rkl", members, off.astype(jnp.float32), members)
-    return jnp.einsum("pk,rkl->rpl", members, sums / jnp.maximum(counts, 1.0))
 
 
 def _unit_rms(x: jax.Array) -> jax.Array:
@@ -167,11 +152,6 @@ class FMRILM(nnx.Module):
                              f"{language.fmri_features!r}")
         if language.fc_reference not in FC_REFERENCE:
             raise ValueError(f"language.fc_reference must be one of {FC_REFERENCE}, got {language.fc_reference!r}")
-        if language.fc_scale not in FC_SCALE:
-            raise ValueError(f"language.fc_scale must be one of {FC_SCALE}, got {language.fc_scale!r}")
-        # A descriptor's size words (slightly / clearly / much) are the size of a deviation, which unit RMS per
-        # token removes from the connectivity row; "kept" leaves it to the final norm's proportions.
-        self.fc_kept = language.fc_scale == "kept"
         self.tokenizer = NeuralTokenizer(tok_model, tok_quantizer, rngs=rngs)
         self.lm = DecoderLM(lm_cfg, rngs=rngs)
         if language.train_lm == "lora":
@@ -199,16 +179,6 @@ class FMRILM(nnx.Module):
         pairs = (tok_model.max_parcels, tok_model.max_parcels)
         self.fc_mean = CohortReference(jnp.zeros(pairs, jnp.float32)) if cohort else None
         self.fc_std = CohortReference(jnp.ones(pairs, jnp.float32)) if cohort else None
-        # Descriptors speak of networks ("weaker coupling between the auditory and salience networks"): the
-        # "net" part hands each token its network's mean z-scored coupling with every network, the quantity a
-        # description states, instead of leaving the LM to average 300-wide rows over networks it must learn.
-        if "net" in parts and not cohort:
-            raise ValueError("language.fmri_features with 'net' averages z-scored connectivity over networks: it "
-                             "needs language.fc_reference=cohort")
-        self.networks = CohortReference(jnp.zeros((tok_model.max_parcels, MAX_NETWORKS), jnp.float32)) \
-            if "net" in parts else None
-        self.fmri_net = linear(MAX_NETWORKS, width, (None, "embed"), dtype=jnp.float32, rngs=rngs, use_bias=False) \
-            if "net" in parts else None
         # Unnormalised projector outputs sat ~400x above the text embeddings (norm 337 vs 0.84 after stage 2):
         # pre-norm blocks then cannot change an fMRI position's state, so the LM never mixes parcels. Within a
         # token, the parts were as unequal (RMS: tokenizer features 26, connectivity row 3, parcel embedding
@@ -271,11 +241,7 @@ class FMRILM(nnx.Module):
                 z = (fc - self.fc_mean[...][:n_parcels, :n_parcels]) / self.fc_std[...][:n_parcels, :n_parcels]
                 fc = jnp.where(pair, z, 0.0)
             width = self.fmri_fc.in_features
-            row = self.fmri_fc(jnp.pad(fc, ((0, 0), (0, 0), (0, width - n_parcels))))
-            x = x + (row if self.fc_kept else balance(row))
-            if self.fmri_net is not None:
-                nets = self.fmri_net(network_rows(fc, pair, self.networks[...][:n_parcels]))
-                x = x + (nets if self.fc_kept else balance(nets))
+            x = x + balance(self.fmri_fc(jnp.pad(fc, ((0, 0), (0, 0), (0, width - n_parcels)))))
         x = x + balance(self.parcel_embed(jnp.arange(n_parcels))[None].astype(x.dtype))
         if self.pool is not None:  # [rows, P, W] -> [rows, K, W]
             x = balance(self.pool(x, step_mask))
