@@ -93,7 +93,7 @@ def stage3(stage2):
     root, data = stage2
     out = root / "instruct"
     assert cli(["instruct", "--adapt", str(root / "adapt"), "--workdir", str(out), "--steps", "2", "--batch", "8",
-                "--targets", "sex,diagnosis", "--eval-targets", "sex,age,description", "--shots", "0,1",
+                "--targets", "sex,diagnosis,description", "--eval-targets", "sex,age,description", "--shots", "0,1",
                 "--max-eval", "3"]) == 0
     return out, json.loads((out / "questions.json").read_text())
 
@@ -110,6 +110,7 @@ def test_instruct_then_ask(stage2, stage3, capsys):
     described = rows[("description", "zero-shot", "generate")]
     assert 0.0 <= described["rouge_l"] <= 1.0 and 0.0 < described["chance_rouge_l"] <= 1.0
     assert rows[("sex", "zero-shot", "logprob")]["tuned"] and not rows[("age", "zero-shot", "generate")]["tuned"]
+    assert described["tuned"]
     # whatever the 2-step model says, the grammar-constrained answers are numbers
     grammar = rows[("age", "zero-shot", "number grammar")]
     assert grammar["parse_rate"] == 1.0 and all(is_number_prefix(t) for t in grammar["examples"])
@@ -138,7 +139,9 @@ def test_instruct_then_ask(stage2, stage3, capsys):
         np.testing.assert_equal(alone[("sex", "logprob")][key], rows[("sex", "1-shot", "logprob")][key])
     assert cli(["instruct", "--eval-only", "--workdir", str(out), "--windows", "0"]) == 2
     run = load_model(out)
-    assert run.cfg.language.targets == ("sex", "diagnosis") and run.cfg.language.code_weight == 0.0
+    # the description tuned as stage 2 trained it (rephrased per crop), each answer weighing one
+    assert run.cfg.language.targets == ("sex", "diagnosis", "description") and run.cfg.language.code_weight == 0.0
+    assert run.cfg.language.rephrase and run.cfg.language.loss_per_answer
     stage2_tokenizer = _params(load_model(root / "adapt").model)
     for name, value in _params(run.model).items():
         if name.startswith("tokenizer/"):
