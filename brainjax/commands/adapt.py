@@ -97,6 +97,8 @@ def stage2_config(tokenizer_run, args: argparse.Namespace, data: str, descriptor
     at unit RMS per token; own-scan NLL .320; 14.8 min on the Xeon alone)
     S9 S8 + each token's network row: its network's mean z-scored coupling  .069 [.039, .105]       no
     with every network (own-scan NLL .315)
+    S10 S6 seed 1 with weight decay 0.1 (``--set optim.weight_decay=0.1``;   .063 [.033, .095]       no
+    own-scan NLL .315; 16.1 min, cores shared ~3 min with tests)
     ======================================================================  ======================  ==========
 
     The descriptions are deviations from the cohort (z-scores of network couplings, modularity, ...), which a raw
@@ -122,7 +124,8 @@ def stage2_config(tokenizer_run, args: argparse.Namespace, data: str, descriptor
     deviation (a row of z-scores -1 and one of -3 give the same token) that the size words (slightly / clearly /
     much) state; kept at its projected size: +0.081 against +0.071, inside the seed spread. S9: descriptions
     name network pairs, so each token also got its network's mean z-scored coupling with each network (the
-    quantity a description states): +0.069. Neither moves the gap, and their validation curves are S6's: the
+    quantity a description states): +0.069. S10 regularises instead (AdamW weight decay 0.1): +0.063, the same
+    validation curve. None moves the gap, and their validation curves are S6's: the
     text given the scan is below the text alone only around step 400 (0.254 against 0.255 in S8, S6 0.253 against
     0.261), then the LM fits the 256 training scans' content and both rise (0.289 against 0.274 at 900). The
     limit is how little of a description 256 scans teach the LM to read, not the form of the features.
