@@ -47,6 +47,14 @@ def rephrase_window(record: dict, seed: int, scan: int, start: int, low_band: tu
     return rephrase(record, int(draw(seed, scan, start, salt=2).integers(2**31)), low_band)
 
 
+def check_rephrasable(records: Sequence[dict | None], low_band: tuple[float, float]) -> None:
+    """Rephrase every record that has a text once, so an edited record fails when a source is built, not at
+    some training step (ValueError naming its scan)."""
+    for record in records:
+        if record and str(record.get("text") or "").strip():
+            rephrase(record, 0, low_band)
+
+
 class TextCodec:
     """A ``tokenizers.Tokenizer`` with an end-of-text id and a cache (descriptor texts repeat every epoch)."""
 
@@ -149,9 +157,7 @@ class DescriptionSource:
         if records is not None and len(records) != len(texts):
             raise ValueError(f"{len(records)} descriptor records for {len(texts)} texts")
         self.texts, self.records, self.seed, self.low_band = texts, records, seed, tuple(low_band)
-        for scan, record in enumerate(records or []):  # an edited record fails here, not at some training step
-            if texts[scan]:
-                rephrase(record, 0, self.low_band)
+        check_rephrasable(records or [], self.low_band)
 
     def sample(self, scan: int, start: int) -> tuple[list, str, str | None]:
         text = self.texts[scan]
@@ -206,11 +212,8 @@ class InstructionSource:
         self.targets, self.seed, self.source_line, self.support = targets, seed, source_line, support
         self.descriptors = descriptors
         self.rephrase_band = None if rephrase_band is None else tuple(rephrase_band)
-        for name in names:  # an edited record fails here, not at some training step
-            if self._rephrased(targets[name]):
-                for row, record in zip(dataset.manifest, descriptors):
-                    if answer(targets[name], row, record)[0] is not None:
-                        rephrase(record, 0, self.rephrase_band)
+        if any(self._rephrased(targets[n]) for n in names):
+            check_rephrasable(descriptors, self.rephrase_band)
         self.answers: list[list[tuple[str, str]]] = []  # per manifest row: (target, answer) it can answer
         for row, descriptor in zip(dataset.manifest, descriptors):
             known = [(n, answer(targets[n], row, descriptor)[0]) for n in names]
